@@ -1,0 +1,3 @@
+"""streamfaas: functions whose responses stream end to end."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,73 @@
+"""``streamfaas``: the command line. Errors print one line and exit non-zero, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .. import __version__
+from ..errors import StreamfaasError
+from . import functions, platform, templates
+from ._options import Context
+
+
+def _set_state_dir(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        ctx.ensure_object(Context).state_dir = value.resolve()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="streamfaas")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None, expose_value=False,
+              callback=_set_state_dir, is_eager=True, help="Local state (images, venvs, logs); default $STREAMFAAS_STATE_DIR.")
+def cli() -> None:
+    """streamfaas: functions whose responses stream end to end."""
+
+
+for command in (*functions.COMMANDS, *platform.COMMANDS, *templates.COMMANDS):
+    cli.add_command(command)
+
+
+def _register_optional() -> None:
+    try:
+        from ..llm.cli import llm_command
+    except ImportError:
+        return
+    cli.add_command(llm_command, name="llm")
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ctx_obj = Context()
+    try:
+        cli.main(args=argv, prog_name="streamfaas", standalone_mode=False, obj=ctx_obj)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except click.UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+        return 2
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        return 1
+    except StreamfaasError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    finally:
+        ctx_obj.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

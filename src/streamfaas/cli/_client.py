@@ -1,0 +1,107 @@
+"""The CLI's client for the gateway's REST API (the CLI never reaches around the gateway)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+
+from ..errors import BadRequest, FunctionNotFound, GatewayUnreachable, StreamfaasError
+
+
+class APIError(StreamfaasError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = status
+
+
+class GatewayClient:
+    def __init__(self, url: str, *, timeout: float = 600.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _unreachable(self, exc: Exception) -> GatewayUnreachable:
+        return GatewayUnreachable(
+            f"cannot reach the gateway at {self.url} ({exc.__class__.__name__}): is it running? "
+            "Start it with `streamfaas gateway`, or point --gateway / OPENFAAS_URL at it"
+        )
+
+    def request(self, method: str, path: str, *, json_body: Any = None, params: dict[str, str] | None = None) -> httpx.Response:
+        try:
+            resp = self._http.request(method, path, json=json_body, params=params)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if resp.status_code >= 400:
+            message = resp.text.strip() or resp.reason_phrase
+            raise APIError(resp.status_code, message.splitlines()[0] if message else str(resp.status_code))
+        return resp
+
+    @contextmanager
+    def stream(
+        self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None,
+        params: list[tuple[str, str]] | None = None,
+    ) -> Iterator[httpx.Response]:
+        try:
+            with self._http.stream(method, path, content=content, headers=headers, params=params) as resp:
+                yield resp
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    # ---- the /system API ----
+    def list_functions(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self.request("GET", "/system/functions").json()
+        return data
+
+    def get_function(self, name: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = self.request("GET", f"/system/function/{name}").json()
+        except APIError as exc:
+            if exc.http_status == 404:
+                raise FunctionNotFound(name) from None
+            raise
+        return data
+
+    def deploy(self, deployment: dict[str, Any]) -> None:
+        # As faas-cli does: update with PUT, and create with POST when PUT says it is new.
+        try:
+            self.request("PUT", "/system/functions", json_body=deployment)
+        except APIError as exc:
+            if exc.http_status != 404:
+                raise
+            self.request("POST", "/system/functions", json_body=deployment)
+
+    def remove(self, name: str) -> None:
+        try:
+            self.request("DELETE", "/system/functions", json_body={"functionName": name})
+        except APIError as exc:
+            if exc.http_status == 404:
+                raise FunctionNotFound(name) from None
+            raise
+
+    def scale(self, name: str, replicas: int) -> None:
+        try:
+            self.request("POST", f"/system/scale-function/{name}", json_body={"serviceName": name, "replicas": replicas})
+        except APIError as exc:
+            if exc.http_status == 404:
+                raise FunctionNotFound(name) from None
+            raise
+
+    def logs(self, name: str, *, tail: int, follow: bool, since: str | None) -> Iterator[dict[str, Any]]:
+        params = {"name": name, "tail": str(tail), "follow": "true" if follow else "false"}
+        if since:
+            params["since"] = since
+        with self.stream("GET", "/system/logs", params=list(params.items())) as resp:
+            if resp.status_code >= 400:
+                text = resp.read().decode(errors="replace").strip()
+                if resp.status_code == 404:
+                    raise FunctionNotFound(name)
+                raise BadRequest(text or f"logs failed with HTTP {resp.status_code}")
+            for line in resp.iter_lines():
+                if line.strip():
+                    yield json.loads(line)

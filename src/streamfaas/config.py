@@ -1,0 +1,148 @@
+"""Settings: one object per process, read once from environment, flags and stack.yaml.
+
+Watchdog settings keep OpenFaaS's environment names (``read_timeout``, ``exec_timeout`` …) so a
+function's stack.yaml carries over unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float | int, *, name: str = "duration") -> float:
+    """Parse a Go-style duration (``60s``, ``1m30s``, ``500ms``) or a bare number of seconds.
+
+    Returns seconds. ``0`` means "no limit" wherever a duration is a limit.
+    """
+    if isinstance(text, int | float):
+        if text < 0:
+            raise ConfigError(f"{name}: must not be negative, got {text}")
+        return float(text)
+    value = text.strip()
+    if not value:
+        raise ConfigError(f"{name}: empty duration")
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        if seconds < 0:
+            raise ConfigError(f"{name}: must not be negative, got {value!r}")
+        return seconds
+    pos = 0
+    total = 0.0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(value) or pos == 0:
+        raise ConfigError(
+            f"{name}: invalid duration {value!r} (use a number of seconds or Go style, e.g. 60s, 1m30s, 500ms)"
+        )
+    return total
+
+
+def parse_bool(text: str | bool, *, name: str = "setting") -> bool:
+    if isinstance(text, bool):
+        return text
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {text!r}")
+
+
+def parse_int(text: str | int, *, name: str, minimum: int = 0) -> int:
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected an integer, got {text!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    return value
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "streamfaas"
+
+
+@dataclass(frozen=True)
+class WatchdogConfig:
+    """Settings of one watchdog (one function replica), from its environment."""
+
+    fprocess: str = ""
+    upstream_url: str = ""
+    port: int = 8080
+    host: str = "127.0.0.1"
+    listen_fd: int | None = None
+    ready_fd: int | None = None
+    read_timeout: float = 60.0
+    write_timeout: float = 600.0
+    exec_timeout: float = 600.0
+    idle_timeout: float = 120.0
+    ready_timeout: float = 60.0
+    buffer_body: bool = False
+    max_inflight: int = 0
+    healthcheck_interval: float = 5.0
+    drain_timeout: float = 30.0
+    function_name: str = "function"
+    replica_id: str = "0"
+    threads: int = 64
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WatchdogConfig:
+        def duration(key: str, default: float) -> float:
+            raw = env.get(key)
+            return default if raw is None or raw == "" else parse_duration(raw, name=key)
+
+        listen_fd = env.get("STREAMFAAS_LISTEN_FD")
+        ready_fd = env.get("STREAMFAAS_READY_FD")
+        return cls(
+            fprocess=env.get("fprocess", ""),
+            upstream_url=env.get("upstream_url", ""),
+            port=parse_int(env.get("port", "8080"), name="port"),
+            host=env.get("STREAMFAAS_WATCHDOG_HOST", "127.0.0.1"),
+            listen_fd=parse_int(listen_fd, name="STREAMFAAS_LISTEN_FD") if listen_fd else None,
+            ready_fd=parse_int(ready_fd, name="STREAMFAAS_READY_FD") if ready_fd else None,
+            read_timeout=duration("read_timeout", 60.0),
+            write_timeout=duration("write_timeout", 600.0),
+            exec_timeout=duration("exec_timeout", 600.0),
+            idle_timeout=duration("idle_timeout", 120.0),
+            ready_timeout=duration("ready_timeout", 60.0),
+            buffer_body=parse_bool(env.get("buffer_body", "false"), name="buffer_body"),
+            max_inflight=parse_int(env.get("max_inflight", "0"), name="max_inflight"),
+            healthcheck_interval=duration("healthcheck_interval", 5.0),
+            drain_timeout=duration("drain_timeout", 30.0),
+            function_name=env.get("STREAMFAAS_FUNCTION", "function"),
+            replica_id=env.get("STREAMFAAS_REPLICA", "0"),
+            threads=parse_int(env.get("threads", "64"), name="threads", minimum=1),
+        )
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Settings of the gateway process (and the embedded local provider)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    state_dir: Path = field(default_factory=default_state_dir)
+    upstream_timeout: float = 600.0
+    cold_start_timeout: float = 60.0
+    port_file: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"

@@ -1,0 +1,100 @@
+"""``/function/{name}[/{path}]``: route a request to a ready replica and stream the answer back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+
+from ..config import parse_bool
+from ..errors import ConfigError, StreamfaasError
+from ..proxy import StreamLimits, error_response, forward_headers, open_upstream, stream_response
+from .state import GatewayState, state_of
+
+_NO_LIMITS = StreamLimits()
+
+
+def _call_headers(request: web.Request) -> tuple[str, str]:
+    call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
+    return call_id, str(time.time_ns())
+
+
+async def invoke_function(request: web.Request) -> web.StreamResponse:
+    state = state_of(request)
+    name = request.match_info["name"]
+    call_id, start_time = _call_headers(request)
+    reply_headers = CIMultiDict({"X-Call-Id": call_id, "X-Start-Time": start_time})
+    try:
+        resp = await _proxy(state, request, name, call_id, start_time, reply_headers)
+    except StreamfaasError as exc:
+        resp = error_response(str(exc), exc.http_status)
+        resp.headers.update(reply_headers)
+    return resp
+
+
+async def _proxy(
+    state: GatewayState,
+    request: web.Request,
+    name: str,
+    call_id: str,
+    start_time: str,
+    reply_headers: CIMultiDict[str],
+) -> web.StreamResponse:
+    provider = state.provider
+    record = provider.record(name)  # 404 for an unknown function, before anything else
+    replica = await provider.acquire(name)
+    record = provider.record(name)
+    record.invocations += 1
+    headers = forward_headers(request.headers)
+    peer = request.remote or ""
+    prior = request.headers.get("X-Forwarded-For")
+    headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    headers["X-Forwarded-Host"] = request.host
+    headers["X-Call-Id"] = call_id
+    headers["X-Start-Time"] = start_time
+    body: bytes | asyncio.StreamReader | None = None
+    if _buffer_body(record.deployment.envVars):
+        body = await request.read()
+    elif request.body_exists:
+        body = request.content
+        if request.content_length is not None:
+            headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
+    tail = request.match_info.get("tail", "")
+    url = f"{replica.url}/{tail}"
+    if request.query_string:
+        url += "?" + request.query_string
+    reply_headers["X-Served-By"] = f"{name}[{replica.id}]"
+    replica.inflight += 1
+    try:
+        upstream = await open_upstream(
+            state.session, request.method, url, headers=headers, body=body, timeout=state.config.upstream_timeout
+        )
+        return await stream_response(request, upstream, limits=_NO_LIMITS, extra_headers=reply_headers)
+    finally:
+        replica.inflight -= 1
+
+
+def _buffer_body(env: dict[str, str]) -> bool:
+    raw = env.get("buffer_body")
+    if not raw:
+        return False
+    try:
+        return parse_bool(raw, name="buffer_body")
+    except ConfigError:
+        return False
+
+
+def client_session() -> aiohttp.ClientSession:
+    # No pool limit: every open stream holds a connection to its replica for its whole life.
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Pass the client's headers as they are: add no Accept-Encoding, User-Agent or Content-Type.
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type", "Accept"),
+    )

@@ -1,0 +1,25 @@
+"""What one gateway process holds: its settings, its provider and its upstream client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from ..config import GatewayConfig
+from ..provider import LocalProvider
+
+
+@dataclass
+class GatewayState:
+    config: GatewayConfig
+    provider: LocalProvider
+    session: aiohttp.ClientSession = field(init=False)
+
+
+STATE_KEY = web.AppKey("streamfaas_state", GatewayState)
+
+
+def state_of(request: web.Request) -> GatewayState:
+    return request.app[STATE_KEY]

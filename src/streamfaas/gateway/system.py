@@ -1,0 +1,170 @@
+"""The ``/system/*`` REST API, with OpenFaaS's routes, JSON field names and status codes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from .. import __version__
+from ..errors import BadRequest, FunctionNotFound, StreamfaasError
+from ..provider.logs import line_time
+from ..provider.models import DEFAULT_NAMESPACE, DeleteFunctionRequest, FunctionDeployment, ScaleServiceRequest
+from .state import state_of
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _json_error(exc: StreamfaasError) -> web.Response:
+    return web.Response(status=exc.http_status, text=str(exc).rstrip("\n") + "\n")
+
+
+@web.middleware
+async def system_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Map streamfaas errors to statuses with a one-line message, in one place."""
+    try:
+        resp: web.StreamResponse = await handler(request)
+        return resp
+    except StreamfaasError as exc:
+        return _json_error(exc)
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    if not raw.strip():
+        raise BadRequest("request body is empty: send JSON")
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("invalid JSON: expected an object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequest(f"invalid {model.__name__}: {where}: {first['msg']}") from None
+
+
+def _check_namespace(value: str | None) -> None:
+    if value and value != DEFAULT_NAMESPACE:
+        raise BadRequest(f"namespace {value!r} not found; the only namespace is {DEFAULT_NAMESPACE!r}")
+
+
+async def list_functions(request: web.Request) -> web.Response:
+    _check_namespace(request.query.get("namespace"))
+    items = [s.model_dump(mode="json") for s in state_of(request).provider.list()]
+    return web.json_response(items)
+
+
+async def deploy_function(request: web.Request) -> web.Response:
+    deployment = await _body(request, FunctionDeployment)
+    _check_namespace(deployment.namespace)
+    provider = state_of(request).provider
+    if request.method == "PUT" and not provider.has(deployment.service):
+        raise FunctionNotFound(deployment.service)
+    await provider.deploy(deployment)
+    return web.Response(status=202)
+
+
+async def delete_function(request: web.Request) -> web.Response:
+    body = await _body(request, DeleteFunctionRequest)
+    _check_namespace(body.namespace)
+    await state_of(request).provider.remove(body.functionName)
+    return web.Response(status=202)
+
+
+async def get_function(request: web.Request) -> web.Response:
+    _check_namespace(request.query.get("namespace"))
+    status = state_of(request).provider.status(request.match_info["name"])
+    return web.json_response(status.model_dump(mode="json"))
+
+
+async def scale_function(request: web.Request) -> web.Response:
+    body = await _body(request, ScaleServiceRequest)
+    name = request.match_info["name"]
+    if body.serviceName and body.serviceName != name:
+        raise BadRequest(f"serviceName {body.serviceName!r} does not match the path's {name!r}")
+    await state_of(request).provider.scale(name, body.replicas)
+    return web.Response(status=202)
+
+
+async def system_info(request: web.Request) -> web.Response:
+    return web.json_response(
+        {
+            "provider": {
+                "provider": "streamfaas-local",
+                "orchestration": "local",
+                "version": {"release": __version__, "sha": "", "commit_message": ""},
+            },
+            "version": {"release": __version__, "sha": "", "commit_message": ""},
+            "arch": platform.machine(),
+        }
+    )
+
+
+async def list_namespaces(request: web.Request) -> web.Response:
+    return web.json_response([DEFAULT_NAMESPACE])
+
+
+def _parse_since(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        return dt.datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise BadRequest(f"since: expected an RFC 3339 time, got {raw!r}") from None
+
+
+async def function_logs(request: web.Request) -> web.StreamResponse:
+    """Newline-delimited JSON log messages, streamed as the lines are written."""
+    q = request.query
+    name = q.get("name", "")
+    if not name:
+        raise BadRequest("name: the function whose logs to read is required")
+    try:
+        tail = int(q.get("tail", "-1"))
+    except ValueError:
+        raise BadRequest(f"tail: expected an integer, got {q.get('tail')!r}") from None
+    follow = q.get("follow", "false").lower() in {"1", "true", "yes"}
+    since = _parse_since(q.get("since"))
+    provider = state_of(request).provider
+    lines = provider.logs(name, tail=tail, since=since, follow=follow)
+    resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await resp.prepare(request)
+    async for line in lines:
+        await resp.write(json.dumps(_log_message(name, line)).encode() + b"\n")
+    await resp.write_eof()
+    return resp
+
+
+def _log_message(name: str, line: str) -> dict[str, str]:
+    stamp = line_time(line)
+    instance = ""
+    text = line
+    parts = line.split(" ", 2)
+    if stamp is not None and len(parts) == 3:
+        instance = parts[1].rstrip(":")
+        text = parts[2]
+        timestamp = dt.datetime.fromtimestamp(stamp, dt.UTC).isoformat().replace("+00:00", "Z")
+    else:
+        timestamp = ""
+    return {"name": name, "namespace": DEFAULT_NAMESPACE, "instance": instance, "timestamp": timestamp, "text": text}
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/system/functions", list_functions)
+    r.add_post("/system/functions", deploy_function)
+    r.add_put("/system/functions", deploy_function)
+    r.add_delete("/system/functions", delete_function)
+    r.add_get("/system/function/{name}", get_function)
+    r.add_post("/system/scale-function/{name}", scale_function)
+    r.add_get("/system/info", system_info)
+    r.add_get("/system/namespaces", list_namespaces)
+    r.add_get("/system/logs", function_logs)

@@ -1,0 +1,279 @@
+"""The local provider: functions run as processes on this machine (the embedded default).
+
+State lives under the state directory (``functions/*.json``), so a restarted gateway finds its
+functions again and starts their replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ..config import parse_duration
+from ..errors import ConfigError, DeployError, FunctionNotFound, FunctionNotReady
+from .images import ImageStore, LocalImage
+from .logs import follow_log
+from .models import DEFAULT_NAMESPACE, FunctionDeployment, FunctionStatus
+from .replica import Replica, ReplicaSpec
+from .venvs import VenvCache
+
+# The few variables a function process needs from the platform's environment; nothing else
+# (no credentials) leaks from the gateway into functions.
+_INHERITED_ENV = ("LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+class FunctionRecord:
+    """A deployed function: what was asked for, and the replicas that serve it."""
+
+    def __init__(self, deployment: FunctionDeployment, image: LocalImage, venv: Path, created_at: str, replicas: int) -> None:
+        self.deployment = deployment
+        self.image = image
+        self.venv = venv
+        self.created_at = created_at
+        self.desired = replicas
+        self.replicas: list[Replica] = []
+        self.invocations = 0
+        self._ids = itertools.count(1)
+        self._rr = 0
+        self.changed = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.deployment.service
+
+    def ready_replicas(self) -> list[Replica]:
+        return [r for r in self.replicas if r.ready.is_set()]
+
+    def pick(self) -> Replica | None:
+        """The ready replica with the fewest open requests (streams hold them for long)."""
+        ready = self.ready_replicas()
+        if not ready:
+            return None
+        self._rr += 1
+        n = len(ready)
+        best = ready[self._rr % n]
+        for i in range(1, n):
+            r = ready[(self._rr + i) % n]
+            if r.inflight < best.inflight:
+                best = r
+        return best
+
+    def next_id(self) -> str:
+        return str(next(self._ids))
+
+
+class LocalProvider:
+    def __init__(self, state_dir: Path, *, cold_start_timeout: float = 60.0) -> None:
+        self.state_dir = state_dir
+        self.images = ImageStore(state_dir / "images")
+        self.venvs = VenvCache(state_dir / "venvs")
+        self.functions_dir = state_dir / "functions"
+        self.logs_dir = state_dir / "logs"
+        self.cache_dir = state_dir / "cache"
+        self.cold_start_timeout = cold_start_timeout
+        self.functions: dict[str, FunctionRecord] = {}
+        self._deploy_lock = asyncio.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        for folder in (self.functions_dir, self.logs_dir, self.cache_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.functions_dir.glob("*.json")):
+            try:
+                saved = json.loads(path.read_text())
+                deployment = FunctionDeployment.model_validate(saved["deployment"])
+                await self._apply(deployment, replicas=int(saved["replicas"]), created_at=saved["createdAt"])
+            except Exception as exc:  # one broken function must not keep the others down
+                print(f"streamfaas: cannot restore {path.name}: {exc}", file=sys.stderr, flush=True)
+
+    async def close(self) -> None:
+        records = list(self.functions.values())
+        await asyncio.gather(*(self._stop_replicas(r, list(r.replicas)) for r in records))
+
+    # ---- the provider interface ---------------------------------------------------------
+    async def deploy(self, deployment: FunctionDeployment) -> bool:
+        """Create or update (rolling) a function; True when it was new."""
+        async with self._deploy_lock:
+            existing = self.functions.get(deployment.service)
+            replicas = existing.desired if existing else deployment.initial_replicas()
+            created = existing.created_at if existing else dt.datetime.now(dt.UTC).isoformat()
+            await self._apply(deployment, replicas=replicas, created_at=created)
+            return existing is None
+
+    async def remove(self, name: str) -> None:
+        async with self._deploy_lock:
+            record = self._get(name)
+            del self.functions[name]
+            (self.functions_dir / f"{name}.json").unlink(missing_ok=True)
+            await self._stop_replicas(record, list(record.replicas))
+
+    async def scale(self, name: str, replicas: int) -> None:
+        record = self._get(name)
+        record.desired = replicas
+        self._save(record)
+        await self._reconcile(record)
+
+    def list(self) -> list[FunctionStatus]:
+        return [self.status(name) for name in sorted(self.functions)]
+
+    def status(self, name: str) -> FunctionStatus:
+        record = self._get(name)
+        d = record.deployment
+        return FunctionStatus(
+            name=d.service,
+            image=d.image,
+            namespace=d.namespace or DEFAULT_NAMESPACE,
+            envProcess=d.envProcess or record.image.fprocess,
+            envVars=d.envVars,
+            constraints=d.constraints,
+            secrets=d.secrets,
+            labels={**d.labels, "faas_function": d.service},
+            annotations=d.annotations,
+            limits=d.limits,
+            requests=d.requests,
+            readOnlyRootFilesystem=d.readOnlyRootFilesystem,
+            invocationCount=record.invocations,
+            replicas=record.desired,
+            availableReplicas=len(record.ready_replicas()),
+            createdAt=record.created_at,
+        )
+
+    def has(self, name: str) -> bool:
+        return name in self.functions
+
+    def record(self, name: str) -> FunctionRecord:
+        return self._get(name)
+
+    async def acquire(self, name: str) -> Replica:
+        """A ready replica for a request; a function scaled to zero is started and waited for."""
+        record = self._get(name)
+        replica = record.pick()
+        if replica is not None:
+            return replica
+        if record.desired == 0:
+            await self.scale(name, 1)
+        deadline = asyncio.get_running_loop().time() + self.cold_start_timeout
+        while True:
+            replica = record.pick()
+            if replica is not None:
+                return replica
+            if not record.replicas:
+                raise FunctionNotReady(f"function {name!r} has no replicas")
+            waits = [asyncio.ensure_future(r.ready.wait()) for r in record.replicas]
+            waits.append(asyncio.ensure_future(record.changed.wait()))
+            timeout = deadline - asyncio.get_running_loop().time()
+            try:
+                if timeout <= 0:
+                    raise FunctionNotReady(f"function {name!r} is not ready (waited {self.cold_start_timeout:g}s)")
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            record = self._get(name)  # it may have been updated or removed meanwhile
+
+    async def logs(self, name: str, *, tail: int, since: float | None, follow: bool) -> AsyncIterator[str]:
+        self._get(name)
+        async for line in follow_log(self.logs_dir / f"{name}.log", tail=tail, since=since, follow=follow, alive=lambda: name in self.functions):
+            yield line
+
+    # ---- internals --------------------------------------------------------------------------
+    def _get(self, name: str) -> FunctionRecord:
+        try:
+            return self.functions[name]
+        except KeyError:
+            raise FunctionNotFound(name) from None
+
+    def _save(self, record: FunctionRecord) -> None:
+        data = {"deployment": record.deployment.model_dump(), "replicas": record.desired, "createdAt": record.created_at}
+        path = self.functions_dir / f"{record.name}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, path)
+
+    def _replica_spec(self, record: FunctionRecord) -> ReplicaSpec:
+        d = record.deployment
+        env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+        env.update(d.envVars)
+        bin_dir = str(record.venv / "bin")
+        env["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
+        env["VIRTUAL_ENV"] = str(record.venv)
+        env["HOME"] = str(self.cache_dir)
+        env["PYTHONPYCACHEPREFIX"] = str(self.cache_dir / "pycache")
+        env["fprocess"] = d.envProcess or record.image.fprocess
+        env["STREAMFAAS_FUNCTION"] = d.service
+        drain = d.envVars.get("drain_timeout", "30s")
+        try:
+            drain_s = parse_duration(drain, name="drain_timeout")
+        except ConfigError:
+            drain_s = 30.0
+        return ReplicaSpec(env=env, cwd=record.image.path, log=self.logs_dir / f"{d.service}.log", drain_timeout=drain_s)
+
+    async def _apply(self, deployment: FunctionDeployment, *, replicas: int, created_at: str) -> None:
+        image = self.images.resolve(deployment.image)
+        requirements = (image.path / "function" / "requirements.txt").read_text()
+        venv = await self.venvs.ensure(requirements, log=self.logs_dir / f"{deployment.service}.log")
+        old = self.functions.get(deployment.service)
+        record = FunctionRecord(deployment, image, venv, created_at, replicas)
+        if old is not None:
+            record.invocations = old.invocations
+        self._save(record)
+        if old is None:
+            self.functions[record.name] = record
+            await self._reconcile(record, wait=False)
+            return
+        # Rolling update: the new replicas are ready before the old ones stop taking requests.
+        if replicas > 0:
+            await self._reconcile(record, wait=True)
+            if not record.ready_replicas():
+                await self._stop_replicas(record, list(record.replicas))
+                self._save(old)
+                raise DeployError(f"update of {record.name!r} failed: the new version did not become ready; the old one keeps serving")
+        self.functions[record.name] = record
+        old.changed.set()
+        await self._stop_replicas(old, list(old.replicas))
+
+    async def _reconcile(self, record: FunctionRecord, *, wait: bool = False) -> None:
+        spec = self._replica_spec(record)
+        started: list[Replica] = []
+        while len(record.replicas) < record.desired:
+            replica = Replica(record.name, record.next_id(), spec)
+            record.replicas.append(replica)
+            replica.start()
+            started.append(replica)
+        if len(record.replicas) > record.desired:
+            extra = record.replicas[record.desired:]
+            await self._stop_replicas(record, extra)
+        record.changed.set()
+        record.changed = asyncio.Event()
+        if wait and started:
+            await _first_ready(started, self.cold_start_timeout)
+
+    async def _stop_replicas(self, record: FunctionRecord, replicas: list[Replica]) -> None:
+        for r in replicas:
+            if r in record.replicas:
+                record.replicas.remove(r)
+        await asyncio.gather(*(r.stop() for r in replicas))
+
+
+async def _first_ready(replicas: list[Replica], timeout: float) -> None:
+    """Wait until every replica is ready or has failed once, within ``timeout``."""
+
+    async def settle(r: Replica) -> None:
+        ready = asyncio.ensure_future(r.ready.wait())
+        failed = asyncio.ensure_future(r.failed.wait())
+        try:
+            await asyncio.wait({ready, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            failed.cancel()
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(settle(r) for r in replicas)), timeout)
+    except TimeoutError:
+        pass

@@ -1,0 +1,137 @@
+"""One replica of a function: a watchdog process (which runs the function server), supervised.
+
+A replica that exits on its own is restarted with exponential backoff; one that stays up for a
+while is considered healthy again and its backoff resets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._process import die_with_parent, kill_group, listening_socket
+
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 30.0
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    env: Mapping[str, str]
+    cwd: Path
+    log: Path
+    drain_timeout: float = 30.0
+
+
+class Replica:
+    def __init__(self, function: str, replica_id: str, spec: ReplicaSpec) -> None:
+        self.function = function
+        self.id = replica_id
+        self.spec = spec
+        self.url = ""
+        self.ready = asyncio.Event()
+        self.failed = asyncio.Event()  # set when a start attempt did not become ready
+        self.inflight = 0
+        self.restarts = 0
+        self.pid: int | None = None
+        self._stopping = False
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"replica {self.function}/{self.id}")
+
+    def _note(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with open(self.spec.log, "a") as log:
+            log.write(f"{stamp} {self.function}[{self.id}] streamfaas: {text}\n")
+
+    async def _supervise(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self._stopping:
+            started = time.monotonic()
+            code = await self._run_once()
+            if self._stopping:
+                return
+            self.restarts += 1
+            if time.monotonic() - started > STABLE_AFTER:
+                backoff = BACKOFF_FIRST
+            self._note(f"replica exited with code {code}; restarting in {backoff:.1f}s")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _run_once(self) -> int | None:
+        sock = listening_socket()
+        port = sock.getsockname()[1]
+        ready_r, ready_w = os.pipe()
+        env = dict(self.spec.env)
+        env["STREAMFAAS_LISTEN_FD"] = str(sock.fileno())
+        env["STREAMFAAS_READY_FD"] = str(ready_w)
+        env["STREAMFAAS_REPLICA"] = self.id
+        self.spec.log.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.spec.log, "ab")  # noqa: SIM115 - the child holds it; closed below
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "streamfaas.watchdog",
+                cwd=self.spec.cwd,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=(sock.fileno(), ready_w),
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+        except OSError as exc:
+            self._note(f"cannot start watchdog: {exc.strerror}")
+            self.failed.set()
+            return None
+        finally:
+            sock.close()
+            os.close(ready_w)
+            log.close()
+        self.pid = self._proc.pid
+        self.url = f"http://127.0.0.1:{port}"
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(ready_r, "rb", buffering=0)
+        )
+        try:
+            # The watchdog writes one byte once its function answers; EOF means it died first.
+            if await reader.read(1):
+                self.failed.clear()
+                self.ready.set()
+            else:
+                self.failed.set()
+        finally:
+            transport.close()
+        code = await self._proc.wait()
+        self.ready.clear()
+        self.failed.set()
+        return code
+
+    async def stop(self) -> None:
+        """Drain and stop: the caller has already taken this replica out of rotation."""
+        self._stopping = True
+        self.ready.clear()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            kill_group(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.spec.drain_timeout + 5)
+            except TimeoutError:
+                kill_group(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

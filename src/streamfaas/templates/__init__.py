@@ -1,0 +1,92 @@
+"""The template store: the language templates shipped inside the package (no network needed).
+
+A template is a folder with ``template.yml``, ``index.py``, ``requirements.txt``, ``Dockerfile``
+and a starter ``function/``. ``base:`` in template.yml names a template whose files it reuses
+(python3-flask-debian is python3-flask with another Dockerfile).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ruamel.yaml import YAML
+
+from ..errors import ConfigError
+
+TEMPLATES_DIR = Path(__file__).resolve().parent
+COMMON_DIR = TEMPLATES_DIR / "_common"
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    fprocess: str
+    description: str
+    welcome_message: str
+    layers: tuple[Path, ...]  # the template's folder last, its bases before it
+
+    def copy_into(self, dest: Path, *, with_starter_function: bool) -> None:
+        """Lay the template's files into ``dest`` (a build context)."""
+        for layer in self.layers:
+            for item in layer.iterdir():
+                if item.name == "template.yml" or item.name == "__pycache__":
+                    continue
+                if item.name == "function" and not with_starter_function:
+                    continue
+                target = dest / item.name
+                if item.is_dir():
+                    shutil.copytree(item, target, dirs_exist_ok=True, ignore=_IGNORE)
+                else:
+                    shutil.copy2(item, target)
+        for item in COMMON_DIR.iterdir():
+            if item.is_file() and item.suffix == ".py":
+                shutil.copy2(item, dest / item.name)
+
+
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def _read_yml(path: Path) -> dict[str, object]:
+    data = YAML(typ="safe").load(path.read_text())
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: not a template.yml mapping")
+    return data
+
+
+def template_names(root: Path = TEMPLATES_DIR) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if (p / "template.yml").is_file())
+
+
+def get_template(name: str, root: Path = TEMPLATES_DIR) -> Template:
+    """Resolve a template and its ``base:`` chain; unknown names list what exists."""
+    layers: list[Path] = []
+    meta: dict[str, object] = {}
+    current: str | None = name
+    while current:
+        folder = root / current
+        if not (folder / "template.yml").is_file():
+            known = ", ".join(template_names(root))
+            if current == name:
+                raise ConfigError(f"unknown template {name!r}; available: {known}")
+            raise ConfigError(f"template {name!r} names an unknown base {current!r}")
+        if folder in layers:
+            raise ConfigError(f"template {name!r}: base templates form a loop")
+        layers.insert(0, folder)
+        data = _read_yml(folder / "template.yml")
+        for key, value in data.items():
+            meta.setdefault(key, value)
+        base = data.get("base")
+        current = str(base) if base else None
+    return Template(
+        name=name,
+        fprocess=str(meta.get("fprocess") or "python index.py"),
+        description=str(meta.get("description") or ""),
+        welcome_message=str(meta.get("welcome_message") or ""),
+        layers=tuple(layers),
+    )
+
+
+def list_templates(root: Path = TEMPLATES_DIR) -> list[Template]:
+    return [get_template(n, root) for n in template_names(root)]

@@ -1,0 +1,28 @@
+"""Serve a WSGI app with waitress, tuned for streaming. Copied into every build by streamfaas.
+
+The watchdog hands the listening socket over in STREAMFAAS_LISTEN_FD; without it (in a
+container, say) the server listens on PORT (default 5000) like OpenFaaS's templates do.
+"""
+
+import os
+import socket
+
+from waitress import serve
+
+
+def serve_app(app):
+    # A streaming response holds one waitress thread for as long as it lasts, so the thread
+    # count is the number of streams a replica can hold at once.
+    options = {
+        "threads": int(os.environ.get("threads", "64")),
+        "connection_limit": int(os.environ.get("connection_limit", "4096")),
+        "channel_timeout": 3600,
+        "cleanup_interval": 30,
+        "ident": None,
+        "clear_untrusted_proxy_headers": False,
+    }
+    fd = os.environ.get("STREAMFAAS_LISTEN_FD")
+    if fd:
+        serve(app, sockets=[socket.socket(fileno=int(fd))], **options)
+    else:
+        serve(app, host="0.0.0.0", port=int(os.environ.get("PORT", "5000")), **options)

@@ -1,0 +1,192 @@
+"""The watchdog's HTTP side: health, readiness, limits, and the streaming proxy to the function."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+
+import aiohttp
+from aiohttp import hdrs, web
+
+from .._process import listening_socket
+from ..config import WatchdogConfig
+from ..errors import StreamfaasError
+from ..proxy import StreamLimits, error_response, forward_headers, open_upstream, stream_response
+from .function_process import FunctionProcess
+
+CONFIG_KEY = web.AppKey("config", WatchdogConfig)
+STATE_KEY = web.AppKey("state", "WatchdogState")
+
+
+class WatchdogState:
+    def __init__(self, config: WatchdogConfig, function: FunctionProcess) -> None:
+        self.config = config
+        self.function = function
+        self.ready = False
+        self.draining = False
+        self.inflight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.session: aiohttp.ClientSession | None = None
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    if state.ready and not state.function.exited.is_set():
+        return web.Response(text="OK\n")
+    return web.Response(status=503, text="function not ready\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    if not state.ready or state.draining or state.function.exited.is_set():
+        return web.Response(status=503, text="function not ready\n")
+    limit = state.config.max_inflight
+    if limit and state.inflight >= limit:
+        return web.Response(status=429, text="at capacity\n")
+    return web.Response(text="OK\n")
+
+
+async def invoke(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    config = state.config
+    # While draining we still serve: the gateway stopped routing here before SIGTERM, so only
+    # requests already on their way arrive, and refusing them would fail them for nothing.
+    if not state.ready or state.function.exited.is_set():
+        return error_response("function is not ready", 503)
+    if config.max_inflight and state.inflight >= config.max_inflight:
+        return error_response(f"concurrent request limit exceeded (max_inflight={config.max_inflight})", 429)
+    state.inflight += 1
+    state.idle.clear()
+    started = time.monotonic()
+    try:
+        headers = forward_headers(request.headers)
+        headers[hdrs.HOST] = request.host
+        body: bytes | asyncio.StreamReader | None = None
+        if config.buffer_body:
+            try:
+                async with asyncio.timeout(config.read_timeout or None):
+                    body = await request.read()
+            except TimeoutError:
+                return error_response(f"request body not received within {config.read_timeout:g}s", 408)
+        elif request.body_exists:
+            body = request.content
+            if request.content_length is not None:
+                headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
+        total = config.exec_timeout
+        headers_limit = min(x for x in (config.write_timeout, total) if x) if (config.write_timeout or total) else 0.0
+        assert state.session is not None
+        upstream = await open_upstream(
+            state.session,
+            request.method,
+            state.function.upstream_url + request.rel_url.raw_path_qs,
+            headers=headers,
+            body=body,
+            timeout=headers_limit,
+        )
+        elapsed = time.monotonic() - started
+        extra = None
+        if upstream.content_length is not None:
+            extra = {"X-Duration-Seconds": f"{elapsed:.6f}"}
+        remaining = max(total - elapsed, 0.001) if total else 0.0
+        return await stream_response(
+            request,
+            upstream,
+            limits=StreamLimits(idle=config.idle_timeout, total=remaining),
+            extra_headers=extra,  # type: ignore[arg-type]
+        )
+    except StreamfaasError as exc:
+        return error_response(str(exc), exc.http_status)
+    finally:
+        state.inflight -= 1
+        if state.inflight == 0:
+            state.idle.set()
+
+
+def create_app(config: WatchdogConfig, function: FunctionProcess) -> web.Application:
+    app = web.Application(client_max_size=0)
+    app[CONFIG_KEY] = config
+    app[STATE_KEY] = WatchdogState(config, function)
+    app.router.add_get("/_/health", health)
+    app.router.add_get("/_/ready", ready)
+    app.router.add_route("*", "/{tail:.*}", invoke)
+    return app
+
+
+async def run(config: WatchdogConfig) -> int:
+    """Run one replica until SIGTERM (drain, exit 0) or the function process dies (exit 1)."""
+    function = FunctionProcess(config)
+    app = create_app(config, function)
+    state = app[STATE_KEY]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    if config.listen_fd is not None:
+        sock = socket.socket(fileno=config.listen_fd)
+    else:
+        sock = listening_socket(config.host, config.port)
+    port = sock.getsockname()[1]
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    print(f"watchdog listening on http://{config.host}:{port}", flush=True)
+
+    connector = aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=60)
+    state.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    code = 0
+    try:
+        await function.start()
+        waiter = asyncio.create_task(function.exited.wait())
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            ready_task = asyncio.create_task(function.wait_ready(config.ready_timeout))
+            done, _ = await asyncio.wait({ready_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if ready_task in done:
+                ready_task.result()
+                state.ready = True
+                print(f"function {config.function_name} ready at {function.upstream_url}", flush=True)
+                _signal_ready(config.ready_fd)
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                ready_task.cancel()
+                await asyncio.gather(ready_task, return_exceptions=True)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+            await asyncio.gather(waiter, stopper, return_exceptions=True)
+        state.draining = True
+        if function.exited.is_set():
+            print(f"function process exited with code {function.returncode}", file=sys.stderr, flush=True)
+            code = 1
+        # Let in-flight requests finish (or, when the function died, report their failure).
+        try:
+            await asyncio.wait_for(state.idle.wait(), config.drain_timeout or None)
+        except TimeoutError:
+            print(f"drain timeout: {state.inflight} request(s) still in flight", file=sys.stderr, flush=True)
+    except StreamfaasError as exc:
+        print(f"watchdog: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        await function.stop()
+        await runner.cleanup()
+        await state.session.close()
+    return code
+
+
+def _signal_ready(fd: int | None) -> None:
+    """Tell the process that started us (the local provider) that we serve now."""
+    if fd is None:
+        return
+    try:
+        os.write(fd, b"1")
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
