@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from aiohttp import ClientError, ClientResponse, ClientSession, ClientTimeout, hdrs, web
+from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSession, ClientTimeout, hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import StreamfaasError, UpstreamError, UpstreamTimeout
@@ -37,6 +37,10 @@ HOP_BY_HOP = frozenset(
 
 EVENT_STREAM = "text/event-stream"
 _NO_TIMEOUT = ClientTimeout(total=None, connect=None, sock_connect=10, sock_read=None)
+
+
+class UpstreamUnreachable(UpstreamError):
+    """The connection could not be made: nothing was sent, so the request may go elsewhere."""
 
 
 class StreamTimeout(StreamfaasError):
@@ -133,6 +137,8 @@ async def open_upstream(
             )
     except TimeoutError:
         raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s") from None
+    except ClientConnectorError as exc:
+        raise UpstreamUnreachable(f"upstream unavailable: {exc.__class__.__name__}") from None
     except ClientError as exc:
         raise UpstreamError(f"upstream unavailable: {exc.__class__.__name__}") from None
 

@@ -12,10 +12,11 @@ from multidict import CIMultiDict
 
 from ..config import parse_bool
 from ..errors import ConfigError, StreamfaasError
-from ..proxy import StreamLimits, error_response, forward_headers, open_upstream, stream_response
+from ..proxy import StreamLimits, UpstreamUnreachable, error_response, forward_headers, open_upstream, stream_response
 from .state import GatewayState, state_of
 
 _NO_LIMITS = StreamLimits()
+CONNECT_ATTEMPTS = 8
 
 
 def _call_headers(request: web.Request) -> tuple[str, str]:
@@ -46,9 +47,6 @@ async def _proxy(
 ) -> web.StreamResponse:
     provider = state.provider
     record = provider.record(name)  # 404 for an unknown function, before anything else
-    replica = await provider.acquire(name)
-    record = provider.record(name)
-    record.invocations += 1
     headers = forward_headers(request.headers)
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
@@ -63,19 +61,31 @@ async def _proxy(
         body = request.content
         if request.content_length is not None:
             headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
-    tail = request.match_info.get("tail", "")
-    url = f"{replica.url}/{tail}"
+    path = "/" + request.match_info.get("tail", "")
     if request.query_string:
-        url += "?" + request.query_string
-    reply_headers["X-Served-By"] = f"{name}[{replica.id}]"
-    replica.inflight += 1
-    try:
-        upstream = await open_upstream(
-            state.session, request.method, url, headers=headers, body=body, timeout=state.config.upstream_timeout
-        )
-        return await stream_response(request, upstream, limits=_NO_LIMITS, extra_headers=reply_headers)
-    finally:
-        replica.inflight -= 1
+        path += "?" + request.query_string
+    for attempt in range(CONNECT_ATTEMPTS):
+        replica = await provider.acquire(name)
+        reply_headers["X-Served-By"] = f"{name}[{replica.id}]"
+        replica.inflight += 1
+        try:
+            try:
+                upstream = await open_upstream(
+                    state.session, request.method, replica.url + path, headers=headers, body=body,
+                    timeout=state.config.upstream_timeout,
+                )
+            except UpstreamUnreachable:
+                # Nothing was sent: the replica is going away (crash, scale-down, update), so wait
+                # for its replacement or another replica rather than failing the request.
+                if attempt == CONNECT_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(0.02 * 2**attempt)
+                continue
+            provider.record(name).invocations += 1
+            return await stream_response(request, upstream, limits=_NO_LIMITS, extra_headers=reply_headers)
+        finally:
+            replica.inflight -= 1
+    raise AssertionError("unreachable")
 
 
 def _buffer_body(env: dict[str, str]) -> bool:

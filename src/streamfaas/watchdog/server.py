@@ -163,6 +163,9 @@ async def run(config: WatchdogConfig) -> int:
             await asyncio.gather(waiter, stopper, return_exceptions=True)
         state.draining = True
         if function.exited.is_set():
+            # Refuse new connections at once so the gateway sends them to a live replica;
+            # requests already here still get their answer (or their error event).
+            await site.stop()
             print(f"function process exited with code {function.returncode}", file=sys.stderr, flush=True)
             code = 1
         # Let in-flight requests finish (or, when the function died, report their failure).

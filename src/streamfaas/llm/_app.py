@@ -1,0 +1,283 @@
+"""The HTTP side: OpenAI's routes, its error shape, API key auth, and streaming over SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import hdrs, web
+
+from . import _errors as errors
+from ._engine import Engine
+from ._errors import OpenAIError
+from ._generation import Generation
+from ._requests import (
+    GenerationRequest,
+    parse_chat_request,
+    parse_completion_request,
+    requested_model,
+)
+from ._responses import ChunkEncoder, completion_body, error_event, model_card, new_response_id, now
+from ._scheduler import Scheduler
+from ._settings import LLMSettings, model_aliases
+
+log = logging.getLogger("streamfaas.llm")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SSE_HEADERS = {
+    hdrs.CONTENT_TYPE: "text/event-stream; charset=utf-8",
+    # A proxy in front (nginx, the gateway) must pass each chunk on at once.
+    hdrs.CACHE_CONTROL: "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+@dataclass
+class ServerState:
+    settings: LLMSettings
+    model: str
+    aliases: frozenset[str]
+    api_key: bytes | None
+    engine: Engine
+    scheduler: Scheduler | None = None
+
+    def check_model(self, model: str | None) -> None:
+        # No model named means the one this server serves (lenient; OpenAI would say 400).
+        if model is not None and model.lower() not in self.aliases:
+            raise errors.model_not_found(model)
+
+
+STATE = web.AppKey("llm_state", ServerState)
+
+
+def error_response(error: OpenAIError) -> web.Response:
+    headers = {"Retry-After": "1"} if error.http_status == 429 else None
+    return web.json_response(error.to_json(), status=error.http_status, headers=headers)
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place errors become responses: always OpenAI's JSON, never a traceback."""
+    try:
+        return await handler(request)
+    except OpenAIError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.reason
+        if exc.status == 404:
+            message = f"Unknown request URL: {request.method} {request.path}."
+        elif exc.status == 405:
+            message = f"Method {request.method} is not allowed on {request.path}."
+        code = "unknown_url" if exc.status == 404 else None
+        return error_response(OpenAIError(message, status=exc.status, code=code))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return error_response(errors.internal_error())
+
+
+@web.middleware
+async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    key = request.app[STATE].api_key
+    if key is not None and request.path.startswith("/v1/"):
+        header = request.headers.get(hdrs.AUTHORIZATION, "")
+        scheme, _, given = header.partition(" ")
+        if not header:
+            raise errors.missing_api_key()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key):
+            raise errors.invalid_api_key()
+    return await handler(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.scheduler is None:
+        return web.json_response({"status": "loading"}, status=503)
+    return web.json_response({"status": "ok", "model": state.model})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.json_response(
+        {"object": "list", "data": [model_card(state.model, state.engine.loaded_at)]}
+    )
+
+
+async def get_model(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    state.check_model(request.match_info["model"])
+    return web.json_response(model_card(state.model, state.engine.loaded_at))
+
+
+async def stats(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = _scheduler(state).stats()
+    body["model"] = state.model
+    body["slots_busy"] = await asyncio.to_thread(state.engine.busy_slots)
+    return web.json_response(body)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, parse_chat_request)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _generate(request, parse_completion_request)
+
+
+async def _generate(
+    request: web.Request, parse: Callable[[object], GenerationRequest]
+) -> web.StreamResponse:
+    state = request.app[STATE]
+    body = await _read_json(request)
+    state.check_model(requested_model(body))
+    parsed = parse(body)
+    generation = await _scheduler(state).submit(parsed)
+    try:
+        if parsed.stream:
+            return await _stream(request, state, generation)
+        return await _whole(state, generation)
+    finally:
+        # A no-op once the generation ended; after a disconnect (the handler is cancelled, or a
+        # write failed) it stops the model within one token.
+        generation.cancel()
+
+
+async def _whole(state: ServerState, generation: Generation) -> web.Response:
+    parts: list[str] = []
+    while (text := await generation.next_text()) is not None:
+        parts.append(text)
+    if generation.error is not None:
+        raise generation.error
+    request = generation.request
+    body = completion_body(
+        request.kind,
+        new_response_id(request.kind),
+        now(),
+        state.model,
+        "".join(parts),
+        generation.finish_reason,
+        generation.usage,
+    )
+    return web.json_response(body)
+
+
+async def _stream(
+    request: web.Request, state: ServerState, generation: Generation
+) -> web.StreamResponse:
+    # Wait for the first token before sending headers: a request llama.cpp refuses (a prompt
+    # longer than the context) still gets its error status instead of a 200 stream.
+    first = await generation.next_text()
+    if first is None and generation.error is not None:
+        raise generation.error
+    parsed = generation.request
+    encoder = ChunkEncoder(
+        parsed.kind,
+        new_response_id(parsed.kind),
+        now(),
+        state.model,
+        include_usage=parsed.include_usage,
+    )
+    response = web.StreamResponse(headers=SSE_HEADERS)
+    await response.prepare(request)
+    opening = encoder.opening()
+    if first is None:
+        await response.write(opening)
+    else:
+        await response.write(opening + encoder.text(first))
+        async for chunk in _texts(generation, encoder):
+            await response.write(chunk)
+    if generation.error is not None:
+        await response.write(error_event(generation.error))
+    else:
+        await response.write(encoder.finish(generation.finish_reason, generation.usage))
+    await response.write_eof()
+    return response
+
+
+async def _texts(generation: Generation, encoder: ChunkEncoder) -> AsyncIterator[bytes]:
+    """The encoded chunks of the texts after the first, until the end marker."""
+    while True:
+        text = await generation.next_text()
+        if text is None:
+            return
+        chunk = encoder.text(text)
+        # Texts that piled up while the last write waited on a slow reader go out together.
+        for more in generation.take_ready():
+            if more is None:
+                yield chunk
+                return
+            chunk += encoder.text(more)
+        yield chunk
+
+
+async def _read_json(request: web.Request) -> object:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except ValueError:  # includes UnicodeDecodeError
+        raise errors.invalid_json() from None
+
+
+def _scheduler(state: ServerState) -> Scheduler:
+    if state.scheduler is None:
+        raise OpenAIError("The model is still loading.", status=503, type="server_error")
+    return state.scheduler
+
+
+def create_app(settings: LLMSettings) -> web.Application:
+    """The aiohttp application. The model loads when the app starts (``AppRunner.setup``) and
+    is released when it stops. Serve it with ``handler_cancellation=True`` so that a client's
+    disconnect cancels its handler at once (``serve`` does)."""
+    model_path = settings.resolved_model_path()
+    api_key = settings.read_api_key()
+    state = ServerState(
+        settings=settings,
+        model=settings.resolved_model_name(),
+        aliases=model_aliases(settings, model_path),
+        api_key=api_key.encode() if api_key is not None else None,
+        engine=Engine(settings, model_path),
+    )
+    app = web.Application(
+        middlewares=[openai_errors, api_key_auth], client_max_size=settings.max_body_bytes
+    )
+    app[STATE] = state
+    app.cleanup_ctx.append(_model_lifetime)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model}", get_model)
+    app.router.add_get("/v1/stats", stats)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    return app
+
+
+async def stop_generations(app: web.Application) -> None:
+    """Stop every generation (each stream ends with an error event) and refuse new ones, so
+    that a shutdown does not wait for long completions to finish."""
+    scheduler = app[STATE].scheduler
+    if scheduler is not None:
+        await scheduler.close()
+
+
+async def _model_lifetime(app: web.Application) -> AsyncIterator[None]:
+    state = app[STATE]
+    settings = state.settings
+    await asyncio.to_thread(state.engine.load)
+    state.scheduler = Scheduler(
+        state.engine, parallel=settings.parallel, queue_size=settings.queue_size
+    )
+    try:
+        yield
+    finally:
+        scheduler, state.scheduler = state.scheduler, None
+        await scheduler.close()
+        await asyncio.to_thread(state.engine.close)

@@ -1,0 +1,189 @@
+"""Streaming through gateway → watchdog → python3-flask function, over real sockets."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from platform_fixture import Platform, wait_for
+
+# The function yields one event, then waits for a file the test creates only after the client
+# has received that event. Any buffering on the way deadlocks this, and the test fails at its
+# deadline: no timing involved.
+GATED = """
+import os, time
+from flask import Response
+
+def handle(req):
+    gate = os.environ["GATE_FILE"]
+    mime = os.environ.get("MIME", "text/event-stream")
+
+    def gen():
+        yield "data: one\\n\\n"
+        deadline = time.monotonic() + 20
+        while not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                yield "data: gave-up\\n\\n"
+                return
+            time.sleep(0.01)
+        yield "data: two\\n\\n"
+
+    return Response(gen(), mimetype=mime)
+"""
+
+FOREVER = """
+import os, time
+from flask import Response
+
+def handle(req):
+    marker = os.environ["MARKER"]
+
+    def gen():
+        try:
+            i = 0
+            while True:
+                yield f"data: {i}\\n\\n"
+                i += 1
+                time.sleep(0.02)
+        finally:
+            with open(marker, "w") as f:
+                f.write("closed")
+
+    return Response(gen(), mimetype="text/event-stream")
+"""
+
+CRASHY = """
+import os, time
+from flask import Response
+
+def handle(req):
+    mime = "text/event-stream" if req.strip() != "plain" else "text/plain"
+    def gen():
+        yield "data: first\\n\\n"
+        if req.strip() != "ok":
+            time.sleep(0.05)
+            os._exit(3)
+        yield "data: second\\n\\n"
+    return Response(gen(), mimetype=mime)
+"""
+
+
+def _stream_lines(response: httpx.Response):  # type: ignore[no-untyped-def]
+    return response.iter_lines()
+
+
+@pytest.mark.parametrize("mime", ["text/event-stream", "text/plain"])
+def test_chunks_reach_client_before_function_finishes(platform: Platform, tmp_path: Path, mime: str) -> None:
+    gate = tmp_path / "gate"
+    handler = platform.write_function(tmp_path, "gated", GATED)
+    platform.deploy("gated", handler, env={"GATE_FILE": str(gate), "MIME": mime})
+    # Plain text with no SSE Accept header: we stream every chunked response, unlike OpenFaaS.
+    with httpx.stream("POST", platform.function_url("gated"), content=b"go", timeout=30) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        assert next(lines) == "data: one"
+        gate.touch()  # only now may the function go on
+        rest = [line for line in lines if line]
+    assert rest == ["data: two"]
+
+
+def test_event_stream_headers(platform: Platform, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    gate.touch()
+    handler = platform.write_function(tmp_path, "gated", GATED)
+    platform.deploy("gated", handler, env={"GATE_FILE": str(gate)})
+    with httpx.stream(
+        "POST",
+        platform.function_url("gated"),
+        content=b"What are some calorie dense foods?",
+        headers={"Content-Type": "text/plain", "Accept": "text/event-stream", "X-Call-Id": "call-123"},
+        timeout=30,
+    ) as r:
+        body = r.read().decode()
+    assert r.http_version == "HTTP/1.1"
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["transfer-encoding"] == "chunked"
+    assert r.headers["cache-control"] == "no-cache"
+    assert r.headers["x-accel-buffering"] == "no"
+    assert r.headers["x-call-id"] == "call-123"
+    assert int(r.headers["x-start-time"]) > 1_600_000_000 * 10**9
+    assert r.headers["x-served-by"].startswith("gated[")
+    assert body == "data: one\n\ndata: two\n\n"
+
+
+def test_client_disconnect_runs_generator_finally(platform: Platform, tmp_path: Path) -> None:
+    marker = tmp_path / "closed"
+    handler = platform.write_function(tmp_path, "forever", FOREVER)
+    platform.deploy("forever", handler, env={"MARKER": str(marker)})
+    with httpx.stream("GET", platform.function_url("forever"), timeout=30) as r:
+        lines = r.iter_lines()
+        assert next(lines) == "data: 0"
+        assert next(lines) == ""
+        assert next(lines) == "data: 1"
+        assert not marker.exists()
+    closed_at = time.monotonic()
+    wait_for(marker.exists, timeout=5, interval=0.01, what="the generator's finally")
+    assert time.monotonic() - closed_at < 1.0
+
+
+def test_crash_mid_stream_sends_error_event_and_replica_recovers(platform: Platform, tmp_path: Path) -> None:
+    handler = platform.write_function(tmp_path, "crashy", CRASHY)
+    platform.deploy("crashy", handler)
+    with httpx.Client(timeout=30) as client, connect_sse(client, "POST", platform.function_url("crashy"), content=b"crash") as es:
+        events = list(es.iter_sse())
+    assert events[0].data == "first"
+    assert events[-1].event == "error"
+    assert "mid-stream" in events[-1].json()["error"]["message"]
+    # The crashed replica is restarted and serves again.
+    platform.wait_ready("crashy")
+    r = httpx.post(platform.function_url("crashy"), content=b"ok", timeout=30)
+    assert r.status_code == 200
+    assert r.text == "data: first\n\ndata: second\n\n"
+    assert "restarting" in (platform.state_dir / "logs" / "crashy.log").read_text()
+
+
+def test_crash_mid_body_aborts_plain_response(platform: Platform, tmp_path: Path) -> None:
+    handler = platform.write_function(tmp_path, "crashy", CRASHY)
+    platform.deploy("crashy", handler)
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.post(platform.function_url("crashy"), content=b"plain", timeout=30)
+
+
+def test_unknown_function_is_404(platform: Platform) -> None:
+    r = httpx.post(platform.function_url("nope"), content=b"x", timeout=10)
+    assert r.status_code == 404
+    assert r.text == "function 'nope' not found\n"
+    assert r.headers["x-call-id"]
+
+
+def test_path_query_and_headers_pass_through(platform: Platform, tmp_path: Path) -> None:
+    code = """
+    import json
+    from flask import request
+
+    def handle(req):
+        return json.dumps({
+            "path": request.path, "query": request.args.to_dict(), "method": request.method,
+            "custom": request.headers.get("X-Custom"), "call": request.headers.get("X-Call-Id"),
+            "fwd": request.headers.get("X-Forwarded-For"), "host": request.headers.get("X-Forwarded-Host"),
+            "body": req,
+        }), 201, {"X-Reply": "yes"}
+    """
+    handler = platform.write_function(tmp_path, "echo", code)
+    platform.deploy("echo", handler)
+    r = httpx.put(platform.function_url("echo") + "/a/b?x=1&y=2", content=b"hi", headers={"X-Custom": "c"}, timeout=30)
+    assert r.status_code == 201
+    assert r.headers["x-reply"] == "yes"
+    data = r.json()
+    assert data["path"] == "/a/b"
+    assert data["query"] == {"x": "1", "y": "2"}
+    assert data["method"] == "PUT"
+    assert data["custom"] == "c"
+    assert data["call"] == r.headers["x-call-id"]
+    assert data["fwd"] == "127.0.0.1"
+    assert data["host"] == platform.url.removeprefix("http://")
+    assert data["body"] == "hi"

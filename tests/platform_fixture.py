@@ -1,0 +1,169 @@
+"""Start and stop a real gateway (with its local provider) for tests, and deploy functions to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from streamfaas.provider.images import ImageStore
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02, what: str = "condition") -> Any:
+    """Poll until ``predicate`` returns a truthy value, or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc), so a test can prove none is left behind."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def streamfaas_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streamfaas.cli", *args]
+
+
+class Platform:
+    """A gateway process on 127.0.0.1 with its own state directory."""
+
+    def __init__(self, state_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.state_dir = state_dir
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.images = ImageStore(state_dir / "images")
+        self.http = httpx.Client(timeout=30)
+        self.log_path = state_dir / "gateway.log"
+
+    def start(self) -> Platform:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        port_file = self.state_dir / "gateway.port"
+        port_file.unlink(missing_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            streamfaas_cmd("--state-dir", str(self.state_dir), "gateway", "--port", "0", "--port-file", str(port_file), *self.extra_args),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env(),
+        )
+        log.close()
+        port = wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 20, what="gateway port")
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["STREAMFAAS_STATE_DIR"] = str(self.state_dir)
+        env["OPENFAAS_URL"] = self.url
+        return env
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        below = descendants(proc.pid)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self.proc = None
+        # Replicas run in their own process groups; they must go with the gateway.
+        try:
+            wait_for(lambda: not any(alive(p) for p in below), 15, what="replica processes to exit")
+        finally:
+            for pid in below:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self.http.close()
+
+    # ---- functions ----
+    def write_function(self, root: Path, name: str, code: str, requirements: str = "") -> Path:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "handler.py").write_text(textwrap.dedent(code))
+        (folder / "requirements.txt").write_text(requirements)
+        return folder
+
+    def deploy(
+        self,
+        name: str,
+        handler: Path,
+        *,
+        lang: str = "python3-flask",
+        env: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        image: str | None = None,
+        wait: bool = True,
+    ) -> None:
+        image = image or f"{name}:latest"
+        self.images.build(image, lang, handler)
+        body = {"service": name, "image": image, "envVars": env or {}, "labels": labels or {}}
+        r = self.http.post(f"{self.url}/system/functions", json=body)
+        assert r.status_code == 202, r.text
+        if wait:
+            self.wait_ready(name)
+
+    def status(self, name: str) -> dict[str, Any]:
+        r = self.http.get(f"{self.url}/system/function/{name}")
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        return data
+
+    def wait_ready(self, name: str, replicas: int = 1, timeout: float = 30) -> None:
+        wait_for(lambda: self.status(name)["availableReplicas"] >= replicas, timeout, what=f"{name} to be ready")
+
+    def function_url(self, name: str) -> str:
+        return f"{self.url}/function/{name}"
