@@ -79,7 +79,8 @@ class StreamLimits:
 
     headers: float = 0.0  # until the upstream's response headers arrive
     idle: float = 0.0  # the longest gap without a chunk, once streaming
-    total: float = 0.0  # the whole exchange
+    total: float = 0.0  # the whole exchange (what is left of it)
+    total_setting: float = 0.0  # the configured total, for the error message
 
 
 class _IdleWatch:
@@ -192,11 +193,11 @@ async def stream_response(
                     idle.stop()
         except TimeoutError:
             which = "idle" if idle.fired else "total"
-            limit = limits.idle if idle.fired else limits.total
+            total = limits.total_setting or limits.total
             failure: StreamfaasError = StreamTimeout(
-                f"stream stopped: no data for {limit:g}s"
+                f"stream stopped: no data for {limits.idle:g}s"
                 if which == "idle"
-                else f"stream stopped: exceeded the {limit:g}s limit"
+                else f"stream stopped: exceeded the {total:g}s limit"
             )
             await _fail_after_headers(request, resp, sse, failure, on_chunk_error)
             return resp

@@ -122,10 +122,14 @@ def from_engine(error: Mapping[str, Any]) -> OpenAIError:
         status = 500
     message = error.get("message")
     kind = error.get("type")
+    code = kind if isinstance(kind, str) and kind else None
+    if code == "exceed_context_size_error":
+        code = "context_length_exceeded"  # OpenAI's code for the same refusal
     return OpenAIError(
         message if isinstance(message, str) and message else "the model failed to generate",
         status=status,
-        type=kind if isinstance(kind, str) and kind else "server_error",
+        type="invalid_request_error" if status < 500 else "server_error",
+        code=None if code == "invalid_request_error" else code,
     )
 
 

@@ -69,10 +69,10 @@ def _request(kind: Kind, fields: dict[str, Any], engine_body: dict[str, Any]) ->
         if not isinstance(options, dict):
             raise errors.invalid_type("stream_options", "an object", options)
         if not stream:
-            raise errors.invalid_value(
-                "stream_options", "only allowed when 'stream' is true."
-            )
-        include_usage = _optional_bool(options, "include_usage", "stream_options.include_usage") or False
+            raise errors.invalid_value("stream_options", "only allowed when 'stream' is true.")
+        include_usage = (
+            _optional_bool(options, "include_usage", "stream_options.include_usage") or False
+        )
 
     n = fields.get("n")
     if n is not None and (not _is_int(n) or n != 1):
@@ -215,5 +215,7 @@ def _optional_number(fields: dict[str, Any], name: str, low: float, high: float)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise errors.invalid_type(name, "a decimal", value)
     if not low <= value <= high:
-        raise errors.invalid_value(name, f"expected a value between {low:g} and {high:g}, but got {value}.")
+        raise errors.invalid_value(
+            name, f"expected a value between {low:g} and {high:g}, but got {value}."
+        )
     return float(value)

@@ -54,7 +54,9 @@ class LLMSettings:
     def resolved_model_path(self) -> Path:
         path = self.model_path if self.model_path is not None else bundled_model_path()
         if not path.is_file():
-            raise ConfigError(f"model file {str(path)!r} does not exist (give a GGUF file with --model)")
+            raise ConfigError(
+                f"model file {str(path)!r} does not exist (give a GGUF file with --model)"
+            )
         return path
 
     def resolved_model_name(self) -> str:

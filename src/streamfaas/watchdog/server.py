@@ -96,7 +96,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
         return await stream_response(
             request,
             upstream,
-            limits=StreamLimits(idle=config.idle_timeout, total=remaining),
+            limits=StreamLimits(idle=config.idle_timeout, total=remaining, total_setting=total),
             extra_headers=extra,  # type: ignore[arg-type]
         )
     except StreamfaasError as exc:

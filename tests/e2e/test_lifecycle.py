@@ -1,0 +1,152 @@
+"""Deploy, update (rolling), scale (to zero and back), remove, and restart of the gateway."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+
+from platform_fixture import Platform, alive, descendants, wait_for
+
+VERSIONED = """
+import os
+
+def handle(req):
+    return os.environ["VERSION"] + ":" + str(os.getpid())
+"""
+
+
+def _replica_pids(platform: Platform) -> set[int]:
+    assert platform.proc is not None
+    return descendants(platform.proc.pid)
+
+
+def test_scale_to_zero_and_back_on_first_request(platform: Platform, tmp_path: Path) -> None:
+    handler = platform.write_function(tmp_path, "napper", VERSIONED)
+    platform.deploy("napper", handler, env={"VERSION": "v1"})
+    before = _replica_pids(platform)
+    assert before
+    r = platform.http.post(f"{platform.url}/system/scale-function/napper", json={"serviceName": "napper", "replicas": 0})
+    assert r.status_code == 202
+    status = platform.status("napper")
+    assert status["replicas"] == 0 and status["availableReplicas"] == 0
+    wait_for(lambda: not any(alive(p) for p in before), what="replicas to stop")
+    # The first request waits for the cold start instead of failing.
+    r = httpx.post(platform.function_url("napper"), content=b"", timeout=60)
+    assert r.status_code == 200
+    assert r.text.startswith("v1:")
+    assert platform.status("napper")["replicas"] == 1
+
+
+def test_scale_out_balances_across_replicas(platform: Platform, tmp_path: Path) -> None:
+    handler = platform.write_function(tmp_path, "wide", VERSIONED)
+    platform.deploy("wide", handler, env={"VERSION": "v1"})
+    r = platform.http.post(f"{platform.url}/system/scale-function/wide", json={"replicas": 3})
+    assert r.status_code == 202
+    platform.wait_ready("wide", replicas=3)
+    served = {httpx.get(platform.function_url("wide"), timeout=30).headers["x-served-by"] for _ in range(9)}
+    assert len(served) == 3
+
+
+def test_rolling_update_fails_no_request(platform: Platform, tmp_path: Path) -> None:
+    handler = platform.write_function(tmp_path, "rolling", VERSIONED)
+    platform.deploy("rolling", handler, env={"VERSION": "v1"})
+    failures: list[str] = []
+    versions: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set() and len(versions) < 5000:
+                try:
+                    r = client.get(platform.function_url("rolling"))
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text}")
+                else:
+                    versions.append(r.text.split(":")[0])
+
+    workers = [threading.Thread(target=load) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        wait_for(lambda: len(versions) > 20, what="load to flow")
+        platform.deploy("rolling", handler, env={"VERSION": "v2"}, wait=False)
+        wait_for(lambda: versions[-1] == "v2" and versions[-20:].count("v2") == 20, what="v2 to take over")
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(30)
+    assert failures == []
+    assert "v1" in versions and "v2" in versions
+    assert platform.status("rolling")["envVars"] == {"VERSION": "v2"}
+
+
+def test_remove_stops_replicas_and_forgets_function(platform: Platform, tmp_path: Path) -> None:
+    handler = platform.write_function(tmp_path, "gone", VERSIONED)
+    platform.deploy("gone", handler, env={"VERSION": "v1"})
+    pids = _replica_pids(platform)
+    r = platform.http.request("DELETE", f"{platform.url}/system/functions", json={"functionName": "gone"})
+    assert r.status_code == 202
+    wait_for(lambda: not any(alive(p) for p in pids), what="replicas to stop")
+    assert httpx.get(platform.function_url("gone"), timeout=10).status_code == 404
+    assert platform.http.get(f"{platform.url}/system/function/gone").status_code == 404
+
+
+def test_restarted_gateway_finds_its_functions(platform: Platform, tmp_path: Path) -> None:
+    handler = platform.write_function(tmp_path, "durable", VERSIONED)
+    platform.deploy("durable", handler, env={"VERSION": "v7"})
+    platform.stop()
+    platform.start()
+    platform.wait_ready("durable")
+    r = httpx.get(platform.function_url("durable"), timeout=30)
+    assert r.text.startswith("v7:")
+
+
+def test_killed_gateway_leaves_no_replicas(tmp_path: Path) -> None:
+    import signal
+
+    platform = Platform(tmp_path / "state").start()
+    try:
+        handler = platform.write_function(tmp_path, "orphan", VERSIONED)
+        platform.deploy("orphan", handler, env={"VERSION": "v1"})
+        pids = _replica_pids(platform)
+        assert len(pids) >= 2  # watchdog + function server
+        platform.stop(signal.SIGKILL)  # asserts every replica process is gone
+    finally:
+        platform.close()
+
+
+def test_python3_http_template_dict_and_stream(platform: Platform, tmp_path: Path) -> None:
+    code = """
+    from flask import Response
+
+    def handle(event, context):
+        if event.query.get("stream"):
+            return Response((f"{i}\\n" for i in range(3)), mimetype="text/plain")
+        return {"statusCode": 201, "body": {"method": event.method, "body": event.body.decode()}, "headers": {"X-H": "1"}}
+    """
+    handler = platform.write_function(tmp_path, "httpfn", code)
+    platform.deploy("httpfn", handler, lang="python3-http")
+    r = httpx.post(platform.function_url("httpfn"), content=b"payload", timeout=30)
+    assert r.status_code == 201
+    assert r.headers["x-h"] == "1"
+    assert r.json() == {"method": "POST", "body": "payload"}
+    r = httpx.get(platform.function_url("httpfn") + "?stream=1", timeout=30)
+    assert r.text == "0\n1\n2\n"
+
+
+def test_function_with_requirements_gets_its_own_venv(platform: Platform, tmp_path: Path) -> None:
+    code = """
+    import six
+
+    def handle(req):
+        return six.__version__
+    """
+    handler = platform.write_function(tmp_path, "withdeps", code, requirements="six==1.16.0\n")
+    platform.deploy("withdeps", handler)
+    r = httpx.get(platform.function_url("withdeps"), timeout=30)
+    assert r.text == "1.16.0"

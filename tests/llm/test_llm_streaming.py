@@ -1,0 +1,97 @@
+"""Streaming over real sockets: disconnects stop the model, slots are shared, SIGTERM is clean."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import aiohttp
+from llm_server import LLMServer, wait_for
+
+STORY = [{"role": "user", "content": "Tell me a very long story about a lighthouse keeper."}]
+
+
+async def read_events(resp: aiohttp.ClientResponse, count: int) -> list[str]:
+    """The next ``count`` SSE data payloads."""
+    events: list[str] = []
+    while len(events) < count:
+        line = await resp.content.readline()
+        assert line, "stream ended early"
+        if line.startswith(b"data: "):
+            events.append(line[6:].decode().strip())
+    return events
+
+
+async def test_disconnect_stops_generation_within_a_token(llm: LLMServer) -> None:
+    before = llm.stats()
+    async with aiohttp.ClientSession() as session:
+        resp = await session.post(
+            f"{llm.url}/v1/chat/completions",
+            json={"messages": STORY, "max_tokens": 1500, "stream": True, "temperature": 0.9},
+        )
+        assert resp.status == 200
+        await read_events(resp, 6)
+        assert llm.stats()["active_generations"] == 1
+        closed_at = time.monotonic()
+        resp.close()  # drops the connection mid-stream
+
+        stats = wait_for(
+            lambda: (s := llm.stats())["active_generations"] == 0 and s["slots_busy"] == 0 and s,
+            timeout=5,
+            what="the generation to stop",
+        )
+        stopped_after = time.monotonic() - closed_at
+    assert stats["cancelled_total"] == before["cancelled_total"] + 1
+    generated = stats["tokens_generated_total"] - before["tokens_generated_total"]
+    # It read 6 chunks of a 1500-token answer; the model got at most a few tokens further.
+    assert 5 <= generated < 40, generated
+    assert stopped_after < 2.0
+    assert stats["last_cancel_to_stop_ms"] is not None and stats["last_cancel_to_stop_ms"] < 500
+    # And the count stays put: nothing is generating any more.
+    assert llm.stats()["tokens_generated_total"] == stats["tokens_generated_total"]
+
+
+async def test_parallel_streams_progress_together(llm: LLMServer) -> None:
+    """With 2 slots, two chats interleave: each gets tokens before the other finishes."""
+    arrivals: dict[int, list[float]] = {0: [], 1: []}
+
+    async def chat(session: aiohttp.ClientSession, index: int) -> None:
+        body = {"messages": STORY, "max_tokens": 40, "stream": True, "seed": index}
+        async with session.post(f"{llm.url}/v1/chat/completions", json=body) as resp:
+            assert resp.status == 200
+            async for line in resp.content:
+                if line.startswith(b"data: {"):
+                    chunk = json.loads(line[6:])
+                    if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                        arrivals[index].append(time.monotonic())
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(chat(session, 0), chat(session, 1))
+    first, second = arrivals[0], arrivals[1]
+    assert len(first) > 5 and len(second) > 5
+    assert first[0] < second[-1] and second[0] < first[-1]
+
+
+async def test_sigterm_ends_open_streams_and_exits_cleanly(tmp_path: Path) -> None:
+    server = LLMServer(tmp_path).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{server.url}/v1/chat/completions",
+                json={"messages": STORY, "max_tokens": 1500, "stream": True},
+            ) as resp:
+                await read_events(resp, 3)
+                started = time.monotonic()
+                assert server.proc is not None
+                server.proc.terminate()
+                rest = await resp.content.read()
+        # The stream says it was cut short (OpenAI's SDK raises on this event) ...
+        assert b"event: error" in rest and b"[DONE]" not in rest
+        # ... and the process exits 0, promptly, leaving no children.
+        assert await asyncio.to_thread(server.proc.wait, 10) == 0
+        assert time.monotonic() - started < 5
+        assert "Traceback" not in server.log()
+    finally:
+        server.close()
