@@ -12,7 +12,16 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from aiohttp import ClientConnectorError, ClientError, ClientResponse, ClientSession, ClientTimeout, hdrs, web
+from aiohttp import (
+    ClientConnectorError,
+    ClientError,
+    ClientResponse,
+    ClientSession,
+    ClientTimeout,
+    StreamReader,
+    hdrs,
+    web,
+)
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import StreamfaasError, UpstreamError, UpstreamTimeout
@@ -121,7 +130,7 @@ async def open_upstream(
     url: str,
     *,
     headers: CIMultiDict[str],
-    body: bytes | asyncio.StreamReader | None,
+    body: bytes | StreamReader | None,
     timeout: float,
 ) -> ClientResponse:
     """Send the request and wait for the response headers; map failures to 502/504."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import selectors
@@ -33,6 +34,24 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+async def async_wait_for(
+    predicate: Callable[[], Any],
+    deadline_s: float = 10.0,
+    interval: float = 0.005,
+    what: str = "condition",
+) -> Any:
+    """``wait_for`` for async tests: the blocking predicate runs in a thread, so the test's own
+    event loop keeps running (and, say, really closes a socket the test closed)."""
+    deadline = time.monotonic() + deadline_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await asyncio.to_thread(predicate)
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {deadline_s}s waiting for {what} (last: {last!r})")
 
 
 class LLMServer:

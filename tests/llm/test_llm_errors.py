@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from llm_server import API_KEY, LLMServer, wait_for
+from llm_server import API_KEY, LLMServer, async_wait_for
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -135,7 +135,9 @@ async def test_busy_server_answers_429(guarded_llm: LLMServer) -> None:
                 assert rejected.headers["Retry-After"] == "1"
                 assert_openai_error(await rejected.json(), code="rate_limit_exceeded")
     # The running stream was dropped: its slot frees and the next request is served.
-    wait_for(lambda: guarded_llm.stats(AUTH)["active_generations"] == 0, what="the slot to free")
+    await async_wait_for(
+        lambda: guarded_llm.stats(AUTH)["active_generations"] == 0, what="the slot to free"
+    )
     status, body = await post(url, {"messages": HELLO, "max_tokens": 2}, AUTH)
     assert status == 200
     assert guarded_llm.stats(AUTH)["rejected_total"] >= 1

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from llm_server import LLMServer, wait_for
+from llm_server import LLMServer, async_wait_for
 
 STORY = [{"role": "user", "content": "Tell me a very long story about a lighthouse keeper."}]
 
@@ -37,9 +37,9 @@ async def test_disconnect_stops_generation_within_a_token(llm: LLMServer) -> Non
         closed_at = time.monotonic()
         resp.close()  # drops the connection mid-stream
 
-        stats = wait_for(
+        stats = await async_wait_for(
             lambda: (s := llm.stats())["active_generations"] == 0 and s["slots_busy"] == 0 and s,
-            timeout=5,
+            deadline_s=5,
             what="the generation to stop",
         )
         stopped_after = time.monotonic() - closed_at

@@ -45,7 +45,7 @@ class GatewayClient:
     @contextmanager
     def stream(
         self, method: str, path: str, *, content: bytes | None = None, headers: dict[str, str] | None = None,
-        params: list[tuple[str, str]] | None = None,
+        params: Any = None,
     ) -> Iterator[httpx.Response]:
         try:
             with self._http.stream(method, path, content=content, headers=headers, params=params) as resp:

@@ -12,7 +12,14 @@ from multidict import CIMultiDict
 
 from ..config import parse_bool
 from ..errors import ConfigError, StreamfaasError
-from ..proxy import StreamLimits, UpstreamUnreachable, error_response, forward_headers, open_upstream, stream_response
+from ..proxy import (
+    StreamLimits,
+    UpstreamUnreachable,
+    error_response,
+    forward_headers,
+    open_upstream,
+    stream_response,
+)
 from .state import GatewayState, state_of
 
 _NO_LIMITS = StreamLimits()
@@ -54,7 +61,7 @@ async def _proxy(
     headers["X-Forwarded-Host"] = request.host
     headers["X-Call-Id"] = call_id
     headers["X-Start-Time"] = start_time
-    body: bytes | asyncio.StreamReader | None = None
+    body: bytes | aiohttp.StreamReader | None = None
     if _buffer_body(record.deployment.envVars):
         body = await request.read()
     elif request.body_exists:

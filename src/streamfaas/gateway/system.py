@@ -13,7 +13,12 @@ from pydantic import BaseModel, ValidationError
 from .. import __version__
 from ..errors import BadRequest, FunctionNotFound, StreamfaasError
 from ..provider.logs import line_time
-from ..provider.models import DEFAULT_NAMESPACE, DeleteFunctionRequest, FunctionDeployment, ScaleServiceRequest
+from ..provider.models import (
+    DEFAULT_NAMESPACE,
+    DeleteFunctionRequest,
+    FunctionDeployment,
+    ScaleServiceRequest,
+)
 from .state import state_of
 
 M = TypeVar("M", bound=BaseModel)
@@ -58,7 +63,7 @@ def _check_namespace(value: str | None) -> None:
 
 async def list_functions(request: web.Request) -> web.Response:
     _check_namespace(request.query.get("namespace"))
-    items = [s.model_dump(mode="json") for s in state_of(request).provider.list()]
+    items = [s.model_dump(mode="json") for s in state_of(request).provider.statuses()]
     return web.json_response(items)
 
 

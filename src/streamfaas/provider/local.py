@@ -119,7 +119,7 @@ class LocalProvider:
         self._save(record)
         await self._reconcile(record)
 
-    def list(self) -> list[FunctionStatus]:
+    def statuses(self) -> list[FunctionStatus]:
         return [self.status(name) for name in sorted(self.functions)]
 
     def status(self, name: str) -> FunctionStatus:

@@ -19,7 +19,6 @@ from ..proxy import StreamLimits, error_response, forward_headers, open_upstream
 from .function_process import FunctionProcess
 
 CONFIG_KEY = web.AppKey("config", WatchdogConfig)
-STATE_KEY = web.AppKey("state", "WatchdogState")
 
 
 class WatchdogState:
@@ -32,6 +31,9 @@ class WatchdogState:
         self.idle = asyncio.Event()
         self.idle.set()
         self.session: aiohttp.ClientSession | None = None
+
+
+STATE_KEY = web.AppKey("state", WatchdogState)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -66,7 +68,7 @@ async def invoke(request: web.Request) -> web.StreamResponse:
     try:
         headers = forward_headers(request.headers)
         headers[hdrs.HOST] = request.host
-        body: bytes | asyncio.StreamReader | None = None
+        body: bytes | aiohttp.StreamReader | None = None
         if config.buffer_body:
             try:
                 async with asyncio.timeout(config.read_timeout or None):
