@@ -187,3 +187,15 @@ def test_path_query_and_headers_pass_through(platform: Platform, tmp_path: Path)
     assert data["fwd"] == "127.0.0.1"
     assert data["host"] == platform.url.removeprefix("http://")
     assert data["body"] == "hi"
+
+
+def test_metrics_count_invocations_with_openfaas_names(platform: Platform, tmp_path: Path) -> None:
+    handler = platform.write_function(tmp_path, "counted", "def handle(req):\n    return 'ok'\n")
+    platform.deploy("counted", handler)
+    for _ in range(3):
+        assert httpx.get(platform.function_url("counted"), timeout=30).status_code == 200
+    text = httpx.get(platform.url + "/metrics", timeout=10).text
+    assert 'gateway_function_invocation_total{code="200",function_name="counted"} 3.0' in text
+    assert 'gateway_function_invocation_started{function_name="counted"} 3.0' in text
+    assert 'gateway_functions_seconds_count{code="200",function_name="counted"} 3.0' in text
+    assert 'gateway_service_count{function_name="counted"} 1.0' in text

@@ -13,6 +13,7 @@ from .._process import listening_socket
 from ..config import GatewayConfig
 from ..provider import LocalProvider
 from .invoke import client_session, invoke_function
+from .metrics import metrics_endpoint
 from .state import STATE_KEY, GatewayState
 from .system import add_routes, system_errors
 
@@ -38,6 +39,7 @@ def create_app(config: GatewayConfig, provider: LocalProvider | None = None) -> 
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_route("*", "/function/{name}", invoke_function)
     app.router.add_route("*", "/function/{name}/{tail:.*}", invoke_function)
     add_routes(app)

@@ -36,11 +36,23 @@ async def invoke_function(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     call_id, start_time = _call_headers(request)
     reply_headers = CIMultiDict({"X-Call-Id": call_id, "X-Start-Time": start_time})
+    known = state.provider.has(name)
+    if known:
+        state.metrics.started.labels(function_name=name).inc()
+    began = time.perf_counter()
+    code = 499  # the client went away before an answer (nginx's convention)
     try:
         resp = await _proxy(state, request, name, call_id, start_time, reply_headers)
+        code = resp.status
     except StreamfaasError as exc:
         resp = error_response(str(exc), exc.http_status)
         resp.headers.update(reply_headers)
+        code = exc.http_status
+    finally:
+        if known:
+            labels = {"function_name": name, "code": str(code)}
+            state.metrics.invocations.labels(**labels).inc()
+            state.metrics.seconds.labels(**labels).observe(time.perf_counter() - began)
     return resp
 
 

@@ -9,12 +9,14 @@ from aiohttp import web
 
 from ..config import GatewayConfig
 from ..provider import LocalProvider
+from .metrics_registry import GatewayMetrics
 
 
 @dataclass
 class GatewayState:
     config: GatewayConfig
     provider: LocalProvider
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     session: aiohttp.ClientSession = field(init=False)
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 
 from ..config import WatchdogConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, StreamfaasError
 from .server import create_app, run
 
 __all__ = ["create_app", "main", "run"]
@@ -22,7 +22,12 @@ def main() -> int:
         return 2
     try:
         import uvloop
-
-        return uvloop.run(run(config))
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.run(run(config))
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        return runner(run(config))
+    except StreamfaasError as exc:
+        print(f"watchdog: {exc}", file=sys.stderr)
+        return 2

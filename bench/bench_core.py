@@ -1,0 +1,784 @@
+#!/usr/bin/env python3
+"""The streaming core benchmark: what the gateway and the watchdog add to a stream.
+
+    python bench/bench_core.py [--quick]
+
+Starts a real gateway (local provider) on 127.0.0.1 with a fresh state directory, deploys three
+functions and measures, in one run:
+
+1. the per-event delay that gateway + watchdog add at 100 concurrent streams (through vs direct);
+2. how many concurrent 1-event/s streams the gateway holds, their delivery lag and its RSS;
+3. back-to-back small events/s, through vs direct, 1 and 8 streams;
+4. cold start: scale-from-zero to the first byte (python3-flask);
+5. redeploy with a warm dependency cache (python3-flask with a requirements.txt).
+
+Prints a table and writes bench/results/core.json. See bench/README.md for what each figure means.
+Every process it starts is stopped in ``finally`` (process groups); every load loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "results" / "core.json"
+
+STREAM_FN = "sfstream"  # bench/core_server.py (aiohttp) behind a watchdog
+COLD_FN = "sfcold"  # python3-flask hello
+REDEPLOY_FN = "sfredeploy"  # python3-flask with a requirements.txt
+OPEN_CONCURRENCY = 200  # streams being opened at once in the hold test (stays under the backlog)
+FD_MARGIN = 64  # gateway fds kept free when sizing the largest hold level
+
+
+@dataclass(frozen=True)
+class Plan:
+    quick: bool
+    delay_streams: int = 100
+    delay_interval: float = 0.05  # 20 events/s per stream
+    delay_seconds: float = 2.0
+    delay_rounds: int = 2  # direct, through, direct, through ...
+    hold_levels: tuple[int, ...] = (1000, 5000, 10000)
+    hold_replicas: int = 3
+    hold_settle: float = 1.5
+    hold_window: float = 5.0
+    burst_seconds: float = 2.0
+    burst_size: int = 64
+    burst_streams: tuple[int, ...] = (1, 8)
+    cold_reps: int = 5
+    redeploy_reps: int = 3
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if not quick:
+            return cls(quick=False)
+        return cls(
+            quick=True,
+            delay_seconds=1.5,
+            delay_rounds=1,
+            hold_levels=(1000,),
+            hold_replicas=1,
+            hold_settle=1.0,
+            hold_window=3.0,
+            burst_seconds=1.0,
+            cold_reps=3,
+            redeploy_reps=1,
+        )
+
+
+# ---- processes ------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat_fields(int(entry))) and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def fd_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def fd_limit(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    raise RuntimeError("no fd limit")
+
+
+def function_pids(gateway_pid: int, name: str) -> list[int]:
+    """Watchdog and function server processes of one function (found by their environment)."""
+    needle = f"STREAMFAAS_FUNCTION={name}".encode()
+    out = []
+    for pid in descendants(gateway_pid):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class Gateway:
+    """``streamfaas gateway --port 0 --port-file`` in its own process group, with its replicas."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.orphans: list[int] = []
+
+    def start(self) -> None:
+        port_file = self.state_dir / "gateway.port"
+        log = open(self.state_dir / "gateway.log", "ab")  # noqa: SIM115 - the child holds it
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "streamfaas.cli", "--state-dir", str(self.state_dir),
+                 "gateway", "--port", "0", "--port-file", str(port_file)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.state_dir,
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text().strip()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gateway did not start; see {self.state_dir / 'gateway.log'}")
+            time.sleep(0.02)
+        self.url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """SIGTERM the gateway's group (it drains and stops its replicas); SIGKILL what is left."""
+        proc = self.proc
+        if proc is None:
+            return
+        below = descendants(proc.pid)
+        if proc.poll() is None:
+            _killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                _killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self.proc = None
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in below) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.orphans = [p for p in below if alive(p)]
+        for pid in self.orphans:  # each replica runs in its own process group
+            _killpg(pid, signal.SIGKILL)
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ---- functions ------------------------------------------------------------------------------
+
+
+def build_images(state_dir: Path, work: Path) -> None:
+    from streamfaas.provider.images import ImageStore
+
+    images = ImageStore(state_dir / "images")
+    stream = work / STREAM_FN
+    stream.mkdir()
+    shutil.copy2(BENCH / "core_server.py", stream / "core_server.py")
+    (stream / "handler.py").write_text("def handle(req):\n    return ''\n")
+    images.build(f"{STREAM_FN}:latest", "python3-flask", stream)
+
+    cold = work / COLD_FN
+    cold.mkdir()
+    (cold / "handler.py").write_text("def handle(req):\n    return 'hello\\n'\n")
+    images.build(f"{COLD_FN}:latest", "python3-flask", cold)
+
+    redeploy = work / REDEPLOY_FN
+    redeploy.mkdir()
+    (redeploy / "handler.py").write_text(
+        "import os\n\n\ndef handle(req):\n    return os.environ.get('BENCH_VERSION', '')\n"
+    )
+    # Already satisfied by the platform's packages: pip runs once (venv build), offline.
+    (redeploy / "requirements.txt").write_text("waitress>=3.0\n")
+    images.build(f"{REDEPLOY_FN}:latest", "python3-flask", redeploy)
+
+
+def deployment(name: str, version: str = "") -> dict[str, Any]:
+    body: dict[str, Any] = {"service": name, "image": f"{name}:latest", "envVars": {"drain_timeout": "2s"}}
+    if name == STREAM_FN:
+        body["envProcess"] = "python function/core_server.py"
+    if version:
+        body["envVars"]["BENCH_VERSION"] = version
+    return body
+
+
+class Api:
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.s = session
+        self.url = url
+
+    async def deploy(self, body: dict[str, Any]) -> None:
+        async with self.s.post(f"{self.url}/system/functions", json=body) as r:
+            if r.status != 202:
+                raise RuntimeError(f"deploy {body['service']}: {r.status} {await r.text()}")
+
+    async def scale(self, name: str, replicas: int) -> None:
+        body = {"serviceName": name, "replicas": replicas}
+        async with self.s.post(f"{self.url}/system/scale-function/{name}", json=body) as r:
+            if r.status != 202:
+                raise RuntimeError(f"scale {name}: {r.status} {await r.text()}")
+
+    async def available(self, name: str) -> int:
+        async with self.s.get(f"{self.url}/system/function/{name}") as r:
+            return int((await r.json())["availableReplicas"])
+
+    async def wait_ready(self, name: str, replicas: int = 1, timeout: float = 60) -> None:
+        await poll(lambda: self._has(name, replicas), timeout, f"{name} to have {replicas} ready replicas")
+
+    async def _has(self, name: str, replicas: int) -> bool:
+        return await self.available(name) >= replicas
+
+
+async def poll(check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def function_urls(state_dir: Path, name: str) -> list[str]:
+    """The function servers' own URLs, from the watchdogs' "function NAME ready at URL" lines."""
+    text = (state_dir / "logs" / f"{name}.log").read_text(errors="replace")
+    found = re.findall(rf"function {re.escape(name)} ready at (http://127\.0\.0\.1:\d+)", text)
+    return list(dict.fromkeys(found))
+
+
+async def live_function_urls(session: aiohttp.ClientSession, state_dir: Path, name: str) -> list[str]:
+    live = []
+    for url in function_urls(state_dir, name):
+        try:
+            async with session.get(url + "/stats", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                if r.status == 200:
+                    live.append(url)
+        except (aiohttp.ClientError, TimeoutError):
+            continue
+    return live
+
+
+async def open_streams(session: aiohttp.ClientSession, urls: list[str]) -> int:
+    total = 0
+    for url in urls:
+        async with session.get(url + "/stats") as r:
+            total += int((await r.json())["open"])
+    return total
+
+
+# ---- measuring ------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def client_session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding", "User-Agent"),
+    )
+
+
+class Recorder:
+    """Lags (ns) of events received while ``on``; the readers only append."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.lags: list[int] = []
+        self.events = 0
+
+
+async def read_ticks(resp: aiohttp.ClientResponse, rec: Recorder) -> None:
+    """Read ``data: <monotonic ns>`` events until the stream ends; record each one's lag."""
+    carry = b""
+    read = resp.content.readany
+    while chunk := await read():
+        now = time.monotonic_ns()
+        *events, carry = (carry + chunk).split(b"\n\n")
+        if not rec.on:
+            continue
+        for event in events:
+            if event[:6] == b"data: ":
+                rec.lags.append(now - int(event[6:]))
+                rec.events += 1
+
+
+async def delay_round(session: aiohttp.ClientSession, base: str, plan: Plan) -> list[int]:
+    """``delay_streams`` streams of ticks; lags are recorded once every stream is open."""
+    count = int(plan.delay_seconds / plan.delay_interval)
+    url = f"{base}/ticks?interval={plan.delay_interval}&count={count}"
+    rec = Recorder()
+    opened = 0
+    all_open = asyncio.Event()
+
+    async def one() -> None:
+        nonlocal opened
+        async with session.get(url) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"{url}: {resp.status}")
+            await resp.content.readany()  # ": ok"
+            opened += 1
+            if opened == plan.delay_streams:
+                all_open.set()
+            await read_ticks(resp, rec)
+
+    async with asyncio.timeout(plan.delay_seconds + 30), asyncio.TaskGroup() as tg:
+        for _ in range(plan.delay_streams):
+            tg.create_task(one())
+        await all_open.wait()
+        rec.on = True
+    return rec.lags
+
+
+async def measure_delay(session: aiohttp.ClientSession, gateway: str, direct: str, plan: Plan) -> dict[str, Any]:
+    through_url = f"{gateway}/function/{STREAM_FN}"
+    warm = Plan(quick=True, delay_seconds=0.5)
+    await delay_round(session, direct, warm)
+    await delay_round(session, through_url, warm)
+    lags: dict[str, list[int]] = {"direct": [], "through": []}
+    for _ in range(plan.delay_rounds):
+        lags["direct"] += await delay_round(session, direct, plan)
+        lags["through"] += await delay_round(session, through_url, plan)
+    ms = {k: [v / 1e6 for v in vals] for k, vals in lags.items()}
+    out: dict[str, Any] = {
+        "streams": plan.delay_streams,
+        "events_per_stream_per_s": round(1 / plan.delay_interval),
+        "events": {k: len(v) for k, v in ms.items()},
+    }
+    for k, v in ms.items():
+        out[f"{k}_ms"] = {"p50": pct(v, 50), "p90": pct(v, 90), "p99": pct(v, 99), "max": max(v)}
+    out["added_p50_ms"] = out["through_ms"]["p50"] - out["direct_ms"]["p50"]
+    out["added_p99_ms"] = out["through_ms"]["p99"] - out["direct_ms"]["p99"]
+    return out
+
+
+async def burst_run(session: aiohttp.ClientSession, base: str, streams: int, plan: Plan) -> float:
+    """Aggregate events/s over ``streams`` back-to-back streams of ``burst_size``-byte events."""
+    url = f"{base}/burst?seconds={plan.burst_seconds}&size={plan.burst_size}"
+
+    async def one() -> int:
+        received = 0
+        async with session.get(url) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"{url}: {resp.status}")
+            read = resp.content.readany
+            while chunk := await read():
+                received += len(chunk)
+        return received - len(b": ok\n\n")
+
+    started = time.monotonic()
+    async with asyncio.timeout(plan.burst_seconds + 30):
+        sizes = await asyncio.gather(*(one() for _ in range(streams)))
+    return sum(sizes) / plan.burst_size / (time.monotonic() - started)
+
+
+async def measure_burst(session: aiohttp.ClientSession, gateway: str, direct: str, plan: Plan) -> dict[str, Any]:
+    through_url = f"{gateway}/function/{STREAM_FN}"
+    out: dict[str, Any] = {"event_bytes": plan.burst_size, "seconds": plan.burst_seconds}
+    for streams in plan.burst_streams:
+        d = await burst_run(session, direct, streams, plan)
+        t = await burst_run(session, through_url, streams, plan)
+        out[f"streams_{streams}"] = {"direct_eps": round(d), "through_eps": round(t), "ratio": t / d}
+    return out
+
+
+async def hold_level(
+    session: aiohttp.ClientSession,
+    gw: Gateway,
+    fn_urls: list[str],
+    requested: int,
+    idle_rss: int,
+    plan: Plan,
+) -> dict[str, Any]:
+    # Each stream costs the gateway two descriptors (client side + upstream side): size the level
+    # so that the gateway process stays inside its RLIMIT_NOFILE.
+    room = (fd_limit(gw.pid) - fd_count(gw.pid) - FD_MARGIN) // 2
+    n = min(requested, room)
+    url = f"{gw.url}/function/{STREAM_FN}/ticks?interval=1&count=0"
+    rec = Recorder()
+    sem = asyncio.Semaphore(OPEN_CONCURRENCY)
+    counts = {"opened": 0, "open_failed": 0, "ended_early": 0}
+    settled = asyncio.Event()
+    errors: dict[str, int] = {}
+
+    def note_settled() -> None:
+        if counts["opened"] + counts["open_failed"] >= n:
+            settled.set()
+
+    async def one() -> None:
+        opened = False
+        try:
+            async with sem:
+                resp = await session.get(url)
+                try:
+                    if resp.status != 200:
+                        raise RuntimeError(f"status {resp.status}")
+                    await resp.content.readany()  # ": ok": the whole chain is open
+                except BaseException:
+                    resp.close()
+                    raise
+            opened = True
+            counts["opened"] += 1
+            note_settled()
+            try:
+                await read_ticks(resp, rec)
+                counts["ended_early"] += 1
+            finally:
+                resp.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # counted, not fatal: the level reports how many it held
+            key = exc.__class__.__name__
+            errors[key] = errors.get(key, 0) + 1
+            if not opened:
+                counts["open_failed"] += 1
+                note_settled()
+            else:
+                counts["ended_early"] += 1
+
+    watchdogs = [p for p in function_pids(gw.pid, STREAM_FN) if b"streamfaas.watchdog" in _cmdline(p)]
+    wd_idle = sum(rss_kb(p) for p in watchdogs)
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    t0 = time.monotonic()
+    rss_samples: list[int] = []
+    wd_samples: list[int] = []
+    try:
+        async with asyncio.timeout(120):
+            await settled.wait()
+        open_s = time.monotonic() - t0
+        await asyncio.sleep(plan.hold_settle)
+        gc.disable()  # the client's own collections would show up as lag
+        rec.on = True
+        end = time.monotonic() + plan.hold_window
+        while time.monotonic() < end:
+            await asyncio.sleep(0.5)
+            rss_samples.append(rss_kb(gw.pid))
+            wd_samples.append(sum(rss_kb(p) for p in watchdogs))
+        rec.on = False
+        gc.enable()
+        held = counts["opened"] - counts["ended_early"]
+        gw_fds = fd_count(gw.pid)
+    finally:
+        gc.enable()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    # The client has gone: every hop must let go of its streams.
+    t1 = time.monotonic()
+    await poll(lambda: _none_open(session, fn_urls), 60, "function servers to close their streams", 0.1)
+    close_s = time.monotonic() - t1
+    lags_ms = [v / 1e6 for v in rec.lags]
+    rss = max(rss_samples)
+    return {
+        "requested": requested,
+        "held": held,
+        "fd_room": room,
+        "open_s": round(open_s, 2),
+        "close_s": round(close_s, 2),
+        "errors": errors,
+        "events": len(lags_ms),
+        "events_expected": round(held * plan.hold_window),
+        "lag_p50_ms": pct(lags_ms, 50),
+        "lag_p99_ms": pct(lags_ms, 99),
+        "lag_max_ms": max(lags_ms) if lags_ms else float("nan"),
+        "gateway_rss_idle_kb": idle_rss,
+        "gateway_rss_kb": rss,
+        "gateway_kb_per_stream": (rss - idle_rss) / held if held else float("nan"),
+        "gateway_fds": gw_fds,
+        "watchdogs_kb_per_stream": (max(wd_samples) - wd_idle) / held if held else float("nan"),
+    }
+
+
+async def _none_open(session: aiohttp.ClientSession, urls: list[str]) -> bool:
+    return await open_streams(session, urls) == 0
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+async def measure_hold(
+    session: aiohttp.ClientSession, api: Api, gw: Gateway, state_dir: Path, plan: Plan
+) -> dict[str, Any]:
+    if plan.hold_replicas > 1:
+        await api.scale(STREAM_FN, plan.hold_replicas)
+        await api.wait_ready(STREAM_FN, plan.hold_replicas)
+    urls = await live_function_urls(session, state_dir, STREAM_FN)
+    # A few streams first, so that what the first stream allocates once is in the idle figure.
+    await delay_round(session, f"{gw.url}/function/{STREAM_FN}", Plan(quick=True, delay_seconds=0.3))
+    await asyncio.sleep(0.5)
+    idle = rss_kb(gw.pid)
+    levels = []
+    for n in plan.hold_levels:
+        levels.append(await hold_level(session, gw, urls, n, idle, plan))
+    return {"replicas": plan.hold_replicas, "events_per_stream_per_s": 1, "window_s": plan.hold_window,
+            "gateway_fd_limit": fd_limit(gw.pid), "levels": levels}
+
+
+async def measure_cold(session: aiohttp.ClientSession, api: Api, gw: Gateway, plan: Plan) -> dict[str, Any]:
+    url = f"{gw.url}/function/{COLD_FN}"
+    samples = []
+    headers_ms = []
+    for _ in range(plan.cold_reps):
+        await api.scale(COLD_FN, 0)
+
+        async def gone() -> bool:
+            return not function_pids(gw.pid, COLD_FN) and await api.available(COLD_FN) == 0
+
+        await poll(gone, 30, f"{COLD_FN}'s processes to exit")
+        t0 = time.perf_counter()
+        async with asyncio.timeout(30), session.get(url) as resp:
+            t_headers = time.perf_counter()
+            first = await resp.content.readany()
+            t1 = time.perf_counter()
+            if resp.status != 200 or not first:
+                raise RuntimeError(f"cold start: {resp.status} {first!r}")
+            await resp.read()
+        samples.append((t1 - t0) * 1000)
+        headers_ms.append((t_headers - t0) * 1000)
+    return {"function": f"{COLD_FN} (python3-flask)", "samples_ms": [round(s, 1) for s in samples],
+            "p50_ms": pct(samples, 50), "min_ms": min(samples), "max_ms": max(samples),
+            "headers_ms": [round(s, 1) for s in headers_ms]}
+
+
+async def measure_redeploy(session: aiohttp.ClientSession, api: Api, gw: Gateway, state_dir: Path,
+                           plan: Plan, venv_build_s: float) -> dict[str, Any]:
+    url = f"{gw.url}/function/{REDEPLOY_FN}"
+    venvs_before = sorted(p.name for p in (state_dir / "venvs").iterdir())
+    serving, returned = [], []
+    for i in range(1, plan.redeploy_reps + 1):
+        version = f"v{i}"
+
+        async def serves_new(version: str = version) -> bool:
+            async with session.get(url) as r:
+                return r.status == 200 and await r.text() == version
+
+        t0 = time.perf_counter()
+        post = asyncio.create_task(api.deploy(deployment(REDEPLOY_FN, version)))
+        await poll(serves_new, 60, f"{REDEPLOY_FN} to serve {version}", 0.01)
+        serving.append(time.perf_counter() - t0)
+        await post
+        returned.append(time.perf_counter() - t0)
+    venvs_after = sorted(p.name for p in (state_dir / "venvs").iterdir())
+    return {"function": f"{REDEPLOY_FN} (python3-flask, requirements.txt)",
+            "samples_s": [round(s, 3) for s in serving], "p50_s": pct(serving, 50),
+            "post_returned_s": [round(s, 3) for s in returned],
+            "venv_reused": venvs_before == venvs_after, "venv_first_build_s": round(venv_build_s, 2)}
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+async def run_all(gw: Gateway, state_dir: Path, plan: Plan) -> dict[str, Any]:
+    async with client_session() as session:
+        api = Api(session, gw.url)
+        t0 = time.monotonic()
+        await api.deploy(deployment(STREAM_FN))
+        await api.deploy(deployment(COLD_FN))
+        await api.deploy(deployment(REDEPLOY_FN, "v0"))  # builds its venv (pip, offline)
+        venv_build_s = time.monotonic() - t0
+        for name in (STREAM_FN, COLD_FN, REDEPLOY_FN):
+            await api.wait_ready(name)
+        direct = (await live_function_urls(session, state_dir, STREAM_FN))[0]
+        gc.collect()
+        gc.freeze()
+        results: dict[str, Any] = {}
+        step("1/5 added delay, 100 streams")
+        results["added_delay"] = await measure_delay(session, gw.url, direct, plan)
+        step("3/5 back-to-back events/s")
+        results["throughput"] = await measure_burst(session, gw.url, direct, plan)
+        step(f"2/5 streams held: {', '.join(map(str, plan.hold_levels))}")
+        results["streams_held"] = await measure_hold(session, api, gw, state_dir, plan)
+        step("4/5 cold start")
+        results["cold_start"] = await measure_cold(session, api, gw, plan)
+        step("5/5 redeploy")
+        results["redeploy"] = await measure_redeploy(session, api, gw, state_dir, plan, venv_build_s)
+        return results
+
+
+def step(text: str) -> None:
+    print(f"  … {text}", file=sys.stderr, flush=True)
+
+
+def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: float, unit: str, target: str, met: bool) -> None:
+        rows.append({"figure": name, "value": value, "unit": unit, "target": target, "met": bool(met)})
+
+    d = r["added_delay"]
+    add("added delay p50 (100 streams)", d["added_p50_ms"], "ms", "<= 0.3 ms", d["added_p50_ms"] <= 0.3)
+    add("added delay p99 (100 streams)", d["added_p99_ms"], "ms", "<= 2 ms", d["added_p99_ms"] <= 2)
+    for lvl in r["streams_held"]["levels"]:
+        req = lvl["requested"]
+        add(f"streams held of {req}", lvl["held"], "streams", f"= {req}", lvl["held"] >= req)
+        add(f"lag p99 @ {lvl['held']} streams", lvl["lag_p99_ms"], "ms", "<= 100 ms", lvl["lag_p99_ms"] <= 100)
+        add(f"gateway RSS/stream @ {lvl['held']}", lvl["gateway_kb_per_stream"], "KiB", "<= 20 KiB",
+            lvl["gateway_kb_per_stream"] <= 20)
+    for key, t in r["throughput"].items():
+        if key.startswith("streams_"):
+            n = key.split("_")[1]
+            add(f"events/s through/direct, {n} stream(s)", t["ratio"] * 100, "%", ">= 50 %", t["ratio"] >= 0.5)
+    c = r["cold_start"]
+    add("cold start p50 (scale from 0, 1st byte)", c["p50_ms"], "ms", "<= 300 ms", c["p50_ms"] <= 300)
+    rd = r["redeploy"]
+    add("redeploy p50 (warm deps, new version serves)", rd["p50_s"], "s", "<= 2 s", rd["p50_s"] <= 2)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], r: dict[str, Any]) -> None:
+    width = max(len(row["figure"]) for row in rows)
+    print(f"\n{'figure':<{width}}  {'value':>12}  {'target':<12}  result")
+    print("-" * (width + 38))
+    for row in rows:
+        value = f"{row['value']:.3g} {row['unit']}" if row["unit"] != "streams" else str(row["value"])
+        print(f"{row['figure']:<{width}}  {value:>12}  {row['target']:<12}  {'met' if row['met'] else 'MISSED'}")
+    d = r["added_delay"]
+    print(f"\nper-event lag, 100 streams: direct p50 {d['direct_ms']['p50']:.3f} / p99 {d['direct_ms']['p99']:.3f} ms,"
+          f" through p50 {d['through_ms']['p50']:.3f} / p99 {d['through_ms']['p99']:.3f} ms")
+    for key, t in r["throughput"].items():
+        if key.startswith("streams_"):
+            print(f"events/s, {key.split('_')[1]} stream(s): direct {t['direct_eps']:,}  through {t['through_eps']:,}")
+    for lvl in r["streams_held"]["levels"]:
+        print(f"hold {lvl['held']}/{lvl['requested']}: open {lvl['open_s']} s, lag p50 {lvl['lag_p50_ms']:.2f} ms,"
+              f" gateway {lvl['gateway_rss_kb'] / 1024:.1f} MiB (idle {lvl['gateway_rss_idle_kb'] / 1024:.1f}),"
+              f" {lvl['gateway_fds']} fds, watchdogs {lvl['watchdogs_kb_per_stream']:.1f} KiB/stream,"
+              f" events {lvl['events']}/{lvl['events_expected']}, errors {lvl['errors'] or 0}")
+    print(f"cold start samples (ms): {r['cold_start']['samples_ms']}")
+    print(f"redeploy samples (s): {r['redeploy']['samples_s']} (POST returned: {r['redeploy']['post_returned_s']})")
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    mem_kb = 0
+    with open("/proc/meminfo") as f:
+        mem_kb = int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1])
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__, "uvloop": uvloop.__version__, "commit": commit,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller run (~1 minute): 1,000 streams only")
+    parser.add_argument("--keep-state", action="store_true", help="keep the state directory (logs) afterwards")
+    args = parser.parse_args()
+    plan = Plan.make(args.quick)
+    nofile = raise_fd_limit()  # the gateway and its replicas inherit it
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="streamfaas-bench-"))
+    state_dir = tmp / "state"
+    state_dir.mkdir()
+    gw = Gateway(state_dir)
+    results: dict[str, Any] | None = None
+    try:
+        build_images(state_dir, tmp)
+        gw.start()
+        print(f"bench_core: gateway {gw.url} (state {state_dir}, RLIMIT_NOFILE {nofile})", file=sys.stderr)
+        results = uvloop.run(run_all(gw, state_dir, plan))
+    finally:
+        gw.stop()
+        if args.keep_state:
+            print(f"state kept in {state_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    rows = verdicts(results)
+    print_table(rows, results)
+    if gw.orphans:
+        print(f"WARNING: {len(gw.orphans)} process(es) outlived the gateway and were killed", file=sys.stderr)
+    out = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "quick": plan.quick,
+        "duration_s": round(time.monotonic() - started, 1),
+        "machine": machine(),
+        "rlimit_nofile": nofile,
+        "orphans": len(gw.orphans),
+        "targets": rows,
+        "results": results,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\nwrote {RESULTS.relative_to(REPO)} ({out['duration_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The watchdog on its own, as of-watchdog is used: settings from the environment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from platform_fixture import alive, descendants, wait_for
+from streamfaas.provider.images import ImageStore
+
+SLOW = """
+import os, time
+
+def handle(req):
+    open(os.environ["STARTED"], "w").close()
+    time.sleep(1.0)
+    return "finished"
+"""
+
+
+class Watchdog:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+
+@pytest.fixture
+def watchdog(tmp_path: Path) -> Iterator[Watchdog]:
+    handler = tmp_path / "fn"
+    handler.mkdir()
+    (handler / "handler.py").write_text(textwrap.dedent(SLOW))
+    image = ImageStore(tmp_path / "images").build("slow", "python3-flask", handler)
+    env = {
+        **os.environ,
+        "fprocess": f"{sys.executable} index.py",
+        "port": "0",
+        "STARTED": str(tmp_path / "started"),
+        "drain_timeout": "10s",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamfaas.watchdog"], cwd=image.path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert line.startswith("watchdog listening on "), line
+        url = line.split()[-1]
+        wait_for(lambda: httpx.get(url + "/_/ready").status_code == 200, what="the watchdog to be ready")
+        yield Watchdog(proc, url)
+    finally:
+        below = descendants(proc.pid)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        for pid in below:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_health_and_ready_endpoints(watchdog: Watchdog) -> None:
+    assert httpx.get(watchdog.url + "/_/health").text == "OK\n"
+    assert httpx.get(watchdog.url + "/_/ready").status_code == 200
+
+
+def test_sigterm_drains_in_flight_request_then_exits(watchdog: Watchdog, tmp_path: Path) -> None:
+    result: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: result.append(httpx.post(watchdog.url, content=b"x", timeout=30)))
+    t.start()
+    wait_for((tmp_path / "started").exists, what="the request to reach the function")
+    function_pids = descendants(watchdog.proc.pid)
+    watchdog.proc.send_signal(signal.SIGTERM)
+    t.join(30)
+    assert result and result[0].status_code == 200 and result[0].text == "finished"
+    assert watchdog.proc.wait(15) == 0
+    wait_for(lambda: not any(alive(p) for p in function_pids), what="the function process to exit")
+
+
+def test_function_output_is_prefixed(tmp_path: Path) -> None:
+    env = {**os.environ, "fprocess": f"{sys.executable} -c \"print('hello from fn')\"", "port": "0", "STREAMFAAS_FUNCTION": "demo"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamfaas.watchdog"], env=env, capture_output=True, timeout=30, cwd=tmp_path
+    )
+    out = proc.stdout.decode()
+    assert "demo[0] stdout: hello from fn" in out
+    assert proc.returncode == 1  # the function exited: the watchdog reports it and stops
+
+
+def test_missing_fprocess_is_a_clear_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "fprocess"}
+    env["port"] = "0"
+    proc = subprocess.run([sys.executable, "-m", "streamfaas.watchdog"], env=env, capture_output=True, timeout=30, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert b"fprocess is not set" in proc.stdout + proc.stderr
+    assert b"Traceback" not in proc.stdout + proc.stderr
