@@ -70,14 +70,17 @@ def streamfaas_cmd(*args: str) -> list[str]:
 class Platform:
     """A gateway process on 127.0.0.1 with its own state directory."""
 
-    def __init__(self, state_dir: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, state_dir: Path, extra_args: tuple[str, ...] = (), *, sandbox: bool = False) -> None:
         self.state_dir = state_dir
-        self.extra_args = extra_args
+        # Most tests talk to their functions through files in the test's tmp folder, which a
+        # sandboxed function cannot see; tests of the sandbox itself turn it on.
+        self.extra_args = (*extra_args, "--sandbox" if sandbox else "--no-sandbox")
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.images = ImageStore(state_dir / "images")
         self.http = httpx.Client(timeout=30)
         self.log_path = state_dir / "gateway.log"
+        self.password = ""
 
     def start(self) -> Platform:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -94,6 +97,10 @@ class Platform:
         log.close()
         port = wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 20, what="gateway port")
         self.url = f"http://127.0.0.1:{port}"
+        password_file = self.state_dir / "auth" / "admin-password"
+        if password_file.exists():
+            self.password = password_file.read_text().strip()
+            self.http.auth = ("admin", self.password)
         return self
 
     def env(self) -> dict[str, str]:

@@ -132,6 +132,49 @@ class WatchdogConfig:
         )
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|k|mb|mib|m|gb|gib|g)?", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+               "g": 1024**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(text: str | int, *, name: str = "size") -> int:
+    """Parse a byte size: ``1048576``, ``512KiB``, ``1MiB``, ``1MB`` (decimal), ``1M`` (binary)."""
+    if isinstance(text, int):
+        return parse_int(text, name=name)
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ConfigError(f"{name}: invalid size {text!r} (use bytes or a unit, e.g. 512KiB, 1MiB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """Async invocations: where jobs are kept and how a queue worker runs them."""
+
+    backend: str = "sqlite"  # "sqlite" (a file in the state directory) or "nats" (JetStream)
+    sqlite_path: Path | None = None  # default: <state dir>/queue.db
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_stream: str = "STREAMFAAS_ASYNC"
+    max_body: int = 1024 * 1024  # a bigger async request body gets 413
+    worker: bool = True  # the gateway runs a queue worker in-process
+    concurrency: int = 8  # jobs of one function a worker runs at once
+    max_retries: int = 5  # failed attempts retried before a job is dead-lettered
+    backoff: float = 1.0  # the first retry's delay; doubled each time
+    backoff_max: float = 60.0
+    lease: float = 30.0  # a job a worker stopped renewing (it died) runs again after this
+    drain_timeout: float = 30.0  # on shutdown, in-flight jobs get this long, then go back
+    invoke_timeout: float = 600.0
+    callback_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in {"sqlite", "nats"}:
+            raise ConfigError(f"queue: expected sqlite or nats, got {self.backend!r}")
+        if self.concurrency < 1:
+            raise ConfigError(f"queue concurrency: must be at least 1, got {self.concurrency}")
+        if self.lease <= 0:
+            raise ConfigError("queue lease: must be more than 0")
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     """Settings of the gateway process (and the embedded local provider)."""
@@ -142,6 +185,11 @@ class GatewayConfig:
     upstream_timeout: float = 600.0
     cold_start_timeout: float = 60.0
     port_file: Path | None = None
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    auth: bool = True
+    auth_user: str = "admin"
+    auth_password_file: Path | None = None
+    sandbox: bool = True
 
     @property
     def url(self) -> str:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 from llm_server import LLMServer, async_wait_for
 
 STORY = [{"role": "user", "content": "Tell me a very long story about a lighthouse keeper."}]
@@ -92,6 +94,31 @@ async def test_sigterm_ends_open_streams_and_exits_cleanly(tmp_path: Path) -> No
         # ... and the process exits 0, promptly, leaving no children.
         assert await asyncio.to_thread(server.proc.wait, 10) == 0
         assert time.monotonic() - started < 5
+        with pytest.raises(ProcessLookupError):  # nothing is left in its process group
+            os.killpg(server.proc.pid, 0)
         assert "Traceback" not in server.log()
+    finally:
+        server.close()
+
+
+async def test_queued_request_waits_for_a_slot_and_overflow_gets_429(tmp_path: Path) -> None:
+    server = LLMServer(tmp_path, "--parallel", "1", "--queue-size", "1").start()
+    url = f"{server.url}/v1/chat/completions"
+    short = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    try:
+        async with aiohttp.ClientSession() as session:
+            running = await session.post(
+                url, json={"messages": STORY, "max_tokens": 1500, "stream": True}
+            )
+            await read_events(running, 2)
+            queued = asyncio.create_task(session.post(url, json=short))
+            await async_wait_for(lambda: server.stats()["queued"] == 1, what="a queued request")
+            async with session.post(url, json=short) as overflow:
+                assert overflow.status == 429
+            assert not queued.done()
+            running.close()  # frees the slot: the queued request runs
+            async with await queued as served:
+                assert served.status == 200
+                assert (await served.json())["usage"]["completion_tokens"] == 3
     finally:
         server.close()

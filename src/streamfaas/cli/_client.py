@@ -19,9 +19,9 @@ class APIError(StreamfaasError):
 
 
 class GatewayClient:
-    def __init__(self, url: str, *, timeout: float = 600.0) -> None:
+    def __init__(self, url: str, *, auth: tuple[str, str] | None = None, timeout: float = 600.0) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0))
+        self._http = httpx.Client(base_url=self.url, auth=auth, timeout=httpx.Timeout(timeout, connect=5.0))
 
     def close(self) -> None:
         self._http.close()
@@ -37,6 +37,8 @@ class GatewayClient:
             resp = self._http.request(method, path, json=json_body, params=params)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
+        if resp.status_code == 401:
+            raise APIError(401, f"unauthorized at {self.url}: log in with `streamfaas login --gateway {self.url} --password-stdin`")
         if resp.status_code >= 400:
             message = resp.text.strip() or resp.reason_phrase
             raise APIError(resp.status_code, message.splitlines()[0] if message else str(resp.status_code))
@@ -48,7 +50,18 @@ class GatewayClient:
         params: Any = None,
     ) -> Iterator[httpx.Response]:
         try:
-            with self._http.stream(method, path, content=content, headers=headers, params=params) as resp:
+            # auth=None: the admin's credentials never travel to a function.
+            with self._http.stream(method, path, content=content, headers=headers, params=params, auth=None) as resp:
+                yield resp
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    @contextmanager
+    def _stream_admin(self, method: str, path: str, *, params: Any = None) -> Iterator[httpx.Response]:
+        try:
+            with self._http.stream(method, path, params=params) as resp:
+                if resp.status_code == 401:
+                    raise APIError(401, f"unauthorized at {self.url}: log in with `streamfaas login --gateway {self.url} --password-stdin`")
                 yield resp
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
@@ -96,7 +109,7 @@ class GatewayClient:
         params = {"name": name, "tail": str(tail), "follow": "true" if follow else "false"}
         if since:
             params["since"] = since
-        with self.stream("GET", "/system/logs", params=list(params.items())) as resp:
+        with self._stream_admin("GET", "/system/logs", params=list(params.items())) as resp:
             if resp.status_code >= 400:
                 text = resp.read().decode(errors="replace").strip()
                 if resp.status_code == 404:

@@ -11,6 +11,7 @@ import click
 
 from ..config import default_state_dir
 from ._client import GatewayClient
+from ._credentials import lookup
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,7 +33,7 @@ class Context:
 
     def client(self) -> GatewayClient:
         if self._client is None:
-            self._client = GatewayClient(self.gateway_url)
+            self._client = GatewayClient(self.gateway_url, auth=lookup(self.gateway_url, self.state_dir))
         return self._client
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ from ..errors import ConfigError, StackError
 from ..provider.images import ImageStore
 from ..stack import FunctionSpec, Stack, load_stack
 from ._options import Context, gateway_option, pass_ctx, stack_option
+from .queue import invoke_async
 
 
 def _load(ctx: Context, stack_file: str) -> Stack:
@@ -122,15 +123,25 @@ def _pairs(values: tuple[str, ...], what: str) -> list[tuple[str, str]]:
 @click.option("-m", "--method", default="POST", show_default=True, help="HTTP method.")
 @click.option("--content-type", default="text/plain", show_default=True)
 @click.option("--path", "subpath", default="", help="Path after /function/NAME/.")
+@click.option("--token", envvar="STREAMFAAS_FUNCTION_TOKEN", default=None, help="Bearer token of a private function.")
+@click.option("--async", "async_", is_flag=True, help="Queue it (POST /async-function/NAME); print the call id.")
+@click.option("--callback", default=None, help="With --async: POST the result to this URL.")
 @pass_ctx
 def invoke(
     ctx: Context, name: str, headers: tuple[str, ...], query: tuple[str, ...], method: str,
-    content_type: str, subpath: str,
+    content_type: str, subpath: str, token: str | None, async_: bool, callback: str | None,
 ) -> None:
     """Invoke a function with stdin as the body; print the response as it streams."""
     body = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     hdrs = {"Content-Type": content_type, **dict(_pairs(headers, "header"))}
+    if token:
+        hdrs["Authorization"] = f"Bearer {token}"
     params = _pairs(query, "query")
+    if callback and not async_:
+        raise click.UsageError("--callback needs --async")
+    if async_:
+        tail = f"/{subpath.lstrip('/')}" if subpath else ""
+        return invoke_async(ctx, name, tail, body=body, headers=hdrs, params=params, callback=callback)
     path = f"/function/{name}" + (f"/{subpath.lstrip('/')}" if subpath else "")
     out = sys.stdout.buffer
     with ctx.client().stream(method.upper(), path, content=body, headers=hdrs, params=params) as resp:

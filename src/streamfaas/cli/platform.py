@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..config import GatewayConfig, parse_duration
+from ..config import GatewayConfig, QueueConfig, parse_duration
 from ._options import Context, pass_ctx
+from .queue import queue_options
 
 
 @click.command()
@@ -20,9 +21,16 @@ from ._options import Context, pass_ctx
               help="Write the port here once listening (useful with --port 0).")
 @click.option("--upstream-timeout", default="10m", show_default=True, help="Longest wait for a function's response headers.")
 @click.option("--cold-start-timeout", default="60s", show_default=True, help="Longest wait for a replica to start.")
+@click.option("--auth/--no-auth", default=True, show_default=True, help="Basic auth on /system and /ui.")
+@click.option("--basic-auth-user", default="admin", show_default=True)
+@click.option("--basic-auth-password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Read the admin password from this file (default: generated into STATE/auth/admin-password).")
+@click.option("--sandbox/--no-sandbox", default=True, show_default=True, help="Run functions in bubblewrap when available.")
+@queue_options(gateway=True)
 @pass_ctx
 def gateway(ctx: Context, host: str, port: int, state_dir: Path | None, port_file: Path | None,
-            upstream_timeout: str, cold_start_timeout: str) -> None:
+            upstream_timeout: str, cold_start_timeout: str, auth: bool, basic_auth_user: str,
+            basic_auth_password_file: Path | None, sandbox: bool, queue_config: QueueConfig) -> None:
     """Run the platform (gateway + local provider) in the foreground."""
     from ..gateway import run
 
@@ -33,6 +41,11 @@ def gateway(ctx: Context, host: str, port: int, state_dir: Path | None, port_fil
         upstream_timeout=parse_duration(upstream_timeout, name="--upstream-timeout"),
         cold_start_timeout=parse_duration(cold_start_timeout, name="--cold-start-timeout"),
         port_file=port_file,
+        auth=auth,
+        auth_user=basic_auth_user,
+        auth_password_file=basic_auth_password_file,
+        sandbox=sandbox,
+        queue=queue_config,
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     run(config)

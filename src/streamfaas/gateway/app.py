@@ -12,6 +12,8 @@ from aiohttp import web
 from .._process import listening_socket
 from ..config import GatewayConfig
 from ..provider import LocalProvider
+from .async_invoke import ASYNC_KEY, add_async_routes, local_url
+from .auth import auth_middleware, load_credentials
 from .invoke import client_session, invoke_function
 from .metrics import metrics_endpoint
 from .state import STATE_KEY, GatewayState
@@ -23,17 +25,25 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 def create_app(config: GatewayConfig, provider: LocalProvider | None = None) -> web.Application:
-    provider = provider or LocalProvider(config.state_dir, cold_start_timeout=config.cold_start_timeout)
-    app = web.Application(client_max_size=0, middlewares=[system_errors])
-    state = GatewayState(config=config, provider=provider)
+    provider = provider or LocalProvider(
+        config.state_dir, cold_start_timeout=config.cold_start_timeout, sandbox=config.sandbox
+    )
+    credentials = None
+    if config.auth:
+        credentials, password_file = load_credentials(config.state_dir, config.auth_user, config.auth_password_file)
+        print(f"streamfaas gateway: basic auth on /system and /ui, user {config.auth_user!r}, password in {password_file}", flush=True)
+    app = web.Application(client_max_size=0, middlewares=[auth_middleware(credentials), system_errors])
+    state = GatewayState(config=config, provider=provider, credentials=credentials)
     app[STATE_KEY] = state
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         state.session = client_session()
         await provider.start()
+        await app[ASYNC_KEY].start()
         try:
             yield
         finally:
+            await app[ASYNC_KEY].close()  # its worker first: in-flight jobs still need the functions
             await provider.close()
             await state.session.close()
 
@@ -43,6 +53,7 @@ def create_app(config: GatewayConfig, provider: LocalProvider | None = None) -> 
     app.router.add_route("*", "/function/{name}", invoke_function)
     app.router.add_route("*", "/function/{name}/{tail:.*}", invoke_function)
     add_routes(app)
+    add_async_routes(app, config, state.metrics.queue)
     return app
 
 
@@ -63,7 +74,10 @@ async def serve(config: GatewayConfig) -> None:
         if config.port_file is not None:
             config.port_file.write_text(f"{port}\n")
         print(f"streamfaas gateway listening on {url} (state: {config.state_dir})", flush=True)
+        app[ASYNC_KEY].start_worker(local_url(config.host, port), app[STATE_KEY].credentials)
         await stop.wait()
         print("streamfaas gateway stopping", file=sys.stderr, flush=True)
+        # Before the listener closes: the in-process worker's jobs still go through it.
+        await app[ASYNC_KEY].stop_worker()
     finally:
         await runner.cleanup()

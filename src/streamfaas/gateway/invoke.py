@@ -11,7 +11,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from ..config import parse_bool
-from ..errors import ConfigError, StreamfaasError
+from ..errors import ConfigError, StreamfaasError, Unauthorized
 from ..proxy import (
     StreamLimits,
     UpstreamUnreachable,
@@ -20,6 +20,7 @@ from ..proxy import (
     open_upstream,
     stream_response,
 )
+from .auth import function_token_matches, is_private
 from .state import GatewayState, state_of
 
 _NO_LIMITS = StreamLimits()
@@ -47,6 +48,8 @@ async def invoke_function(request: web.Request) -> web.StreamResponse:
     except StreamfaasError as exc:
         resp = error_response(str(exc), exc.http_status)
         resp.headers.update(reply_headers)
+        if isinstance(exc, Unauthorized):
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="streamfaas"'
         code = exc.http_status
     finally:
         if known:
@@ -67,6 +70,14 @@ async def _proxy(
     provider = state.provider
     record = provider.record(name)  # 404 for an unknown function, before anything else
     headers = forward_headers(request.headers)
+    if is_private(record.deployment.labels, record.deployment.annotations):
+        header = request.headers.get(hdrs.AUTHORIZATION)
+        admin = state.credentials is not None and state.credentials.matches(header)
+        if not admin and not function_token_matches(header, provider.function_token(name)):
+            raise Unauthorized(f"function {name!r} is private: send its token as 'Authorization: Bearer …'")
+        del headers[hdrs.AUTHORIZATION]  # the platform's credential is not the function's business
+    elif state.credentials is not None and state.credentials.matches(headers.get(hdrs.AUTHORIZATION)):
+        del headers[hdrs.AUTHORIZATION]  # never hand the admin password to a function
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ..queue.metrics import QueueMetrics
+
 
 class GatewayMetrics:
     """One registry per gateway app, so several apps in one process (tests) do not collide."""
@@ -34,6 +36,7 @@ class GatewayMetrics:
         self.service_count = Gauge(
             "gateway_service_count", "Replicas per function.", ["function_name"], registry=self.registry
         )
+        self.queue = QueueMetrics(self.registry)  # async invocations
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

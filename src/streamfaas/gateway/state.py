@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ..config import GatewayConfig
 from ..provider import LocalProvider
+from .auth import Credentials
 from .metrics_registry import GatewayMetrics
 
 
@@ -17,6 +18,7 @@ class GatewayState:
     config: GatewayConfig
     provider: LocalProvider
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    credentials: Credentials | None = None
     session: aiohttp.ClientSession = field(init=False)
 
 

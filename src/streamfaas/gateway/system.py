@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import json
 import platform
@@ -18,6 +20,8 @@ from ..provider.models import (
     DeleteFunctionRequest,
     FunctionDeployment,
     ScaleServiceRequest,
+    Secret,
+    SecretName,
 )
 from .state import state_of
 
@@ -162,6 +166,53 @@ def _log_message(name: str, line: str) -> dict[str, str]:
     return {"name": name, "namespace": DEFAULT_NAMESPACE, "instance": instance, "timestamp": timestamp, "text": text}
 
 
+def _secret_value(body: Secret) -> bytes:
+    if body.rawValue is not None and body.value is not None:
+        raise BadRequest("give either value or rawValue, not both")
+    if body.rawValue is not None:
+        try:
+            return base64.b64decode(body.rawValue, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("rawValue: expected base64") from None
+    if body.value is None:
+        raise BadRequest("value or rawValue is required")
+    return body.value.encode()
+
+
+async def list_secrets(request: web.Request) -> web.Response:
+    _check_namespace(request.query.get("namespace"))
+    names = state_of(request).provider.secrets.names()
+    return web.json_response([{"name": n, "namespace": DEFAULT_NAMESPACE} for n in names])
+
+
+async def create_secret(request: web.Request) -> web.Response:
+    body = await _body(request, Secret)
+    _check_namespace(body.namespace)
+    state_of(request).provider.secrets.create(body.name, _secret_value(body))
+    return web.Response(status=201)
+
+
+async def update_secret(request: web.Request) -> web.Response:
+    body = await _body(request, Secret)
+    _check_namespace(body.namespace)
+    state_of(request).provider.secrets.update(body.name, _secret_value(body))
+    return web.Response(status=200)
+
+
+async def delete_secret(request: web.Request) -> web.Response:
+    body = await _body(request, SecretName)
+    _check_namespace(body.namespace)
+    provider = state_of(request).provider
+    provider.secrets.delete(body.name, provider.secret_users(body.name))
+    return web.Response(status=204)
+
+
+async def function_token(request: web.Request) -> web.Response:
+    """A private function's bearer token (streamfaas's own route; admin only, like all /system)."""
+    name = request.match_info["name"]
+    return web.json_response({"name": name, "token": state_of(request).provider.function_token(name)})
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/system/functions", list_functions)
@@ -173,3 +224,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/system/info", system_info)
     r.add_get("/system/namespaces", list_namespaces)
     r.add_get("/system/logs", function_logs)
+    r.add_get("/system/secrets", list_secrets)
+    r.add_post("/system/secrets", create_secret)
+    r.add_put("/system/secrets", update_secret)
+    r.add_delete("/system/secrets", delete_secret)
+    r.add_get("/system/function-token/{name}", function_token)

@@ -6,8 +6,11 @@ import asyncio
 import hmac
 import json
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import hdrs, web
 
@@ -188,35 +191,30 @@ async def _stream(
     )
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
-    opening = encoder.opening()
-    if first is None:
-        await response.write(opening)
-    else:
-        await response.write(opening + encoder.text(first))
-        async for chunk in _texts(generation, encoder):
-            await response.write(chunk)
-    if generation.error is not None:
-        await response.write(error_event(generation.error))
-    else:
-        await response.write(encoder.finish(generation.finish_reason, generation.usage))
-    await response.write_eof()
-    return response
-
-
-async def _texts(generation: Generation, encoder: ChunkEncoder) -> AsyncIterator[bytes]:
-    """The encoded chunks of the texts after the first, until the end marker."""
-    while True:
+    pending = encoder.opening()
+    ended = first is None
+    if first is not None:
+        pending += encoder.text(first)
+    while not ended:
+        await response.write(pending)
         text = await generation.next_text()
         if text is None:
-            return
-        chunk = encoder.text(text)
+            pending = b""
+            break
+        pending = encoder.text(text)
         # Texts that piled up while the last write waited on a slow reader go out together.
         for more in generation.take_ready():
             if more is None:
-                yield chunk
-                return
-            chunk += encoder.text(more)
-        yield chunk
+                ended = True
+                break
+            pending += encoder.text(more)
+    if generation.error is not None:
+        pending += error_event(generation.error)
+    else:
+        pending += encoder.finish(generation.finish_reason, generation.usage)
+    await response.write(pending)
+    await response.write_eof()
+    return response
 
 
 async def _read_json(request: web.Request) -> object:
@@ -260,6 +258,21 @@ def create_app(settings: LLMSettings) -> web.Application:
     return app
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _signal_handlers() -> dict[signal.Signals, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in _SIGNALS}
+
+
+def _restore_signal_handlers(saved: dict[signal.Signals, Any]) -> None:
+    for sig, handler in saved.items():
+        if handler is not None:
+            signal.signal(sig, handler)
+
+
 async def stop_generations(app: web.Application) -> None:
     """Stop every generation (each stream ends with an error event) and refuse new ones, so
     that a shutdown does not wait for long completions to finish."""
@@ -271,7 +284,11 @@ async def stop_generations(app: web.Application) -> None:
 async def _model_lifetime(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     settings = state.settings
+    saved = _signal_handlers()
     await asyncio.to_thread(state.engine.load)
+    # llama.cpp installs its own SIGINT/SIGTERM handlers as it starts (they would stop the
+    # model, not this process); put back what the process had.
+    _restore_signal_handlers(saved)
     state.scheduler = Scheduler(
         state.engine, parallel=settings.parallel, queue_size=settings.queue_size
     )

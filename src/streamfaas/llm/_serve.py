@@ -39,8 +39,6 @@ async def serve_async(settings: LLMSettings, stop: asyncio.Event | None = None) 
         site = web.SockSite(runner, sock, shutdown_timeout=_SHUTDOWN_TIMEOUT)
         await site.start()
         port = int(sock.getsockname()[1])
-        # After the model loaded: llama.cpp installs its own SIGINT/SIGTERM handlers while it
-        # starts, and these must replace them.
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)

@@ -11,16 +11,19 @@ import datetime as dt
 import itertools
 import json
 import os
+import secrets
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..config import parse_duration
-from ..errors import ConfigError, DeployError, FunctionNotFound, FunctionNotReady
+from ..errors import BadRequest, ConfigError, DeployError, FunctionNotFound, FunctionNotReady
 from .images import ImageStore, LocalImage
 from .logs import follow_log
 from .models import DEFAULT_NAMESPACE, FunctionDeployment, FunctionStatus
 from .replica import Replica, ReplicaSpec
+from .sandbox import SECRETS_MOUNT, bwrap_path, sandboxed_fprocess, warn_unsandboxed
+from .secrets import SecretStore, write_private
 from .venvs import VenvCache
 
 # The few variables a function process needs from the platform's environment; nothing else
@@ -69,8 +72,10 @@ class FunctionRecord:
 
 
 class LocalProvider:
-    def __init__(self, state_dir: Path, *, cold_start_timeout: float = 60.0) -> None:
+    def __init__(self, state_dir: Path, *, cold_start_timeout: float = 60.0, sandbox: bool = True) -> None:
         self.state_dir = state_dir
+        self.secrets = SecretStore(state_dir / "secrets", state_dir / "run")
+        self.bwrap = bwrap_path() if sandbox else None
         self.images = ImageStore(state_dir / "images")
         self.venvs = VenvCache(state_dir / "venvs")
         self.functions_dir = state_dir / "functions"
@@ -112,6 +117,21 @@ class LocalProvider:
             del self.functions[name]
             (self.functions_dir / f"{name}.json").unlink(missing_ok=True)
             await self._stop_replicas(record, list(record.replicas))
+            self.secrets.forget(name)
+
+    def function_token(self, name: str) -> str:
+        """The bearer token of a private function, made on first use (file mode 0600)."""
+        self._get(name)
+        path = self.state_dir / "run" / name / "token"
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            token = secrets.token_urlsafe(32)
+            write_private(path, token.encode(), 0o600)
+            return token
+
+    def secret_users(self, secret: str) -> list[str]:
+        return [n for n, r in self.functions.items() if secret in r.deployment.secrets]
 
     async def scale(self, name: str, replicas: int) -> None:
         record = self._get(name)
@@ -205,7 +225,18 @@ class LocalProvider:
         env["VIRTUAL_ENV"] = str(record.venv)
         env["HOME"] = str(self.cache_dir)
         env["PYTHONPYCACHEPREFIX"] = str(self.cache_dir / "pycache")
-        env["fprocess"] = d.envProcess or record.image.fprocess
+        fprocess = d.envProcess or record.image.fprocess
+        secrets_dir = self.secrets.materialise(d.service, d.secrets)
+        if self.bwrap is not None:
+            fprocess = sandboxed_fprocess(
+                fprocess, bwrap=self.bwrap, state_dir=self.state_dir, image_dir=record.image.path,
+                venv_dir=record.venv, secrets_dir=secrets_dir,
+            )
+            env["STREAMFAAS_SECRETS_DIR"] = SECRETS_MOUNT
+        else:
+            warn_unsandboxed()
+            env["STREAMFAAS_SECRETS_DIR"] = str(secrets_dir)
+        env["fprocess"] = fprocess
         env["STREAMFAAS_FUNCTION"] = d.service
         drain = d.envVars.get("drain_timeout", "30s")
         try:
@@ -215,6 +246,9 @@ class LocalProvider:
         return ReplicaSpec(env=env, cwd=record.image.path, log=self.logs_dir / f"{d.service}.log", drain_timeout=drain_s)
 
     async def _apply(self, deployment: FunctionDeployment, *, replicas: int, created_at: str) -> None:
+        missing = self.secrets.missing(deployment.secrets)
+        if missing:
+            raise BadRequest(f"secret(s) not found: {', '.join(missing)}; create them first with `streamfaas secret create`")
         image = self.images.resolve(deployment.image)
         requirements = (image.path / "function" / "requirements.txt").read_text()
         venv = await self.venvs.ensure(requirements, log=self.logs_dir / f"{deployment.service}.log")

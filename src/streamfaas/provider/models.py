@@ -97,3 +97,19 @@ class DeleteFunctionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     functionName: str
     namespace: str = ""
+
+
+class Secret(BaseModel):
+    """Body of ``POST``/``PUT /system/secrets``: ``value`` (text) or ``rawValue`` (base64 bytes)."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    namespace: str = ""
+    value: str | None = None
+    rawValue: str | None = None  # base64, as Go's encoding/json writes []byte
+
+
+class SecretName(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    namespace: str = ""

@@ -1,0 +1,241 @@
+"""``/async-function/{name}[/{path}]`` and ``/system/queue``: accept now, run later, call back.
+
+A request is stored durably (method, path, query, headers minus credentials, body up to
+``max_body``) before the 202 goes out. The queue worker, in this process unless disabled or
+in ``streamfaas queue-worker`` processes, runs it through ``/function/{name}`` like any request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+from ..config import GatewayConfig
+from ..errors import BadRequest, FunctionNotFound, PayloadTooLarge, Unauthorized
+from ..proxy import forward_headers
+from ..queue import (
+    AUTH_HEADERS,
+    Job,
+    JobNotFound,
+    JobQueue,
+    QueueMetrics,
+    QueueUnavailable,
+    QueueWorker,
+    open_queue,
+)
+from .auth import Credentials, function_token_matches, is_private
+from .state import GatewayState, state_of
+
+log = logging.getLogger("streamfaas.gateway")
+_DEPTH_INTERVAL = 1.0  # how often the depth gauge is refreshed
+_NOT_STORED = AUTH_HEADERS | {"x-call-id", "expect"}
+
+
+class AsyncInvocations:
+    """The gateway's queue, its in-process worker and the depth gauge, started and stopped together."""
+
+    def __init__(self, config: GatewayConfig, metrics: QueueMetrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._queue: JobQueue | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._worker_stop = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queue(self) -> JobQueue:
+        if self._queue is None:
+            raise QueueUnavailable("the async queue is not open")
+        return self._queue
+
+    async def start(self) -> None:
+        queue = open_queue(self.config.queue, self.config.state_dir)
+        await queue.start()
+        self._queue = queue
+        self._tasks.append(asyncio.create_task(self._refresh_depth(), name="queue-depth"))
+
+    def start_worker(self, gateway_url: str, credentials: Credentials | None) -> None:
+        """Run a queue worker in this process against this gateway (once it listens)."""
+        if not self.config.queue.worker or self._worker is not None:
+            return
+        # The admin's credentials let it run private functions; the gateway strips them.
+        auth = (credentials.user, credentials.password) if credentials is not None else None
+        worker = QueueWorker(self.queue, self.config.queue, gateway_url, metrics=self.metrics, auth=auth)
+        self._worker = asyncio.create_task(worker.run(self._worker_stop), name="queue-worker")
+
+    async def stop_worker(self) -> None:
+        """Stop leasing; in-flight jobs finish within the drain timeout or go back to the queue."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            self._worker_stop.set()
+            await worker
+
+    async def close(self) -> None:
+        await self.stop_worker()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        queue, self._queue = self._queue, None
+        if queue is not None:
+            await queue.close()
+
+    async def _refresh_depth(self) -> None:
+        gauge = self.metrics.depth
+        while True:
+            try:
+                depth = await self.queue.depth()
+            except QueueUnavailable as exc:
+                log.warning("queue depth unavailable: %s", exc)
+            else:
+                gauge.labels(state="pending").set(depth.pending)
+                gauge.labels(state="failed").set(depth.failed)
+            await asyncio.sleep(_DEPTH_INTERVAL)
+
+
+ASYNC_KEY = web.AppKey("streamfaas_async", AsyncInvocations)
+
+
+def local_url(host: str, port: int) -> str:
+    """How a process on this machine reaches a server listening on ``host``."""
+    if host in {"", "0.0.0.0"}:
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _callback_url(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    try:
+        url = URL(raw)
+    except ValueError:
+        url = None
+    if url is None or url.scheme not in {"http", "https"} or not url.host:
+        raise BadRequest(f"X-Callback-Url: expected an absolute http(s) URL, got {raw!r}")
+    return raw
+
+
+def _call_id(raw: str | None) -> str:
+    if raw is None or raw == "":
+        return str(uuid.uuid4())
+    if len(raw) > 200 or not raw.isprintable():
+        raise BadRequest("X-Call-Id: at most 200 printable characters")
+    return raw
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    def too_large() -> PayloadTooLarge:
+        return PayloadTooLarge(f"request body is larger than the async limit of {limit} bytes (--max-async-body)")
+
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large()
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise too_large()
+    return bytes(body)
+
+
+def _check_private(state: GatewayState, request: web.Request, name: str) -> None:
+    """A private function takes async calls only from those who may call it synchronously."""
+    deployment = state.provider.record(name).deployment
+    if not is_private(deployment.labels, deployment.annotations):
+        return
+    header = request.headers.get("Authorization")
+    if state.credentials is not None and state.credentials.matches(header):
+        return
+    if not function_token_matches(header, state.provider.function_token(name)):
+        raise Unauthorized(f"function {name!r} is private: send its token as 'Authorization: Bearer …'")
+
+
+async def submit_async(request: web.Request) -> web.Response:
+    state = state_of(request)
+    invocations = request.app[ASYNC_KEY]
+    name = request.match_info["name"]
+    if not state.provider.has(name):
+        raise FunctionNotFound(name)
+    _check_private(state, request, name)
+    callback = _callback_url(request.headers.get("X-Callback-Url"))
+    call_id = _call_id(request.headers.get("X-Call-Id"))
+    body = await _read_body(request, state.config.queue.max_body)
+    headers = forward_headers(request.headers, drop=_NOT_STORED)
+    tail = request.match_info.get("tail")
+    job = Job(
+        call_id=call_id,
+        function=name,
+        method=request.method,
+        path="" if tail is None else "/" + tail,
+        query=request.query_string,
+        headers=tuple(headers.items()),
+        body=body,
+        callback_url=callback,
+    )
+    await invocations.queue.submit(job)
+    invocations.metrics.submitted.labels(function_name=name).inc()
+    return web.Response(status=202, headers={"X-Call-Id": call_id, "X-Start-Time": str(time.time_ns())})
+
+
+def _flag(request: web.Request, key: str) -> bool:
+    return request.query.get(key, "false").lower() in {"1", "true", "yes"}
+
+
+async def list_queue(request: web.Request) -> web.Response:
+    raw = request.query.get("limit", "100")
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise BadRequest(f"limit: expected an integer, got {raw!r}") from None
+    if not 1 <= limit <= 10_000:
+        raise BadRequest("limit: between 1 and 10000")
+    queue = request.app[ASYNC_KEY].queue
+    jobs = await queue.list_jobs(failed=_flag(request, "failed"), limit=limit)
+    depth = await queue.depth()
+    return web.json_response({"depth": depth.to_json(), "jobs": [j.to_json() for j in jobs]})
+
+
+async def retry_queue(request: web.Request) -> web.Response:
+    raw = await request.read()
+    try:
+        data: Any = json.loads(raw) if raw.strip() else {}
+    except ValueError as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("invalid JSON: expected an object")
+    call_id = data.get("callId")
+    retry_all = data.get("all") is True
+    if retry_all == bool(call_id) or (call_id is not None and not isinstance(call_id, str)):
+        raise BadRequest('send {"callId": "..."} for one dead-lettered job or {"all": true} for every one')
+    count = await request.app[ASYNC_KEY].queue.retry_failed(None if retry_all else call_id)
+    if call_id and count == 0:
+        raise JobNotFound(f"no dead-lettered job with call id {call_id!r}")
+    return web.json_response({"retried": count})
+
+
+async def purge_queue(request: web.Request) -> web.Response:
+    count = await request.app[ASYNC_KEY].queue.purge(failed=_flag(request, "failed"))
+    return web.json_response({"purged": count})
+
+
+def add_async_routes(app: web.Application, config: GatewayConfig, metrics: QueueMetrics) -> AsyncInvocations:
+    invocations = AsyncInvocations(config, metrics)
+    app[ASYNC_KEY] = invocations
+    r = app.router
+    r.add_post("/async-function/{name}", submit_async)
+    r.add_post("/async-function/{name}/{tail:.*}", submit_async)
+    r.add_get("/system/queue", list_queue)
+    r.add_delete("/system/queue", purge_queue)
+    r.add_post("/system/queue/retry", retry_queue)
+    return invocations

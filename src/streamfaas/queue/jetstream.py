@@ -1,0 +1,304 @@
+"""The NATS JetStream queue, for several gateways and workers sharing the work.
+
+Jobs go to a work-queue stream, one subject per function (``<prefix>.jobs.<function>``) with
+one durable pull consumer each, so a busy function never holds back another one. A message
+is acked only once the job is delivered; a worker that dies leaves it unacked, and JetStream
+hands it out again after ``ack_wait`` (the lease). A failed attempt is published again with
+its count raised and a not-before time, then the original is acked; dead-lettered jobs go to
+a second stream with limits retention. The job's body is the message's data; everything else
+travels in one header, as JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from ..errors import PayloadTooLarge
+from .base import Deliver, FunctionSlots, JobQueue, Lease, QueueUnavailable, first_of
+from .job import Job, JobInfo, QueueDepth
+
+log = logging.getLogger("streamfaas.queue")
+JOB_HEADER = "Streamfaas-Job"
+_HEADER_OVERHEAD = 64  # "NATS/1.0\r\n", the header name, CRLFs
+
+
+def _job_of(headers: dict[str, str] | None, data: bytes | None) -> Job:
+    meta = {k.lower(): v for k, v in (headers or {}).items()}.get(JOB_HEADER.lower())
+    if meta is None:
+        raise ValueError("message without a job header")
+    return Job.from_meta(json.loads(meta), data or b"")
+
+
+class NatsLease(Lease):
+    def __init__(self, queue: NatsQueue, msg: Msg, job: Job) -> None:
+        super().__init__(job)
+        self._queue = queue
+        self._msg = msg
+
+    async def ack(self) -> None:
+        await self._msg.ack_sync()
+
+    async def retry(self, error: str, delay: float) -> None:
+        # Published again before the ack: a crash in between runs the job twice, never zero times.
+        await self._queue.publish(self.job.failed_once_more(error, time.time() + delay))
+        await self._msg.ack_sync()
+
+    async def dead_letter(self, error: str) -> None:
+        await self._queue.publish(self.job.failed_once_more(error, 0.0), failed=True)
+        await self._msg.ack_sync()
+
+    async def release(self) -> None:
+        await self._msg.nak()
+
+    async def keep_alive(self) -> None:
+        await self._msg.in_progress()
+
+
+class NatsQueue(JobQueue):
+    name = "nats"
+
+    def __init__(self, url: str, *, stream: str = "STREAMFAAS_ASYNC", lease: float = 30.0, fetch_wait: float = 1.0,
+                 discover_interval: float = 1.0) -> None:
+        self.url = url
+        self.stream = stream
+        self.failed_stream = f"{stream}_FAILED"
+        prefix = stream.lower()
+        self.jobs_prefix = f"{prefix}.jobs"
+        self.failed_prefix = f"{prefix}.failed"
+        self.lease = lease
+        self.fetch_wait = fetch_wait
+        self.discover_interval = discover_interval
+        self._nc: Client | None = None
+        self._consumers: set[str] = set()
+        self._new_consumer = asyncio.Event()
+        self._creating: dict[str, asyncio.Future[None]] = {}
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._nc is None:
+            raise QueueUnavailable("the NATS queue is not connected")
+        return self._nc.jetstream()
+
+    async def start(self) -> None:
+        try:
+            self._nc = await nats.connect(
+                self.url, name="streamfaas", connect_timeout=5, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5, allow_reconnect=True,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            raise QueueUnavailable(f"cannot connect to NATS at {self.url}: {exc or exc.__class__.__name__}") from None
+        js = self.js
+        try:
+            await self._ensure_stream(js, self.stream, f"{self.jobs_prefix}.*", RetentionPolicy.WORK_QUEUE)
+            await self._ensure_stream(js, self.failed_stream, f"{self.failed_prefix}.*", RetentionPolicy.LIMITS)
+        except nats.errors.Error as exc:
+            await self.close()
+            raise QueueUnavailable(f"NATS at {self.url}: cannot create stream {self.stream} (is JetStream on? `nats-server -js`): {exc}") from None
+
+    @staticmethod
+    async def _ensure_stream(js: JetStreamContext, name: str, subject: str, retention: RetentionPolicy) -> None:
+        config = StreamConfig(name=name, subjects=[subject], retention=retention, storage=StorageType.FILE)
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+
+    async def close(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None:
+            try:
+                await nc.drain()
+            except nats.errors.Error:
+                await nc.close()
+
+    def _consumer_name(self, function: str) -> str:
+        return f"fn-{function}"
+
+    async def _ensure_consumer(self, function: str) -> None:
+        if function in self._consumers:
+            return
+        # Submits that arrive together for a new function wait for one creation.
+        creating = self._creating.get(function)
+        if creating is None:
+            creating = self._creating[function] = asyncio.ensure_future(self._create_consumer(function))
+            creating.add_done_callback(lambda _: self._creating.pop(function, None))
+        await asyncio.shield(creating)
+
+    async def _create_consumer(self, function: str) -> None:
+        config = ConsumerConfig(
+            durable_name=self._consumer_name(function),
+            filter_subject=f"{self.jobs_prefix}.{function}",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.lease,
+            max_deliver=-1,  # attempts are counted in the job itself; see NatsLease.retry
+            max_ack_pending=100_000,
+        )
+        await self.js.add_consumer(self.stream, config)
+        self._consumers.add(function)
+        self._new_consumer.set()
+
+    async def publish(self, job: Job, *, failed: bool = False) -> None:
+        if self._nc is None:
+            raise QueueUnavailable("the NATS queue is not connected")
+        meta = job.meta_json()
+        limit = self._nc.max_payload
+        if len(job.body) + len(meta) + _HEADER_OVERHEAD > limit:
+            raise PayloadTooLarge(
+                f"request too large for NATS: body and headers must stay under the server's max_payload ({limit} bytes)"
+            )
+        prefix = self.failed_prefix if failed else self.jobs_prefix
+        stream = self.failed_stream if failed else self.stream
+        try:
+            if not failed:
+                await self._ensure_consumer(job.function)
+            await self.js.publish(f"{prefix}.{job.function}", job.body, stream=stream, headers={JOB_HEADER: meta})
+        except nats.errors.Error as exc:
+            raise QueueUnavailable(f"NATS at {self.url} did not store the job: {exc or exc.__class__.__name__}") from None
+
+    async def submit(self, job: Job) -> None:
+        await self.publish(job)
+
+    # ---- workers ----
+    async def _functions(self) -> list[str]:
+        infos = await self.js.consumers_info(self.stream)
+        return [i.name.removeprefix("fn-") for i in infos if i.name and i.name.startswith("fn-")]
+
+    async def consume(self, slots: FunctionSlots, deliver: Deliver, stop: asyncio.Event) -> None:
+        started: set[str] = set()
+        async with asyncio.TaskGroup() as tg:
+            while not stop.is_set():
+                self._new_consumer.clear()
+                try:
+                    functions = set(await self._functions()) | self._consumers
+                except (nats.errors.Error, QueueUnavailable) as exc:
+                    log.warning("queue: cannot list NATS consumers: %s", exc)
+                    functions = set()
+                for fn in functions - started:
+                    started.add(fn)
+                    # One lingering pull per slot: each returns as soon as a job is there.
+                    for _ in range(slots.per_function):
+                        tg.create_task(self._fetch_loop(fn, slots, deliver, stop))
+                await first_of((self._new_consumer, stop), self.discover_interval)
+
+    async def _fetch_loop(self, function: str, slots: FunctionSlots, deliver: Deliver, stop: asyncio.Event) -> None:
+        sub: JetStreamContext.PullSubscription | None = None
+        try:
+            while not stop.is_set():
+                if sub is None:
+                    try:
+                        sub = await self.js.pull_subscribe_bind(durable=self._consumer_name(function), stream=self.stream)
+                    except (nats.errors.Error, QueueUnavailable) as exc:
+                        log.warning("queue: cannot pull %s's jobs: %s", function, exc)
+                        await first_of((stop,), self.fetch_wait)
+                        continue
+                if not await slots.reserve(function, 1, stop):
+                    break
+                msg = await self._fetch_one(sub, stop)
+                if msg is None:
+                    slots.give(function)
+                    continue
+                await self._hand_over(msg, function, slots, deliver, stop)
+        finally:
+            if sub is not None:
+                try:
+                    await sub.unsubscribe()
+                except nats.errors.Error:
+                    pass
+
+    async def _fetch_one(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> Msg | None:
+        try:
+            msgs = await sub.fetch(1, timeout=self.fetch_wait)
+        except (TimeoutError, nats.errors.TimeoutError, nats.js.errors.FetchTimeoutError):
+            return None
+        except nats.errors.Error as exc:
+            log.warning("queue: NATS fetch failed: %s", exc)
+            await first_of((stop,), self.fetch_wait)
+            return None
+        return msgs[0] if msgs else None
+
+    async def _hand_over(self, msg: Msg, function: str, slots: FunctionSlots, deliver: Deliver, stop: asyncio.Event) -> None:
+        try:
+            job = _job_of(msg.headers, msg.data)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("queue: dropping a malformed message on %s: %s", msg.subject, exc)
+            await msg.term()
+            slots.give(function)
+            return
+        wait = job.not_before - time.time()
+        if stop.is_set() or wait > 0:
+            # Fetched while stopping, or still backing off: back to the stream, not counted.
+            await msg.nak(delay=wait if wait > 0 else None)
+            slots.give(function)
+            return
+        deliver(NatsLease(self, msg, job))
+
+    # ---- the REST API's view ----
+    async def depth(self) -> QueueDepth:
+        try:
+            jobs = await self.js.stream_info(self.stream)
+            failed = await self.js.stream_info(self.failed_stream)
+        except nats.errors.Error as exc:
+            raise QueueUnavailable(f"NATS at {self.url}: {exc}") from None
+        return QueueDepth(pending=jobs.state.messages, failed=failed.state.messages)
+
+    async def _scan(self, failed: bool, limit: int) -> list[tuple[int, Job]]:
+        stream = self.failed_stream if failed else self.stream
+        subject = f"{self.failed_prefix if failed else self.jobs_prefix}.*"
+        out: list[tuple[int, Job]] = []
+        seq = 1
+        while len(out) < limit:
+            try:
+                raw = await self.js.get_msg(stream, seq=seq, subject=subject, next=True)
+            except nats.js.errors.NotFoundError:
+                break
+            except nats.errors.Error as exc:
+                raise QueueUnavailable(f"NATS at {self.url}: {exc}") from None
+            assert raw.seq is not None
+            seq = raw.seq + 1
+            try:
+                out.append((raw.seq, _job_of(raw.headers, raw.data)))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
+
+    async def list_jobs(self, *, failed: bool, limit: int) -> list[JobInfo]:
+        state = "failed" if failed else "pending"
+        return [JobInfo.of(job, state) for _, job in await self._scan(failed, limit)]
+
+    async def retry_failed(self, call_id: str | None) -> int:
+        count = 0
+        for seq, job in await self._scan(True, 1_000_000):
+            if call_id is not None and job.call_id != call_id:
+                continue
+            await self.publish(Job.from_meta({**job.meta(), "attempts": 0, "notBefore": 0.0}, job.body))
+            await self.js.delete_msg(self.failed_stream, seq)
+            count += 1
+        return count
+
+    async def purge(self, *, failed: bool) -> int:
+        stream = self.failed_stream if failed else self.stream
+        try:
+            before = (await self.js.stream_info(stream)).state.messages
+            await self.js.purge_stream(stream)
+        except nats.errors.Error as exc:
+            raise QueueUnavailable(f"NATS at {self.url}: {exc}") from None
+        return before

@@ -1,0 +1,216 @@
+"""The queue worker: leases jobs, runs each through the gateway, POSTs the result to its callback.
+
+A job is acked only once it is done: its callback answered 2xx, or it had none. A function 5xx
+(or 429), a connection error or a failed callback is retried with exponential backoff; after the
+last retry the job goes to the dead-letter list. On shutdown, in-flight jobs get the drain
+timeout to finish; the rest go back to the queue at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from multidict import CIMultiDict
+
+from ..config import QueueConfig
+from ..proxy import forward_headers
+from .base import FunctionSlots, JobQueue, Lease, QueueUnavailable
+from .job import Job
+from .metrics import QueueMetrics
+
+log = logging.getLogger("streamfaas.queue")
+_ERROR_TEXT = 300  # characters of an error body kept in last_error
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int  # the function's status code (0: no answer)
+    retry_reason: str | None = None  # function | connection | callback; None: done
+    error: str = ""
+
+
+def backoff_delay(config: QueueConfig, failed_before: int) -> float:
+    """The delay before the next attempt, doubling from ``backoff`` up to ``backoff_max``,
+    with ±20% jitter so jobs that failed together do not all come back together."""
+    delay = min(config.backoff_max, config.backoff * 2 ** min(failed_before, 62))
+    return float(delay * random.uniform(0.8, 1.2))
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class QueueWorker:
+    """Runs jobs from ``queue`` against the gateway at ``gateway_url``."""
+
+    def __init__(self, queue: JobQueue, config: QueueConfig, gateway_url: str, *,
+                 metrics: QueueMetrics | None = None, name: str | None = None,
+                 auth: tuple[str, str] | None = None) -> None:
+        self.queue = queue
+        self.config = config
+        self.gateway_url = gateway_url.rstrip("/")
+        self.metrics = metrics
+        self.name = name or worker_id()
+        self._auth = aiohttp.BasicAuth(*auth) if auth is not None else None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, then drain and return."""
+        slots = FunctionSlots(self.config.concurrency)
+        running: set[asyncio.Task[None]] = set()
+
+        def deliver(lease: Lease) -> None:
+            task = asyncio.create_task(self._process(lease, slots), name=f"job-{lease.job.call_id}")
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
+        async with aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type", "Accept"),
+        ) as session:
+            self._session = session
+            try:
+                while not stop.is_set():
+                    try:
+                        await self.queue.consume(slots, deliver, stop)
+                    except Exception:  # a bug or an outage must not end the worker for good
+                        log.exception("queue worker: leasing failed; trying again")
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), 1.0)
+            finally:
+                await self._drain(running)
+                self._session = None
+
+    async def _drain(self, running: set[asyncio.Task[None]]) -> None:
+        if not running:
+            return
+        log.info("queue worker: waiting up to %gs for %d in-flight jobs", self.config.drain_timeout, len(running))
+        _, late = await asyncio.wait(set(running), timeout=self.config.drain_timeout or None)
+        for task in late:
+            task.cancel()  # _process puts its job back in the queue
+        if late:
+            await asyncio.wait(late)
+
+    async def _keep_alive(self, lease: Lease) -> None:
+        while True:
+            await asyncio.sleep(self.config.lease / 3)
+            try:
+                await lease.keep_alive()
+            except (QueueUnavailable, OSError) as exc:
+                log.warning("queue worker: cannot extend the lease of %s: %s", lease.job.call_id, exc)
+
+    async def _process(self, lease: Lease, slots: FunctionSlots) -> None:
+        job = lease.job
+        fn = job.function
+        if self.metrics is not None and job.attempts == 0:
+            self.metrics.wait_seconds.labels(function_name=fn).observe(max(0.0, time.time() - job.submitted_at))
+        heartbeat = asyncio.create_task(self._keep_alive(lease))
+        try:
+            outcome = await self._attempt(job)
+            heartbeat.cancel()
+            await self._settle(lease, outcome)
+        except asyncio.CancelledError:
+            # Shutdown past the drain timeout: the job goes back at once, and this try is not counted.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(lease.release())
+            raise
+        except Exception:
+            log.exception("queue worker: job %s failed unexpectedly; it runs again after its lease", job.call_id)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            slots.give(fn)
+
+    async def _settle(self, lease: Lease, outcome: Outcome) -> None:
+        job = lease.job
+        fn = job.function
+        metrics = self.metrics
+        try:
+            if outcome.retry_reason is None:
+                await lease.ack()
+                if metrics is not None:
+                    metrics.completed.labels(function_name=fn, code=str(outcome.status)).inc()
+                    metrics.done_seconds.labels(function_name=fn).observe(max(0.0, time.time() - job.submitted_at))
+            elif job.attempts + 1 > self.config.max_retries:
+                log.warning("queue worker: %s (%s) dead-lettered after %d attempts: %s",
+                            job.call_id, fn, job.attempts + 1, outcome.error)
+                await lease.dead_letter(outcome.error)
+                if metrics is not None:
+                    metrics.failures.labels(function_name=fn).inc()
+            else:
+                delay = backoff_delay(self.config, job.attempts)
+                log.info("queue worker: %s (%s) attempt %d failed, retry in %.2fs: %s",
+                         job.call_id, fn, job.attempts + 1, delay, outcome.error)
+                await lease.retry(outcome.error, delay)
+                if metrics is not None:
+                    metrics.retries.labels(function_name=fn, reason=outcome.retry_reason).inc()
+        except (QueueUnavailable, OSError) as exc:
+            # The queue could not record it: the lease runs out and the job runs again.
+            log.warning("queue worker: cannot record the outcome of %s: %s", job.call_id, exc)
+
+    async def _attempt(self, job: Job) -> Outcome:
+        session = self._session
+        assert session is not None
+        headers = forward_headers(CIMultiDict(job.headers), drop=("X-Call-Id",))
+        headers["X-Call-Id"] = job.call_id
+        began = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.config.invoke_timeout or None):
+                async with session.request(job.method, self.gateway_url + job.function_path(), headers=headers,
+                                           data=job.body, allow_redirects=False, auth=self._auth) as resp:
+                    body = await resp.read()
+                    status = resp.status
+                    content_type = resp.headers.get("Content-Type")
+        except TimeoutError:
+            return Outcome(0, "connection", f"no answer from the function within {self.config.invoke_timeout:g}s")
+        except aiohttp.ClientError as exc:
+            return Outcome(0, "connection", f"cannot reach the gateway at {self.gateway_url}: {_describe(exc)}")
+        duration = time.perf_counter() - began
+        if status >= 500 or status == 429:
+            text = body[:_ERROR_TEXT].decode(errors="replace").strip()
+            return Outcome(status, "function", f"function answered HTTP {status}: {text}")
+        if job.callback_url:
+            error = await self._callback(job, status, content_type, body, duration)
+            if error:
+                return Outcome(status, "callback", error)
+        return Outcome(status)
+
+    async def _callback(self, job: Job, status: int, content_type: str | None, body: bytes, duration: float) -> str:
+        """POST the result as OpenFaaS's queue-worker does; return an error, or "" once delivered."""
+        session = self._session
+        assert session is not None and job.callback_url
+        headers = {
+            "X-Call-Id": job.call_id,
+            "X-Function-Name": job.function,
+            "X-Function-Status": str(status),
+            "X-Duration-Seconds": f"{duration:.6f}",
+            "X-Queue-Worker": self.name,
+        }
+        if content_type:
+            headers["Content-Type"] = content_type
+        try:
+            async with asyncio.timeout(self.config.callback_timeout or None):
+                async with session.post(job.callback_url, data=body, headers=headers, allow_redirects=False) as resp:
+                    await resp.read()
+                    if 200 <= resp.status < 300:
+                        return ""
+                    return f"callback {job.callback_url} answered HTTP {resp.status}"
+        except TimeoutError:
+            return f"callback {job.callback_url} did not answer within {self.config.callback_timeout:g}s"
+        except aiohttp.ClientError as exc:
+            return f"callback {job.callback_url} failed: {_describe(exc)}"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
