@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .._process import listening_socket
 from ..config import GatewayConfig
@@ -57,8 +59,23 @@ def create_app(config: GatewayConfig, provider: LocalProvider | None = None) -> 
     return app
 
 
+class _QuietBadRequests(logging.Filter):
+    """aiohttp answers a malformed request with 400 and then logs its traceback; the 400 is
+    the whole story, so keep the log for real errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, HttpProcessingError)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(_QuietBadRequests())
+
+
 async def serve(config: GatewayConfig) -> None:
     """Run the gateway until SIGTERM or SIGINT; replicas are drained and stopped on the way out."""
+    configure_logging()
     app = create_app(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

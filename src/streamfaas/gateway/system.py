@@ -7,10 +7,12 @@ import binascii
 import datetime as dt
 import json
 import platform
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
 
 from .. import __version__
 from ..errors import BadRequest, FunctionNotFound, StreamfaasError
@@ -143,6 +145,7 @@ async def function_logs(request: web.Request) -> web.StreamResponse:
     follow = q.get("follow", "false").lower() in {"1", "true", "yes"}
     since = _parse_since(q.get("since"))
     provider = state_of(request).provider
+    provider.record(name)  # 404 before the 200 goes out
     lines = provider.logs(name, tail=tail, since=since, follow=follow)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
@@ -213,8 +216,24 @@ async def function_token(request: web.Request) -> web.Response:
     return web.json_response({"name": name, "token": state_of(request).provider.function_token(name)})
 
 
+_OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    """The API description, public like OpenFaaS's swagger file."""
+    doc = request.app.get(_OPENAPI_KEY)
+    if doc is None:
+        doc = YAML(typ="safe").load(_OPENAPI.read_text())
+        request.app[_OPENAPI_KEY] = doc
+    return web.json_response(doc)
+
+
+_OPENAPI_KEY = web.AppKey("openapi", dict)
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
+    r.add_get("/openapi.json", openapi_document)
     r.add_get("/system/functions", list_functions)
     r.add_post("/system/functions", deploy_function)
     r.add_put("/system/functions", deploy_function)
