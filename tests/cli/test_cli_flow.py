@@ -37,7 +37,7 @@ def test_up_invoke_list_describe_remove(platform: Platform, examples: Path) -> N
     assert hello.returncode == 0, hello.stderr
     assert hello.stdout == "Hello, streamfaas!\n"
 
-    stream = run_cli(platform, "invoke", "stream", stdin=b"What are some calorie dense foods?")
+    stream = run_cli(platform, "invoke", "stream", "--raw", stdin=b"What are some calorie dense foods?")
     assert stream.returncode == 0
     events = [json.loads(line[6:])["content"] for line in stream.stdout.splitlines() if line.startswith("data: {\"content")]
     assert len(events) > 10

@@ -9,7 +9,7 @@ import click
 
 from .. import __version__
 from ..errors import StreamfaasError
-from . import admin, functions, platform, queue, templates
+from . import admin, chat, functions, platform, queue, templates
 from ._options import Context
 
 
@@ -26,7 +26,7 @@ def cli() -> None:
     """streamfaas: functions whose responses stream end to end."""
 
 
-for command in (*functions.COMMANDS, *admin.COMMANDS, *platform.COMMANDS, *queue.COMMANDS, *templates.COMMANDS):
+for command in (*functions.COMMANDS, *chat.COMMANDS, *admin.COMMANDS, *platform.COMMANDS, *queue.COMMANDS, *templates.COMMANDS):
     cli.add_command(command)
 
 

@@ -12,8 +12,10 @@ from rich.table import Table
 
 from ..errors import ConfigError, StackError
 from ..provider.images import ImageStore
+from ..proxy import is_event_stream
 from ..stack import FunctionSpec, Stack, load_stack
 from ._options import Context, gateway_option, pass_ctx, stack_option
+from ._sse import print_deltas
 from .queue import invoke_async
 
 
@@ -126,12 +128,16 @@ def _pairs(values: tuple[str, ...], what: str) -> list[tuple[str, str]]:
 @click.option("--token", envvar="STREAMFAAS_FUNCTION_TOKEN", default=None, help="Bearer token of a private function.")
 @click.option("--async", "async_", is_flag=True, help="Queue it (POST /async-function/NAME); print the call id.")
 @click.option("--callback", default=None, help="With --async: POST the result to this URL.")
+@click.option("--raw", is_flag=True, help="Print the bytes as they come, even for an event stream.")
 @pass_ctx
 def invoke(
     ctx: Context, name: str, headers: tuple[str, ...], query: tuple[str, ...], method: str,
-    content_type: str, subpath: str, token: str | None, async_: bool, callback: str | None,
+    content_type: str, subpath: str, token: str | None, async_: bool, callback: str | None, raw: bool,
 ) -> None:
-    """Invoke a function with stdin as the body; print the response as it streams."""
+    """Invoke a function with stdin as the body; print the response as it streams.
+
+    An event stream of {"content": ...} deltas (a chat function) prints as plain text.
+    """
     body = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
     hdrs = {"Content-Type": content_type, **dict(_pairs(headers, "header"))}
     if token:
@@ -148,6 +154,11 @@ def invoke(
         if resp.status_code >= 400:
             text = resp.read().decode(errors="replace").strip()
             raise click.ClickException(f"{name}: HTTP {resp.status_code}: {text.splitlines()[0] if text else ''}")
+        if not raw and is_event_stream(resp.headers.get("content-type")):
+            text = print_deltas(resp, sys.stdout)
+            if text and not text.endswith("\n"):
+                sys.stdout.write("\n")
+            return
         for chunk in resp.iter_raw():
             out.write(chunk)
             out.flush()
@@ -239,6 +250,7 @@ def logs(ctx: Context, name: str, follow: bool, tail: int, since: str | None) ->
     """Print a function's logs; --follow streams new lines."""
     for message in ctx.client().logs(name, tail=tail, follow=follow, since=since):
         click.echo(f"{message.get('timestamp', '')} {message.get('instance', '')} {message.get('text', '')}".strip())
+        sys.stdout.flush()  # a follower piped into another program sees each line at once
 
 
 @click.command()

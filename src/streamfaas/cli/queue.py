@@ -39,7 +39,7 @@ _SHARED = [
     click.option("--queue-lease", "q_lease", default="30s", show_default=True,
                  help="A job whose worker died runs again after this (a live worker renews it)."),
     click.option("--queue-drain-timeout", "q_drain_timeout", default="30s", show_default=True,
-                 help="On shutdown, in-flight jobs get this long to finish, then go back to the queue."),
+                 help="On shutdown, in-flight jobs get this long to finish, then go back to the queue (0: at once)."),
     click.option("--queue-invoke-timeout", "q_invoke_timeout", default="10m", show_default=True,
                  help="Longest run of one attempt."),
     click.option("--queue-callback-timeout", "q_callback_timeout", default="30s", show_default=True,

@@ -14,6 +14,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from .._process import listening_socket
 from ..config import GatewayConfig
 from ..provider import LocalProvider
+from ..ui import add_ui_routes
 from .async_invoke import ASYNC_KEY, add_async_routes, local_url
 from .auth import auth_middleware, load_credentials
 from .invoke import client_session, invoke_function
@@ -56,6 +57,7 @@ def create_app(config: GatewayConfig, provider: LocalProvider | None = None) -> 
     app.router.add_route("*", "/function/{name}/{tail:.*}", invoke_function)
     add_routes(app)
     add_async_routes(app, config, state.metrics.queue)
+    add_ui_routes(app)
     return app
 
 

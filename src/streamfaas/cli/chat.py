@@ -1,0 +1,91 @@
+"""``streamfaas chat``: an interactive chat in the terminal with a streaming chat function."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+
+from ..errors import StreamfaasError
+from ._options import Context, gateway_option, pass_ctx
+from ._sse import StreamFailed, print_deltas
+
+
+@click.command()
+@click.argument("function", default="chat")
+@gateway_option
+@click.option("--token", envvar="STREAMFAAS_FUNCTION_TOKEN", default=None, help="Bearer token of a private function.")
+@click.option("--stats/--no-stats", default=True, show_default=True, help="Show time to first token and tokens/s.")
+@pass_ctx
+def chat(ctx: Context, function: str, token: str | None, stats: bool) -> None:
+    """Chat with a function that streams {"content": ...} events; Ctrl-C stops an answer.
+
+    Ctrl-D (or Ctrl-C at the prompt) ends the chat.
+    """
+    client = ctx.client()
+    messages: list[dict[str, str]] = []
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            prompt = input("you> " if interactive else "")
+        except (EOFError, KeyboardInterrupt):
+            click.echo("", err=interactive)
+            return
+        if not prompt.strip():
+            continue
+        messages.append({"role": "user", "content": prompt})
+        body = json.dumps({"messages": messages}).encode()
+        started = time.perf_counter()
+        first: float | None = None
+        pieces = 0
+        answer = ""
+        try:
+            with client.stream("POST", f"/function/{function}", content=body, headers=headers) as resp:
+                if resp.status_code >= 400:
+                    text = resp.read().decode(errors="replace").strip()
+                    raise click.ClickException(f"{function}: HTTP {resp.status_code}: {text.splitlines()[0] if text else ''}")
+                out = _CountingWriter()
+                answer = print_deltas(resp, out)
+                first, pieces = out.first, out.pieces
+        except KeyboardInterrupt:
+            # Leaving the `with` closed the connection: the gateway, the function and the
+            # model all stop. Keep what arrived as the answer.
+            click.echo("\n[stopped]", err=True)
+        except StreamFailed as exc:
+            click.echo(f"\n[error] {exc}", err=True)
+            messages.pop()
+            continue
+        except StreamfaasError:
+            raise
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        messages.append({"role": "assistant", "content": answer})
+        if stats and first is not None:
+            total = time.perf_counter() - started
+            rate = pieces / (total - (first - started)) if total > first - started else 0.0
+            click.echo(f"[first token {1000 * (first - started):.0f} ms, {rate:.1f} tokens/s]", err=True)
+
+
+class _CountingWriter:
+    """stdout that notes when the first token arrived and how many came."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.pieces = 0
+
+    def write(self, text: str) -> int:
+        if self.first is None:
+            self.first = time.perf_counter()
+        self.pieces += 1
+        return sys.stdout.write(text)
+
+    def flush(self) -> None:
+        sys.stdout.flush()
+
+
+COMMANDS = [chat]
