@@ -120,3 +120,19 @@ def test_missing_api_key_secret_is_reported(chat: Platform, llm_server: LLMServe
     error = json.loads(events[-1].data)["error"]
     assert error["status"] == 401
     assert "sk-local-chat-key" not in events[-1].data
+
+
+def test_langchain_example_streams_the_same_events(chat: Platform, llm_server: LLMServer) -> None:
+    p = chat
+    p.images.build("chat-langchain:latest", "python3-flask", REPO / "examples" / "chat-langchain")
+    body = {
+        "service": "chat-langchain", "image": "chat-langchain:latest", "secrets": ["openai-api-key"],
+        "envVars": {"OPENAI_BASE_URL": llm_server.url + "/v1", "MAX_TOKENS": "40"},
+    }
+    r = p.http.post(p.url + "/system/functions", json=body, timeout=600)  # installs langchain-openai
+    assert r.status_code == 202, r.text
+    p.wait_ready("chat-langchain")
+    with httpx.Client(timeout=60) as client, connect_sse(client, "POST", p.function_url("chat-langchain"), content=b"Say hi.") as es:
+        events = list(es.iter_sse())
+    assert events[-1].event == "done", events[-1]
+    assert "".join(json.loads(e.data)["content"] for e in events[:-1]).strip()
