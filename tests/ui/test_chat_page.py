@@ -1,0 +1,224 @@
+"""/ui/chat in headless Chromium against a test chat function that streams SSE deltas."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from platform_fixture import Platform, wait_for
+
+OpenBrowser = Callable[..., BrowserContext]
+SLOW_TOKENS = 30
+
+# What the prompt asks for decides the answer: "slow" streams 30 tokens 0.25 s apart (its
+# `finally` writes how many it sent, so the test sees the request end), "fail" sends a token
+# and then `event: error`, anything else echoes the prompt quickly and ends with `event: done`.
+# Every request is logged with its headers, so the test can check what the page sent.
+CHAT = """
+import json, os, time
+from flask import Response, request
+
+def content(text):
+    return f"data: {json.dumps({'content': text})}\\n\\n"
+
+def handle(req):
+    logs = os.environ["LOG_DIR"]
+    with open(os.path.join(logs, "requests.jsonl"), "a") as f:
+        entry = {"content_type": request.headers.get("Content-Type"), "accept": request.headers.get("Accept"), "body": req}
+        f.write(json.dumps(entry) + "\\n")
+    prompt = json.loads(req)["messages"][-1]["content"]
+
+    def slow():
+        sent = 0
+        try:
+            for i in range(int(os.environ["TOKENS"])):
+                yield content(f"tok{i} ")
+                sent += 1
+                time.sleep(0.25)
+            yield "event: done\\ndata: {}\\n\\n"
+        finally:
+            with open(os.path.join(logs, "slow-closed"), "w") as f:
+                f.write(str(sent))
+
+    def fail():
+        yield content("partial ")
+        yield 'event: error\\ndata: {"error": {"message": "model overloaded", "status": 503}}\\n\\n'
+
+    def echo():
+        for word in f"you said: {prompt}".split(" "):
+            yield content(word + " ")
+        yield "event: done\\ndata: {}\\n\\n"
+
+    answer = slow if "slow" in prompt else fail if "fail" in prompt else echo
+    return Response(answer(), mimetype="text/event-stream")
+"""
+
+
+@pytest.fixture(scope="module")
+def chat_logs(shared_platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A test chat function deployed as `chat` (the page's default), and the folder it logs to."""
+    root = tmp_path_factory.mktemp("chat")
+    logs = root / "logs"
+    logs.mkdir()
+    shared_platform.deploy(
+        "chat",
+        shared_platform.write_function(root, "chat", CHAT),
+        env={"LOG_DIR": str(logs), "TOKENS": str(SLOW_TOKENS)},
+    )
+    return logs
+
+
+@pytest.fixture
+def page(shared_platform: Platform, chat_logs: Path, open_browser: OpenBrowser) -> Iterator[Page]:
+    page = open_browser(("admin", shared_platform.password)).pages[0]
+    page.goto(shared_platform.url + "/ui/chat")
+    yield page
+
+
+def send(page: Page, prompt: str) -> None:
+    page.fill("#prompt", prompt)
+    page.press("#prompt", "Enter")
+
+
+def requests(logs: Path) -> list[dict[str, Any]]:
+    path = logs / "requests.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_chat_renders_tokens_as_they_arrive_and_stop_ends_the_request(
+    page: Page, chat_logs: Path, screenshot: Callable[[BrowserContext, str], None]
+) -> None:
+    marker = chat_logs / "slow-closed"
+    marker.unlink(missing_ok=True)
+    send(page, "go slow please")
+    answer = page.locator(".turn.assistant .content").last
+    state = page.locator(".turn.assistant .state").last
+
+    # The rendered answer grows between DOM polls while the function is still streaming.
+    lengths = [0]
+    for _ in range(3):
+        page.wait_for_function(
+            "([el, n]) => el.textContent.length > n", arg=[answer.element_handle(), lengths[-1]]
+        )
+        lengths.append(len(answer.text_content() or ""))
+    assert lengths == sorted(set(lengths)), lengths
+    expect(state).to_have_text("streaming…")
+    assert not marker.exists()
+    expect(page.locator(".turn.assistant .ttft").last).to_have_text(
+        re.compile(r"^TTFT \d+(\.\d+)? m?s$")
+    )
+    expect(page.locator(".turn.assistant .tps").last).to_have_text(re.compile(r"^\d+\.\d tok/s$"))
+    screenshot(page.context, "chat-streaming")
+
+    page.click("#stop")
+    expect(state).to_have_text("stopped")
+    expect(page.locator("#stop")).to_be_disabled()
+    # The abort reached the function: its generator's `finally` ran before all tokens were sent.
+    sent = int(
+        wait_for(
+            lambda: marker.exists() and marker.read_text(),
+            10,
+            what="the function's generator to close",
+        )
+    )
+    assert sent < SLOW_TOKENS
+    shown = answer.text_content() or ""
+    assert shown.startswith("tok0 tok1 tok2 ") and "tok29" not in shown
+    count = page.locator(".turn.assistant .tokens").last.text_content() or ""
+    assert re.fullmatch(r"\d+ tokens", count) and int(count.split()[0]) < SLOW_TOKENS
+    screenshot(page.context, "chat-stopped")
+
+
+def test_chat_sends_the_conversation_as_json_and_keeps_prior_turns(
+    page: Page, chat_logs: Path, screenshot: Callable[[BrowserContext, str], None]
+) -> None:
+    before = len(requests(chat_logs))
+    send(page, "hello there")
+    first = page.locator(".turn.assistant").nth(0)
+    expect(first.locator(".state")).to_have_text("done")
+    expect(first.locator(".content")).to_have_text("you said: hello there ")
+    expect(first.locator(".tokens")).to_have_text("4 tokens")
+    expect(first.locator(".ttft")).to_have_text(re.compile(r"^TTFT \d"))
+
+    send(page, "and again")
+    second = page.locator(".turn.assistant").nth(1)
+    expect(second.locator(".state")).to_have_text("done")
+    expect(page.locator(".turn.user .bubble")).to_have_text(["hello there", "and again"])
+    expect(page.locator(".turn.assistant .content")).to_have_text(
+        ["you said: hello there ", "you said: and again "]
+    )
+
+    sent = requests(chat_logs)[before:]
+    assert len(sent) == 2
+    assert all(
+        r["content_type"] == "application/json" and r["accept"] == "text/event-stream" for r in sent
+    )
+    assert json.loads(sent[1]["body"]) == {
+        "messages": [
+            {"role": "user", "content": "hello there"},
+            {"role": "assistant", "content": "you said: hello there "},
+            {"role": "user", "content": "and again"},
+        ]
+    }
+    screenshot(page.context, "chat-conversation")
+
+
+def test_chat_shows_an_error_event(
+    page: Page, screenshot: Callable[[BrowserContext, str], None]
+) -> None:
+    send(page, "please fail")
+    turn = page.locator(".turn.assistant").last
+    expect(turn.locator(".error")).to_be_visible()
+    expect(turn.locator(".error")).to_have_text("model overloaded")
+    expect(turn.locator(".state")).to_have_text("error")
+    expect(turn.locator(".content")).to_have_text("partial ")
+    expect(page.locator("#send")).to_be_enabled()
+    screenshot(page.context, "chat-error")
+
+
+def test_chat_shows_an_unknown_function_as_an_error(page: Page) -> None:
+    page.fill("#chat-function", "no-such-function")
+    send(page, "hello")
+    turn = page.locator(".turn.assistant").last
+    expect(turn.locator(".error")).to_have_text("HTTP 404: function 'no-such-function' not found")
+    expect(turn.locator(".state")).to_have_text("error")
+
+
+def test_sse_parser_handles_any_chunking(page: Page) -> None:
+    """The page's SSE parser gives the same events however the stream is split into chunks."""
+    stream = (
+        '\ufeff: keep-alive\r\ndata: {"content": "a"}\r\n\r\n'
+        "data: line one\ndata: line two\n\n"
+        'event: error\rdata:{"error": {"message": "x"}}\r\r'
+        "id: 7\nevent: done\n\n"
+        "data: unfinished"
+    )
+    expected = [
+        {"event": "message", "data": '{"content": "a"}', "id": None},
+        {"event": "message", "data": "line one\nline two", "id": None},
+        {"event": "error", "data": '{"error": {"message": "x"}}', "id": None},
+        {"event": "done", "data": "", "id": "7"},
+    ]
+    results = page.evaluate(
+        """async (stream) => {
+            const { SSEParser } = await import("/ui/static/sse.js");
+            const out = [];
+            for (let size = 1; size <= stream.length; size++) {
+                const parser = new SSEParser();
+                const events = [];
+                for (let i = 0; i < stream.length; i += size) events.push(...parser.push(stream.slice(i, i + size)));
+                events.push(...parser.end());
+                out.push(events);
+            }
+            return out;
+        }""",
+        stream,
+    )
+    for size, events in enumerate(results, start=1):
+        assert events == expected, f"chunks of {size}"
