@@ -102,3 +102,29 @@ def test_missing_fprocess_is_a_clear_error(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert b"fprocess is not set" in proc.stdout + proc.stderr
     assert b"Traceback" not in proc.stdout + proc.stderr
+
+
+def test_health_reports_a_function_that_stops_answering(tmp_path: Path) -> None:
+    # A function server that answers its first probes, then hangs: /_/health turns 503.
+    server = tmp_path / "server.py"
+    server.write_text(textwrap.dedent("""
+        import os, socket, time
+        sock = socket.socket(fileno=int(os.environ["STREAMFAAS_LISTEN_FD"]))
+        for _ in range(2):
+            conn, _ = sock.accept()
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\nConnection: close\\r\\n\\r\\nOK")
+            conn.close()
+        time.sleep(60)
+    """))
+    env = {**os.environ, "fprocess": f"{sys.executable} {server}", "port": "0", "healthcheck_interval": "300ms"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamfaas.watchdog"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().split()[-1]
+        wait_for(lambda: httpx.get(url + "/_/health").status_code == 200, what="the function to be healthy first")
+        wait_for(lambda: httpx.get(url + "/_/health").status_code == 503, what="health to report the hung function")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

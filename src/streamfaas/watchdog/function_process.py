@@ -107,16 +107,20 @@ class FunctionProcess:
             while True:
                 if self.exited.is_set():
                     raise DeployError(f"function process exited with code {self.returncode} before it was ready")
-                try:
-                    async with session.get(self.upstream_url + HEALTH_PATH, timeout=aiohttp.ClientTimeout(total=2)) as r:
-                        if r.status < 500:
-                            return
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
+                if await self.answers(session, timeout=2):
+                    return
                 if asyncio.get_running_loop().time() > deadline:
                     raise DeployError(f"function server did not become ready within {timeout:g}s")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.1)
+
+    async def answers(self, session: aiohttp.ClientSession, timeout: float) -> bool:
+        """One health probe of the function server."""
+        try:
+            async with session.get(self.upstream_url + HEALTH_PATH, timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+                return r.status < 500
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.proc is None or self.exited.is_set():

@@ -26,6 +26,7 @@ class WatchdogState:
         self.config = config
         self.function = function
         self.ready = False
+        self.healthy = True  # the last periodic probe of the function server answered
         self.draining = False
         self.inflight = 0
         self.idle = asyncio.Event()
@@ -38,9 +39,19 @@ STATE_KEY = web.AppKey("state", WatchdogState)
 
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    if state.ready and not state.function.exited.is_set():
+    if state.ready and state.healthy and not state.function.exited.is_set():
         return web.Response(text="OK\n")
-    return web.Response(status=503, text="function not ready\n")
+    return web.Response(status=503, text="function not healthy\n")
+
+
+async def probe_health(state: WatchdogState) -> None:
+    """Every ``healthcheck_interval``, check that the function server still answers."""
+    interval = state.config.healthcheck_interval
+    if interval <= 0 or state.session is None:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        state.healthy = await state.function.answers(state.session, timeout=interval)
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -155,7 +166,12 @@ async def run(config: WatchdogConfig) -> int:
                 state.ready = True
                 print(f"function {config.function_name} ready at {function.upstream_url}", flush=True)
                 _signal_ready(config.ready_fd)
-                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                prober = asyncio.create_task(probe_health(state))
+                try:
+                    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    prober.cancel()
+                    await asyncio.gather(prober, return_exceptions=True)
             else:
                 ready_task.cancel()
                 await asyncio.gather(ready_task, return_exceptions=True)
