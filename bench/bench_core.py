@@ -57,8 +57,8 @@ class Plan:
     quick: bool
     delay_streams: int = 100
     delay_interval: float = 0.05  # 20 events/s per stream
-    delay_seconds: float = 2.0
-    delay_rounds: int = 2  # direct, through, direct, through ...
+    delay_seconds: float = 1.5
+    delay_rounds: int = 4  # direct, through, direct, through ... (interleaved against drift)
     hold_levels: tuple[int, ...] = (1000, 5000, 10000)
     hold_replicas: int = 3
     hold_settle: float = 1.5
@@ -75,8 +75,8 @@ class Plan:
             return cls(quick=False)
         return cls(
             quick=True,
-            delay_seconds=1.5,
-            delay_rounds=1,
+            delay_seconds=1.0,
+            delay_rounds=2,
             hold_levels=(1000,),
             hold_replicas=1,
             hold_settle=1.0,
@@ -157,6 +157,52 @@ def function_pids(gateway_pid: int, name: str) -> list[int]:
     return out
 
 
+class CpuMeter:
+    """How much CPU other processes (not this bench and what it started) used, per section.
+
+    The client, gateway, watchdogs and function servers share the machine's cores, so anything
+    else that runs meanwhile skews the figures; the JSON reports it next to each section.
+    """
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.cores = os.cpu_count() or 1
+        self.sections: dict[str, float] = {}
+
+    def _machine_busy(self) -> float:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return (sum(v[:8]) - v[3] - v[4]) / self.tick  # all but idle and iowait (steal included)
+
+    def _ours(self) -> float:
+        total = 0
+        for pid in {os.getpid(), *descendants(os.getpid())}:
+            fields = _stat_fields(pid)
+            if fields is not None:
+                total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        return total / self.tick
+
+    def snapshot(self) -> tuple[float, float, float]:
+        return time.monotonic(), self._machine_busy(), self._ours()
+
+    def record(self, name: str, start: tuple[float, float, float]) -> None:
+        wall, busy, ours = (b - a for a, b in zip(start, self.snapshot(), strict=True))
+        self.sections[name] = round(max(busy - ours, 0.0) / (wall * self.cores) * 100, 1)
+
+
+def wait_quiet(limit_s: float, threshold_pct: float = 10.0) -> float:
+    """Wait (at most ``limit_s``) until other processes use under ``threshold_pct`` of the CPUs
+    for one second; returns what they used in the last second sampled."""
+    meter = CpuMeter()
+    deadline = time.monotonic() + limit_s
+    while True:
+        start = meter.snapshot()
+        time.sleep(1.0)
+        meter.record("idle", start)
+        if meter.sections["idle"] < threshold_pct or time.monotonic() > deadline:
+            return meter.sections["idle"]
+
+
 def raise_fd_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -171,6 +217,7 @@ class Gateway:
         self.state_dir = state_dir
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.auth: aiohttp.BasicAuth | None = None
         self.orphans: list[int] = []
 
     def start(self) -> None:
@@ -178,10 +225,23 @@ class Gateway:
         log = open(self.state_dir / "gateway.log", "ab")  # noqa: SIM115 - the child holds it
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamfaas.cli", "--state-dir", str(self.state_dir),
-                 "gateway", "--port", "0", "--port-file", str(port_file)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.state_dir,
+                [
+                    sys.executable,
+                    "-m",
+                    "streamfaas.cli",
+                    "--state-dir",
+                    str(self.state_dir),
+                    "gateway",
+                    "--port",
+                    "0",
+                    "--port-file",
+                    str(port_file),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.state_dir,
             )
         finally:
             log.close()
@@ -191,6 +251,9 @@ class Gateway:
                 raise RuntimeError(f"gateway did not start; see {self.state_dir / 'gateway.log'}")
             time.sleep(0.02)
         self.url = f"http://127.0.0.1:{port_file.read_text().strip()}"
+        password_file = self.state_dir / "auth" / "admin-password"  # basic auth on /system/*
+        if password_file.exists():
+            self.auth = aiohttp.BasicAuth("admin", password_file.read_text().strip())
 
     @property
     def pid(self) -> int:
@@ -255,7 +318,11 @@ def build_images(state_dir: Path, work: Path) -> None:
 
 
 def deployment(name: str, version: str = "") -> dict[str, Any]:
-    body: dict[str, Any] = {"service": name, "image": f"{name}:latest", "envVars": {"drain_timeout": "2s"}}
+    body: dict[str, Any] = {
+        "service": name,
+        "image": f"{name}:latest",
+        "envVars": {"drain_timeout": "2s"},
+    }
     if name == STREAM_FN:
         body["envProcess"] = "python function/core_server.py"
     if version:
@@ -264,33 +331,42 @@ def deployment(name: str, version: str = "") -> dict[str, Any]:
 
 
 class Api:
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+    """The gateway's /system API (basic auth)."""
+
+    def __init__(self, session: aiohttp.ClientSession, gw: Gateway) -> None:
         self.s = session
-        self.url = url
+        self.url = gw.url
+        self.auth = gw.auth
 
     async def deploy(self, body: dict[str, Any]) -> None:
-        async with self.s.post(f"{self.url}/system/functions", json=body) as r:
+        async with self.s.post(f"{self.url}/system/functions", json=body, auth=self.auth) as r:
             if r.status != 202:
                 raise RuntimeError(f"deploy {body['service']}: {r.status} {await r.text()}")
 
     async def scale(self, name: str, replicas: int) -> None:
         body = {"serviceName": name, "replicas": replicas}
-        async with self.s.post(f"{self.url}/system/scale-function/{name}", json=body) as r:
+        async with self.s.post(
+            f"{self.url}/system/scale-function/{name}", json=body, auth=self.auth
+        ) as r:
             if r.status != 202:
                 raise RuntimeError(f"scale {name}: {r.status} {await r.text()}")
 
     async def available(self, name: str) -> int:
-        async with self.s.get(f"{self.url}/system/function/{name}") as r:
+        async with self.s.get(f"{self.url}/system/function/{name}", auth=self.auth) as r:
             return int((await r.json())["availableReplicas"])
 
     async def wait_ready(self, name: str, replicas: int = 1, timeout: float = 60) -> None:
-        await poll(lambda: self._has(name, replicas), timeout, f"{name} to have {replicas} ready replicas")
+        await poll(
+            lambda: self._has(name, replicas), timeout, f"{name} to have {replicas} ready replicas"
+        )
 
     async def _has(self, name: str, replicas: int) -> bool:
         return await self.available(name) >= replicas
 
 
-async def poll(check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.02) -> None:
+async def poll(
+    check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.02
+) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
@@ -305,7 +381,9 @@ def function_urls(state_dir: Path, name: str) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-async def live_function_urls(session: aiohttp.ClientSession, state_dir: Path, name: str) -> list[str]:
+async def live_function_urls(
+    session: aiohttp.ClientSession, state_dir: Path, name: str
+) -> list[str]:
     live = []
     for url in function_urls(state_dir, name):
         try:
@@ -395,9 +473,11 @@ async def delay_round(session: aiohttp.ClientSession, base: str, plan: Plan) -> 
     return rec.lags
 
 
-async def measure_delay(session: aiohttp.ClientSession, gateway: str, direct: str, plan: Plan) -> dict[str, Any]:
+async def measure_delay(
+    session: aiohttp.ClientSession, gateway: str, direct: str, plan: Plan
+) -> dict[str, Any]:
     through_url = f"{gateway}/function/{STREAM_FN}"
-    warm = Plan(quick=True, delay_seconds=0.5)
+    warm = Plan(quick=True, delay_seconds=1.0)
     await delay_round(session, direct, warm)
     await delay_round(session, through_url, warm)
     lags: dict[str, list[int]] = {"direct": [], "through": []}
@@ -437,13 +517,19 @@ async def burst_run(session: aiohttp.ClientSession, base: str, streams: int, pla
     return sum(sizes) / plan.burst_size / (time.monotonic() - started)
 
 
-async def measure_burst(session: aiohttp.ClientSession, gateway: str, direct: str, plan: Plan) -> dict[str, Any]:
+async def measure_burst(
+    session: aiohttp.ClientSession, gateway: str, direct: str, plan: Plan
+) -> dict[str, Any]:
     through_url = f"{gateway}/function/{STREAM_FN}"
     out: dict[str, Any] = {"event_bytes": plan.burst_size, "seconds": plan.burst_seconds}
     for streams in plan.burst_streams:
         d = await burst_run(session, direct, streams, plan)
         t = await burst_run(session, through_url, streams, plan)
-        out[f"streams_{streams}"] = {"direct_eps": round(d), "through_eps": round(t), "ratio": t / d}
+        out[f"streams_{streams}"] = {
+            "direct_eps": round(d),
+            "through_eps": round(t),
+            "ratio": t / d,
+        }
     return out
 
 
@@ -454,6 +540,7 @@ async def hold_level(
     requested: int,
     idle_rss: int,
     plan: Plan,
+    wd_idle: int | None = None,
 ) -> dict[str, Any]:
     # Each stream costs the gateway two descriptors (client side + upstream side): size the level
     # so that the gateway process stays inside its RLIMIT_NOFILE.
@@ -501,8 +588,11 @@ async def hold_level(
             else:
                 counts["ended_early"] += 1
 
-    watchdogs = [p for p in function_pids(gw.pid, STREAM_FN) if b"streamfaas.watchdog" in _cmdline(p)]
-    wd_idle = sum(rss_kb(p) for p in watchdogs)
+    watchdogs = [
+        p for p in function_pids(gw.pid, STREAM_FN) if b"streamfaas.watchdog" in _cmdline(p)
+    ]
+    if wd_idle is None:
+        wd_idle = sum(rss_kb(p) for p in watchdogs)
     tasks = [asyncio.create_task(one()) for _ in range(n)]
     t0 = time.monotonic()
     rss_samples: list[int] = []
@@ -530,7 +620,9 @@ async def hold_level(
         await asyncio.gather(*tasks, return_exceptions=True)
     # The client has gone: every hop must let go of its streams.
     t1 = time.monotonic()
-    await poll(lambda: _none_open(session, fn_urls), 60, "function servers to close their streams", 0.1)
+    await poll(
+        lambda: _none_open(session, fn_urls), 60, "function servers to close their streams", 0.1
+    )
     close_s = time.monotonic() - t1
     lags_ms = [v / 1e6 for v in rec.lags]
     rss = max(rss_samples)
@@ -574,17 +666,28 @@ async def measure_hold(
         await api.wait_ready(STREAM_FN, plan.hold_replicas)
     urls = await live_function_urls(session, state_dir, STREAM_FN)
     # A few streams first, so that what the first stream allocates once is in the idle figure.
-    await delay_round(session, f"{gw.url}/function/{STREAM_FN}", Plan(quick=True, delay_seconds=0.3))
+    await delay_round(
+        session, f"{gw.url}/function/{STREAM_FN}", Plan(quick=True, delay_seconds=0.3)
+    )
     await asyncio.sleep(0.5)
     idle = rss_kb(gw.pid)
+    wd_pids = [p for p in function_pids(gw.pid, STREAM_FN) if b"streamfaas.watchdog" in _cmdline(p)]
+    wd_idle = sum(rss_kb(p) for p in wd_pids)
     levels = []
     for n in plan.hold_levels:
-        levels.append(await hold_level(session, gw, urls, n, idle, plan))
-    return {"replicas": plan.hold_replicas, "events_per_stream_per_s": 1, "window_s": plan.hold_window,
-            "gateway_fd_limit": fd_limit(gw.pid), "levels": levels}
+        levels.append(await hold_level(session, gw, urls, n, idle, plan, wd_idle))
+    return {
+        "replicas": plan.hold_replicas,
+        "events_per_stream_per_s": 1,
+        "window_s": plan.hold_window,
+        "gateway_fd_limit": fd_limit(gw.pid),
+        "levels": levels,
+    }
 
 
-async def measure_cold(session: aiohttp.ClientSession, api: Api, gw: Gateway, plan: Plan) -> dict[str, Any]:
+async def measure_cold(
+    session: aiohttp.ClientSession, api: Api, gw: Gateway, plan: Plan
+) -> dict[str, Any]:
     url = f"{gw.url}/function/{COLD_FN}"
     samples = []
     headers_ms = []
@@ -605,13 +708,24 @@ async def measure_cold(session: aiohttp.ClientSession, api: Api, gw: Gateway, pl
             await resp.read()
         samples.append((t1 - t0) * 1000)
         headers_ms.append((t_headers - t0) * 1000)
-    return {"function": f"{COLD_FN} (python3-flask)", "samples_ms": [round(s, 1) for s in samples],
-            "p50_ms": pct(samples, 50), "min_ms": min(samples), "max_ms": max(samples),
-            "headers_ms": [round(s, 1) for s in headers_ms]}
+    return {
+        "function": f"{COLD_FN} (python3-flask)",
+        "samples_ms": [round(s, 1) for s in samples],
+        "p50_ms": pct(samples, 50),
+        "min_ms": min(samples),
+        "max_ms": max(samples),
+        "headers_ms": [round(s, 1) for s in headers_ms],
+    }
 
 
-async def measure_redeploy(session: aiohttp.ClientSession, api: Api, gw: Gateway, state_dir: Path,
-                           plan: Plan, venv_build_s: float) -> dict[str, Any]:
+async def measure_redeploy(
+    session: aiohttp.ClientSession,
+    api: Api,
+    gw: Gateway,
+    state_dir: Path,
+    plan: Plan,
+    venv_build_s: float,
+) -> dict[str, Any]:
     url = f"{gw.url}/function/{REDEPLOY_FN}"
     venvs_before = sorted(p.name for p in (state_dir / "venvs").iterdir())
     serving, returned = [], []
@@ -629,10 +743,14 @@ async def measure_redeploy(session: aiohttp.ClientSession, api: Api, gw: Gateway
         await post
         returned.append(time.perf_counter() - t0)
     venvs_after = sorted(p.name for p in (state_dir / "venvs").iterdir())
-    return {"function": f"{REDEPLOY_FN} (python3-flask, requirements.txt)",
-            "samples_s": [round(s, 3) for s in serving], "p50_s": pct(serving, 50),
-            "post_returned_s": [round(s, 3) for s in returned],
-            "venv_reused": venvs_before == venvs_after, "venv_first_build_s": round(venv_build_s, 2)}
+    return {
+        "function": f"{REDEPLOY_FN} (python3-flask, requirements.txt)",
+        "samples_s": [round(s, 3) for s in serving],
+        "p50_s": pct(serving, 50),
+        "post_returned_s": [round(s, 3) for s in returned],
+        "venv_reused": venvs_before == venvs_after,
+        "venv_first_build_s": round(venv_build_s, 2),
+    }
 
 
 # ---- the run --------------------------------------------------------------------------------
@@ -640,7 +758,7 @@ async def measure_redeploy(session: aiohttp.ClientSession, api: Api, gw: Gateway
 
 async def run_all(gw: Gateway, state_dir: Path, plan: Plan) -> dict[str, Any]:
     async with client_session() as session:
-        api = Api(session, gw.url)
+        api = Api(session, gw)
         t0 = time.monotonic()
         await api.deploy(deployment(STREAM_FN))
         await api.deploy(deployment(COLD_FN))
@@ -651,17 +769,44 @@ async def run_all(gw: Gateway, state_dir: Path, plan: Plan) -> dict[str, Any]:
         direct = (await live_function_urls(session, state_dir, STREAM_FN))[0]
         gc.collect()
         gc.freeze()
+        # The local provider runs function servers under bubblewrap when it can.
+        sandboxed = any(
+            _cmdline(p).split(b"\0", 1)[0].endswith(b"bwrap") for p in descendants(gw.pid)
+        )
+        sections: list[tuple[str, str, Callable[[], Awaitable[dict[str, Any]]]]] = [
+            (
+                "added_delay",
+                "1/5 added delay, 100 streams",
+                lambda: measure_delay(session, gw.url, direct, plan),
+            ),
+            (
+                "throughput",
+                "3/5 back-to-back events/s",
+                lambda: measure_burst(session, gw.url, direct, plan),
+            ),
+            (
+                "streams_held",
+                f"2/5 streams held: {', '.join(map(str, plan.hold_levels))}",
+                lambda: measure_hold(session, api, gw, state_dir, plan),
+            ),
+            ("cold_start", "4/5 cold start", lambda: measure_cold(session, api, gw, plan)),
+            (
+                "redeploy",
+                "5/5 redeploy",
+                lambda: measure_redeploy(session, api, gw, state_dir, plan, venv_build_s),
+            ),
+        ]
         results: dict[str, Any] = {}
-        step("1/5 added delay, 100 streams")
-        results["added_delay"] = await measure_delay(session, gw.url, direct, plan)
-        step("3/5 back-to-back events/s")
-        results["throughput"] = await measure_burst(session, gw.url, direct, plan)
-        step(f"2/5 streams held: {', '.join(map(str, plan.hold_levels))}")
-        results["streams_held"] = await measure_hold(session, api, gw, state_dir, plan)
-        step("4/5 cold start")
-        results["cold_start"] = await measure_cold(session, api, gw, plan)
-        step("5/5 redeploy")
-        results["redeploy"] = await measure_redeploy(session, api, gw, state_dir, plan, venv_build_s)
+        meter = CpuMeter()
+        for key, title, measure in sections:
+            step(title)
+            start = meter.snapshot()
+            results[key] = await measure()
+            meter.record(key, start)
+            if meter.sections[key] > 10:
+                step(f"warning: other processes used {meter.sections[key]}% of the CPUs meanwhile")
+        results["other_cpu_pct"] = meter.sections
+        results["functions_sandboxed"] = sandboxed
         return results
 
 
@@ -673,25 +818,58 @@ def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
     def add(name: str, value: float, unit: str, target: str, met: bool) -> None:
-        rows.append({"figure": name, "value": value, "unit": unit, "target": target, "met": bool(met)})
+        rows.append(
+            {"figure": name, "value": value, "unit": unit, "target": target, "met": bool(met)}
+        )
 
     d = r["added_delay"]
-    add("added delay p50 (100 streams)", d["added_p50_ms"], "ms", "<= 0.3 ms", d["added_p50_ms"] <= 0.3)
+    add(
+        "added delay p50 (100 streams)",
+        d["added_p50_ms"],
+        "ms",
+        "<= 0.3 ms",
+        d["added_p50_ms"] <= 0.3,
+    )
     add("added delay p99 (100 streams)", d["added_p99_ms"], "ms", "<= 2 ms", d["added_p99_ms"] <= 2)
     for lvl in r["streams_held"]["levels"]:
         req = lvl["requested"]
         add(f"streams held of {req}", lvl["held"], "streams", f"= {req}", lvl["held"] >= req)
-        add(f"lag p99 @ {lvl['held']} streams", lvl["lag_p99_ms"], "ms", "<= 100 ms", lvl["lag_p99_ms"] <= 100)
-        add(f"gateway RSS/stream @ {lvl['held']}", lvl["gateway_kb_per_stream"], "KiB", "<= 20 KiB",
-            lvl["gateway_kb_per_stream"] <= 20)
+        add(
+            f"lag p99 @ {lvl['held']} streams",
+            lvl["lag_p99_ms"],
+            "ms",
+            "<= 100 ms",
+            lvl["lag_p99_ms"] <= 100,
+        )
+        add(
+            f"gateway RSS/stream @ {lvl['held']}",
+            lvl["gateway_kb_per_stream"],
+            "KiB",
+            "<= 20 KiB",
+            lvl["gateway_kb_per_stream"] <= 20,
+        )
     for key, t in r["throughput"].items():
         if key.startswith("streams_"):
             n = key.split("_")[1]
-            add(f"events/s through/direct, {n} stream(s)", t["ratio"] * 100, "%", ">= 50 %", t["ratio"] >= 0.5)
+            add(
+                f"events/s through/direct, {n} stream(s)",
+                t["ratio"] * 100,
+                "%",
+                ">= 50 %",
+                t["ratio"] >= 0.5,
+            )
     c = r["cold_start"]
-    add("cold start p50 (scale from 0, 1st byte)", c["p50_ms"], "ms", "<= 300 ms", c["p50_ms"] <= 300)
+    add(
+        "cold start p50 (scale from 0, 1st byte)",
+        c["p50_ms"],
+        "ms",
+        "<= 300 ms",
+        c["p50_ms"] <= 300,
+    )
     rd = r["redeploy"]
-    add("redeploy p50 (warm deps, new version serves)", rd["p50_s"], "s", "<= 2 s", rd["p50_s"] <= 2)
+    add(
+        "redeploy p50 (warm deps, new version serves)", rd["p50_s"], "s", "<= 2 s", rd["p50_s"] <= 2
+    )
     return rows
 
 
@@ -700,21 +878,33 @@ def print_table(rows: list[dict[str, Any]], r: dict[str, Any]) -> None:
     print(f"\n{'figure':<{width}}  {'value':>12}  {'target':<12}  result")
     print("-" * (width + 38))
     for row in rows:
-        value = f"{row['value']:.3g} {row['unit']}" if row["unit"] != "streams" else str(row["value"])
-        print(f"{row['figure']:<{width}}  {value:>12}  {row['target']:<12}  {'met' if row['met'] else 'MISSED'}")
+        value = (
+            f"{row['value']:.3g} {row['unit']}" if row["unit"] != "streams" else str(row["value"])
+        )
+        print(
+            f"{row['figure']:<{width}}  {value:>12}  {row['target']:<12}  {'met' if row['met'] else 'MISSED'}"
+        )
     d = r["added_delay"]
-    print(f"\nper-event lag, 100 streams: direct p50 {d['direct_ms']['p50']:.3f} / p99 {d['direct_ms']['p99']:.3f} ms,"
-          f" through p50 {d['through_ms']['p50']:.3f} / p99 {d['through_ms']['p99']:.3f} ms")
+    print(
+        f"\nper-event lag, 100 streams: direct p50 {d['direct_ms']['p50']:.3f} / p99 {d['direct_ms']['p99']:.3f} ms,"
+        f" through p50 {d['through_ms']['p50']:.3f} / p99 {d['through_ms']['p99']:.3f} ms"
+    )
     for key, t in r["throughput"].items():
         if key.startswith("streams_"):
-            print(f"events/s, {key.split('_')[1]} stream(s): direct {t['direct_eps']:,}  through {t['through_eps']:,}")
+            print(
+                f"events/s, {key.split('_')[1]} stream(s): direct {t['direct_eps']:,}  through {t['through_eps']:,}"
+            )
     for lvl in r["streams_held"]["levels"]:
-        print(f"hold {lvl['held']}/{lvl['requested']}: open {lvl['open_s']} s, lag p50 {lvl['lag_p50_ms']:.2f} ms,"
-              f" gateway {lvl['gateway_rss_kb'] / 1024:.1f} MiB (idle {lvl['gateway_rss_idle_kb'] / 1024:.1f}),"
-              f" {lvl['gateway_fds']} fds, watchdogs {lvl['watchdogs_kb_per_stream']:.1f} KiB/stream,"
-              f" events {lvl['events']}/{lvl['events_expected']}, errors {lvl['errors'] or 0}")
+        print(
+            f"hold {lvl['held']}/{lvl['requested']}: open {lvl['open_s']} s, lag p50 {lvl['lag_p50_ms']:.2f} ms,"
+            f" gateway {lvl['gateway_rss_kb'] / 1024:.1f} MiB (idle {lvl['gateway_rss_idle_kb'] / 1024:.1f}),"
+            f" {lvl['gateway_fds']} fds, watchdogs {lvl['watchdogs_kb_per_stream']:.1f} KiB/stream,"
+            f" events {lvl['events']}/{lvl['events_expected']}, errors {lvl['errors'] or 0}"
+        )
     print(f"cold start samples (ms): {r['cold_start']['samples_ms']}")
-    print(f"redeploy samples (s): {r['redeploy']['samples_s']} (POST returned: {r['redeploy']['post_returned_s']})")
+    print(
+        f"redeploy samples (s): {r['redeploy']['samples_s']} (POST returned: {r['redeploy']['post_returned_s']})"
+    )
 
 
 def machine() -> dict[str, Any]:
@@ -727,22 +917,40 @@ def machine() -> dict[str, Any]:
     mem_kb = 0
     with open("/proc/meminfo") as f:
         mem_kb = int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1])
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
-        "kernel": platform.release(), "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__, "uvloop": uvloop.__version__, "commit": commit,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kb / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "uvloop": uvloop.__version__,
+        "commit": commit,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller run (~1 minute): 1,000 streams only")
-    parser.add_argument("--keep-state", action="store_true", help="keep the state directory (logs) afterwards")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller run (~1 minute): 1,000 streams only"
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS until other processes use <10%% of the CPUs",
+    )
+    parser.add_argument(
+        "--keep-state", action="store_true", help="keep the state directory (logs) afterwards"
+    )
     args = parser.parse_args()
     plan = Plan.make(args.quick)
     nofile = raise_fd_limit()  # the gateway and its replicas inherit it
+    other_at_start = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="streamfaas-bench-"))
     state_dir = tmp / "state"
@@ -752,7 +960,10 @@ def main() -> int:
     try:
         build_images(state_dir, tmp)
         gw.start()
-        print(f"bench_core: gateway {gw.url} (state {state_dir}, RLIMIT_NOFILE {nofile})", file=sys.stderr)
+        print(
+            f"bench_core: gateway {gw.url} (state {state_dir}, RLIMIT_NOFILE {nofile})",
+            file=sys.stderr,
+        )
         results = uvloop.run(run_all(gw, state_dir, plan))
     finally:
         gw.stop()
@@ -763,13 +974,17 @@ def main() -> int:
     rows = verdicts(results)
     print_table(rows, results)
     if gw.orphans:
-        print(f"WARNING: {len(gw.orphans)} process(es) outlived the gateway and were killed", file=sys.stderr)
+        print(
+            f"WARNING: {len(gw.orphans)} process(es) outlived the gateway and were killed",
+            file=sys.stderr,
+        )
     out = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": plan.quick,
         "duration_s": round(time.monotonic() - started, 1),
         "machine": machine(),
         "rlimit_nofile": nofile,
+        "other_cpu_pct_at_start": other_at_start,
         "orphans": len(gw.orphans),
         "targets": rows,
         "results": results,

@@ -36,11 +36,15 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.Response(text=json.dumps({"open": OPEN, "pid": os.getpid()}), content_type="application/json")
+    return web.Response(
+        text=json.dumps({"open": OPEN, "pid": os.getpid()}), content_type="application/json"
+    )
 
 
 async def _start(request: web.Request) -> web.StreamResponse:
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await resp.prepare(request)
     # aiohttp holds the headers back until the first body write; a comment sends both now.
     await resp.write(b": ok\n\n")
@@ -107,8 +111,17 @@ def main() -> None:
     if fd:
         sock = socket.socket(fileno=int(fd))
     else:
-        sock = socket.create_server(("127.0.0.1", int(os.environ.get("PORT", "5000"))), backlog=4096)
-    web.run_app(app, sock=sock, access_log=None, print=None, shutdown_timeout=1, loop=uvloop.new_event_loop())
+        sock = socket.create_server(
+            ("127.0.0.1", int(os.environ.get("PORT", "5000"))), backlog=4096
+        )
+    web.run_app(
+        app,
+        sock=sock,
+        access_log=None,
+        print=None,
+        shutdown_timeout=1,
+        loop=uvloop.new_event_loop(),
+    )
 
 
 if __name__ == "__main__":

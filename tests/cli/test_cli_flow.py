@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -113,18 +116,41 @@ def test_logs_follow_streams_new_lines(platform: Platform, tmp_path: Path) -> No
         return "ok"
     """
     platform.deploy("follow", platform.write_function(tmp_path, "follow", code))
-    proc = subprocess.Popen(streamfaas_cmd("logs", "follow", "--follow", "--tail", "0"), stdout=subprocess.PIPE, env=platform.env())
+    proc = subprocess.Popen(streamfaas_cmd("logs", "follow", "--follow", "--tail", "1"), stdout=subprocess.PIPE, env=platform.env())
     try:
-        assert run_cli(platform, "invoke", "follow", stdin=b"later").returncode == 0
         assert proc.stdout is not None
+        lines = _LineReader(proc.stdout)
+        assert lines.next_line(20)  # the last line already written: the follower is attached
+        assert run_cli(platform, "invoke", "follow", stdin=b"later").returncode == 0
         deadline = time.monotonic() + 20
-        seen = b""
-        while b"line later" not in seen and time.monotonic() < deadline:
-            seen += proc.stdout.readline()
-        assert b"line later" in seen
+        seen = ""
+        while "line later" not in seen and time.monotonic() < deadline:
+            seen += lines.next_line(deadline - time.monotonic())
+        assert "line later" in seen
     finally:
         proc.kill()
         proc.wait()
+
+
+class _LineReader:
+    """Lines from a pipe, each waited for with a deadline (never blocks past it)."""
+
+    def __init__(self, pipe: IO[bytes]) -> None:
+        self.fd = pipe.fileno()
+        self.buffer = b""
+
+    def next_line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return ""
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                return ""
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode() + "\n"
 
 
 def test_new_creates_function_and_stack_entry(tmp_path: Path) -> None:

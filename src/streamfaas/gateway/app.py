@@ -40,9 +40,9 @@ def create_app(config: GatewayConfig, provider: LocalProvider | None = None) -> 
     app[STATE_KEY] = state
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await app[ASYNC_KEY].start()  # first: a wrong queue setting fails before anything starts
         state.session = client_session()
         await provider.start()
-        await app[ASYNC_KEY].start()
         try:
             yield
         finally:

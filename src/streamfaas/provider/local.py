@@ -224,7 +224,9 @@ class LocalProvider:
         env["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
         env["VIRTUAL_ENV"] = str(record.venv)
         env["HOME"] = str(self.cache_dir)
-        env["PYTHONPYCACHEPREFIX"] = str(self.cache_dir / "pycache")
+        # Read the platform's compiled bytecode where it lies; write none into the image
+        # (immutable) or a sandbox (whose writes vanish): the function's own files are small.
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
         fprocess = d.envProcess or record.image.fprocess
         secrets_dir = self.secrets.materialise(d.service, d.secrets)
         if self.bwrap is not None:

@@ -38,6 +38,7 @@ from .job import Job, JobInfo, QueueDepth
 log = logging.getLogger("streamfaas.queue")
 JOB_HEADER = "Streamfaas-Job"
 _HEADER_OVERHEAD = 64  # "NATS/1.0\r\n", the header name, CRLFs
+_FIRST_CONNECT = 5.0  # seconds
 
 
 def _job_of(headers: dict[str, str] | None, data: bytes | None) -> Job:
@@ -90,6 +91,7 @@ class NatsQueue(JobQueue):
         self._consumers: set[str] = set()
         self._new_consumer = asyncio.Event()
         self._creating: dict[str, asyncio.Future[None]] = {}
+        self._last_error = ""
 
     @property
     def js(self) -> JetStreamContext:
@@ -98,11 +100,18 @@ class NatsQueue(JobQueue):
         return self._nc.jetstream()
 
     async def start(self) -> None:
+        servers = [u.strip() for u in self.url.split(",") if u.strip()]
         try:
-            self._nc = await nats.connect(
-                self.url, name="streamfaas", connect_timeout=5, max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5, allow_reconnect=True,
-            )
+            # Once connected, reconnect forever (a NATS restart must not stop the gateway), but
+            # give up on the first connection soon: then the address is most likely wrong.
+            async with asyncio.timeout(_FIRST_CONNECT):
+                self._nc = await nats.connect(
+                    servers, name="streamfaas", connect_timeout=2, max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5, allow_reconnect=True, error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
+                )
+        except TimeoutError:
+            raise QueueUnavailable(f"cannot connect to NATS at {self.url} within {_FIRST_CONNECT:g}s") from None
         except (OSError, nats.errors.Error) as exc:
             raise QueueUnavailable(f"cannot connect to NATS at {self.url}: {exc or exc.__class__.__name__}") from None
         js = self.js
@@ -112,6 +121,21 @@ class NatsQueue(JobQueue):
         except nats.errors.Error as exc:
             await self.close()
             raise QueueUnavailable(f"NATS at {self.url}: cannot create stream {self.stream} (is JetStream on? `nats-server -js`): {exc}") from None
+
+    # nats-py's own handlers print a traceback for every failed reconnect: one line instead.
+    async def _on_error(self, exc: Exception) -> None:
+        message = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+        if self._nc is not None and message != self._last_error:
+            log.warning("queue: NATS at %s: %s", self.url, message)
+        self._last_error = message
+
+    async def _on_disconnected(self) -> None:
+        if self._nc is not None:
+            log.warning("queue: disconnected from NATS at %s; reconnecting", self.url)
+
+    async def _on_reconnected(self) -> None:
+        self._last_error = ""
+        log.warning("queue: reconnected to NATS at %s", self.url)
 
     @staticmethod
     async def _ensure_stream(js: JetStreamContext, name: str, subject: str, retention: RetentionPolicy) -> None:

@@ -100,7 +100,7 @@ class SqliteLease(Lease):
 class SqliteQueue(JobQueue):
     name = "sqlite"
 
-    def __init__(self, path: Path, *, lease: float = 30.0, poll_interval: float = 0.1) -> None:
+    def __init__(self, path: Path, *, lease: float = 30.0, poll_interval: float = 0.05) -> None:
         self.path = path
         self.lease = lease
         self.poll_interval = poll_interval

@@ -9,6 +9,7 @@ timeout to finish; the rest go back to the queue at once.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -59,7 +60,8 @@ class QueueWorker:
         self.gateway_url = gateway_url.rstrip("/")
         self.metrics = metrics
         self.name = name or worker_id()
-        self._auth = aiohttp.BasicAuth(*auth) if auth is not None else None
+        # A ready header rather than aiohttp.BasicAuth, which newer aiohttp deprecates.
+        self._auth_header = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode() if auth else None
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -94,7 +96,7 @@ class QueueWorker:
         if not running:
             return
         log.info("queue worker: waiting up to %gs for %d in-flight jobs", self.config.drain_timeout, len(running))
-        _, late = await asyncio.wait(set(running), timeout=self.config.drain_timeout or None)
+        _, late = await asyncio.wait(set(running), timeout=self.config.drain_timeout)
         for task in late:
             task.cancel()  # _process puts its job back in the queue
         if late:
@@ -163,11 +165,13 @@ class QueueWorker:
         assert session is not None
         headers = forward_headers(CIMultiDict(job.headers), drop=("X-Call-Id",))
         headers["X-Call-Id"] = job.call_id
+        if self._auth_header is not None:
+            headers["Authorization"] = self._auth_header
         began = time.perf_counter()
         try:
             async with asyncio.timeout(self.config.invoke_timeout or None):
                 async with session.request(job.method, self.gateway_url + job.function_path(), headers=headers,
-                                           data=job.body, allow_redirects=False, auth=self._auth) as resp:
+                                           data=job.body, allow_redirects=False) as resp:
                     body = await resp.read()
                     status = resp.status
                     content_type = resp.headers.get("Content-Type")

@@ -4,78 +4,50 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shlex
 import signal
 import sys
 import time
-from collections.abc import Mapping
 
 import aiohttp
 
-from .._process import die_with_parent, kill_group, listening_socket
+from .._process import kill_group
 from ..config import WatchdogConfig
-from ..errors import ConfigError, DeployError
+from ..errors import DeployError
+from .spawn import Spawned
 
 HEALTH_PATH = "/_/health"
 
-# Settings meant for the watchdog, not for the function.
-_WATCHDOG_ONLY = ("STREAMFAAS_LISTEN_FD", "STREAMFAAS_READY_FD", "port")
-
 
 class FunctionProcess:
-    """Starts ``fprocess``, forwards its output with a prefix, and reports when it exits."""
+    """Supervises the function server started by ``spawn_function``: forwards its output with
+    a prefix and reports when it exits."""
 
-    def __init__(self, config: WatchdogConfig) -> None:
-        if not config.fprocess:
-            raise ConfigError("fprocess is not set: name the command that starts the function server")
+    def __init__(self, config: WatchdogConfig, spawned: Spawned) -> None:
         self.config = config
-        self.upstream_url = config.upstream_url
-        self.proc: asyncio.subprocess.Process | None = None
+        self.spawned = spawned
+        self.upstream_url = spawned.upstream_url
         self.exited = asyncio.Event()
         self.returncode: int | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self._waiter: asyncio.Task[None] | None = None
 
-    def _environment(self, env: Mapping[str, str], listen_fd: int | None, port: int | None) -> dict[str, str]:
-        child = {k: v for k, v in env.items() if k not in _WATCHDOG_ONLY}
-        if listen_fd is not None and port is not None:
-            child["STREAMFAAS_LISTEN_FD"] = str(listen_fd)
-            child["PORT"] = str(port)
-            child["upstream_url"] = self.upstream_url
-        child.setdefault("PYTHONUNBUFFERED", "1")
-        child["threads"] = str(self.config.threads)
-        return child
+    @property
+    def pid(self) -> int:
+        return self.spawned.popen.pid
 
     async def start(self) -> None:
-        argv = shlex.split(self.config.fprocess)
-        sock = None
-        port: int | None = None
-        if not self.upstream_url:
-            # The usual case: we own the function server's address and hand it the socket.
-            sock = listening_socket()
-            port = sock.getsockname()[1]
-            self.upstream_url = f"http://127.0.0.1:{port}"
-        env = self._environment(os.environ, sock.fileno() if sock else None, port)
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                pass_fds=(sock.fileno(),) if sock else (),
-                start_new_session=True,
-                preexec_fn=lambda: die_with_parent(signal.SIGKILL),
-            )
-        except OSError as exc:
-            raise DeployError(f"cannot start fprocess {argv[0]!r}: {exc.strerror}") from None
-        finally:
-            if sock is not None:
-                sock.close()
-        assert self.proc.stdout is not None and self.proc.stderr is not None
+        """Take over the already running process on this event loop."""
+        loop = asyncio.get_running_loop()
+        popen = self.spawned.popen
+        readers = []
+        for pipe in (popen.stdout, popen.stderr):
+            assert pipe is not None
+            reader = asyncio.StreamReader(limit=1 << 20)
+            await loop.connect_read_pipe(lambda r=reader: asyncio.StreamReaderProtocol(r), pipe)  # type: ignore[misc]
+            readers.append(reader)
         self._pumps = [
-            asyncio.create_task(self._pump(self.proc.stdout, "stdout")),
-            asyncio.create_task(self._pump(self.proc.stderr, "stderr")),
+            asyncio.create_task(self._pump(readers[0], "stdout")),
+            asyncio.create_task(self._pump(readers[1], "stderr")),
         ]
         self._waiter = asyncio.create_task(self._wait())
 
@@ -94,8 +66,22 @@ class FunctionProcess:
             out.flush()
 
     async def _wait(self) -> None:
-        assert self.proc is not None
-        self.returncode = await self.proc.wait()
+        # A pidfd turns readable when the process exits: no polling, no SIGCHLD handler.
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not exited.done():
+                exited.set_result(None)
+
+        pidfd = os.pidfd_open(self.pid)
+        loop.add_reader(pidfd, on_exit)
+        try:
+            await exited
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        self.returncode = self.spawned.popen.wait()
         await asyncio.gather(*self._pumps, return_exceptions=True)
         self.exited.set()
 
@@ -123,13 +109,13 @@ class FunctionProcess:
             return False
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self.proc is None or self.exited.is_set():
+        if self.exited.is_set():
             return
-        kill_group(self.proc.pid, signal.SIGTERM)
+        kill_group(self.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(self.exited.wait(), grace)
         except TimeoutError:
-            kill_group(self.proc.pid, signal.SIGKILL)
+            kill_group(self.pid, signal.SIGKILL)
             await self.exited.wait()
         if self._waiter is not None:
             await self._waiter

@@ -17,6 +17,7 @@ from ..config import WatchdogConfig
 from ..errors import StreamfaasError
 from ..proxy import StreamLimits, error_response, forward_headers, open_upstream, stream_response
 from .function_process import FunctionProcess
+from .spawn import Spawned
 
 CONFIG_KEY = web.AppKey("config", WatchdogConfig)
 
@@ -130,9 +131,9 @@ def create_app(config: WatchdogConfig, function: FunctionProcess) -> web.Applica
     return app
 
 
-async def run(config: WatchdogConfig) -> int:
+async def run(config: WatchdogConfig, spawned: Spawned) -> int:
     """Run one replica until SIGTERM (drain, exit 0) or the function process dies (exit 1)."""
-    function = FunctionProcess(config)
+    function = FunctionProcess(config, spawned)
     app = create_app(config, function)
     state = app[STATE_KEY]
     stop = asyncio.Event()

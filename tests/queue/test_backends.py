@@ -1,0 +1,147 @@
+"""Both queue backends behind one interface: leases, per-function slots, release, retry, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from streamfaas.queue import FunctionSlots, Job, JobQueue, Lease
+from streamfaas.queue.sqlite import SqliteQueue
+
+
+@pytest.fixture
+async def queue(backend: str, nats_url: str | None, tmp_path: Path) -> AsyncIterator[JobQueue]:
+    q: JobQueue
+    if backend == "nats":
+        from streamfaas.queue.jetstream import NatsQueue
+
+        assert nats_url is not None
+        q = NatsQueue(nats_url, stream=f"T_{uuid.uuid4().hex[:8]}", lease=1.0, fetch_wait=0.2, discover_interval=0.1)
+    else:
+        q = SqliteQueue(tmp_path / "queue.db", lease=1.0, poll_interval=0.02)
+    await q.start()
+    try:
+        yield q
+    finally:
+        await q.close()
+
+
+class Consumer:
+    """Runs ``consume`` in the background and keeps every lease it is handed."""
+
+    def __init__(self, queue: JobQueue, per_function: int = 4) -> None:
+        self.slots = FunctionSlots(per_function)
+        self.leases: list[Lease] = []
+        self.stop = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self.task = asyncio.create_task(queue.consume(self.slots, self._deliver, self.stop))
+
+    def _deliver(self, lease: Lease) -> None:
+        self.leases.append(lease)
+        self._arrived.set()
+
+    async def wait(self, count: int, timeout: float = 10) -> list[Lease]:
+        async with asyncio.timeout(timeout):
+            while len(self.leases) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.leases
+
+    async def end(self, lease: Lease) -> None:
+        self.slots.give(lease.job.function)
+
+    async def close(self) -> None:
+        self.stop.set()
+        await self.task
+
+
+async def test_per_function_limit_does_not_hold_back_other_functions(queue: JobQueue) -> None:
+    for i in range(6):
+        await queue.submit(Job(call_id=f"a{i}", function="busy"))
+    await queue.submit(Job(call_id="b0", function="other"))
+    consumer = Consumer(queue, per_function=2)
+    try:
+        leases = await consumer.wait(3)
+        await asyncio.sleep(0.3)  # give it room to over-lease, which it must not
+        functions = sorted(lease.job.function for lease in consumer.leases)
+        assert functions == ["busy", "busy", "other"]
+        first = next(lease for lease in consumer.leases if lease.job.function == "busy")
+        await first.ack()
+        await consumer.end(first)
+        await consumer.wait(4)
+        assert [lease.job.function for lease in consumer.leases].count("busy") == 3
+    finally:
+        await consumer.close()
+    for lease in leases:
+        if lease is not first:
+            await lease.release()
+
+
+async def test_expired_lease_hands_the_job_out_again(queue: JobQueue) -> None:
+    await queue.submit(Job(call_id="lost", function="fn", body=b"payload"))
+    first = Consumer(queue)
+    try:
+        [lease] = await first.wait(1)
+    finally:
+        await first.close()
+    # The worker holding it "died": no keep_alive, no ack. After the lease it runs elsewhere.
+    began = time.monotonic()
+    second = Consumer(queue)
+    try:
+        [again] = await second.wait(1)
+        assert again.job.call_id == "lost" and again.job.body == b"payload"
+        assert time.monotonic() - began >= 0.5
+        await again.ack()
+    finally:
+        await second.close()
+    assert (await queue.depth()).pending == 0
+    del lease
+
+
+async def test_keep_alive_holds_the_lease_and_release_returns_the_job_at_once(queue: JobQueue) -> None:
+    await queue.submit(Job(call_id="held", function="fn"))
+    consumer = Consumer(queue)
+    try:
+        [lease] = await consumer.wait(1)
+        for _ in range(4):  # two lease times, renewed
+            await asyncio.sleep(0.5)
+            await lease.keep_alive()
+        assert len(consumer.leases) == 1
+        await lease.release()
+        await consumer.end(lease)
+        began = time.monotonic()
+        await consumer.wait(2)
+        assert time.monotonic() - began < 0.9  # back at once, not after the lease
+        assert consumer.leases[1].job.attempts == 0  # a release is not a failed attempt
+        await consumer.leases[1].ack()
+    finally:
+        await consumer.close()
+
+
+async def test_retry_counts_the_attempt_and_waits_its_delay(queue: JobQueue) -> None:
+    await queue.submit(Job(call_id="r", function="fn"))
+    consumer = Consumer(queue)
+    try:
+        [lease] = await consumer.wait(1)
+        began = time.monotonic()
+        await lease.retry("boom", 0.5)
+        await consumer.end(lease)
+        again = (await consumer.wait(2))[1]
+        assert time.monotonic() - began >= 0.4
+        assert (again.job.attempts, again.job.last_error) == (1, "boom")
+        await again.dead_letter("boom again")
+        await consumer.end(again)
+    finally:
+        await consumer.close()
+    [failed] = await queue.list_jobs(failed=True, limit=10)
+    assert (failed.call_id, failed.attempts, failed.last_error) == ("r", 2, "boom again")
+    assert await queue.retry_failed("r") == 1
+    assert (await queue.depth()).failed == 0
+    [pending] = await queue.list_jobs(failed=False, limit=10)
+    assert (pending.call_id, pending.attempts) == ("r", 0)
+    assert await queue.purge(failed=False) == 1

@@ -1,0 +1,111 @@
+"""Retries with backoff, the dead-letter list, and retrying from it (REST API and CLI)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from queue_fixture import (
+    ECHO,
+    FAST_QUEUE,
+    FIXABLE,
+    FLAKY,
+    CallbackReceiver,
+    queue_args,
+    refused_url,
+    submit,
+)
+
+from platform_fixture import Platform, streamfaas_cmd, wait_for
+
+MAX_RETRIES = 3  # FAST_QUEUE's --queue-max-retries: 4 attempts in all
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, backend: str, nats_url: str | None) -> Iterator[Platform]:
+    root = tmp_path_factory.mktemp("retries")
+    p = Platform(root / "state", (*queue_args(backend, nats_url), *FAST_QUEUE)).start()
+    try:
+        counts = root / "counts"
+        counts.mkdir()
+        p.deploy("flaky", p.write_function(root, "flaky", FLAKY), env={"COUNTS": str(counts)}, wait=False)
+        p.deploy("fixable", p.write_function(root, "fixable", FIXABLE), env={"BROKEN": str(root / "broken")}, wait=False)
+        p.deploy("echo", p.write_function(root, "echo", ECHO), wait=False)
+        for name in ("flaky", "fixable", "echo"):
+            p.wait_ready(name)
+        yield p
+    finally:
+        p.close()
+
+
+def cli(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(streamfaas_cmd(*args), capture_output=True, text=True, env=platform.env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def dead_letters(platform: Platform) -> dict[str, dict[str, Any]]:
+    data = json.loads(cli(platform, "queue", "list", "--failed", "--json").stdout)
+    return {job["callId"]: job for job in data["jobs"]}
+
+
+def test_function_failing_twice_is_retried_until_its_callback_arrives(gateway: Platform, receiver: CallbackReceiver) -> None:
+    call_id = submit(gateway, "flaky", b"", callback=receiver.url).headers["X-Call-Id"]
+    receiver.wait_all([call_id], timeout=30)
+    [callback] = receiver.of(call_id)
+    assert callback.function_status == "200"
+    assert callback.body == b"success after 3"  # two failures, then the third attempt
+
+
+def test_always_failing_job_is_dead_lettered_and_retry_reruns_it(
+    gateway: Platform, receiver: CallbackReceiver, tmp_path: Path
+) -> None:
+    broken = Path(gateway.status("fixable")["envVars"]["BROKEN"])
+    broken.touch()
+    call_id = submit(gateway, "fixable", b"", callback=receiver.url).headers["X-Call-Id"]
+    job = wait_for(lambda: dead_letters(gateway).get(call_id), 30, what="the job to be dead-lettered")
+    assert job["attempts"] == MAX_RETRIES + 1
+    assert "HTTP 503" in job["lastError"]
+    assert receiver.of(call_id) == []  # no callback for a job that never succeeded
+    table = cli(gateway, "queue", "list", "--failed").stdout
+    assert call_id in table and "fixable" in table
+
+    broken.unlink()  # the function is fixed; the dead letter runs again on request
+    assert "retried 1 job" in cli(gateway, "queue", "retry", call_id).stderr
+    receiver.wait_all([call_id], timeout=30)
+    assert receiver.of(call_id)[0].body == b"fixed"
+    assert call_id not in dead_letters(gateway)
+
+
+def test_retry_of_an_unknown_call_id_fails_clearly(gateway: Platform) -> None:
+    out = subprocess.run(streamfaas_cmd("queue", "retry", "no-such-call"), capture_output=True, text=True,
+                         env=gateway.env(), timeout=60)
+    assert out.returncode == 1
+    assert "no dead-lettered job with call id 'no-such-call'" in out.stderr
+
+
+def test_refused_callback_is_retried_then_dead_lettered(gateway: Platform) -> None:
+    call_id = submit(gateway, "echo", b"x", callback=refused_url()).headers["X-Call-Id"]
+    job = wait_for(lambda: dead_letters(gateway).get(call_id), 30, what="the job to be dead-lettered")
+    assert job["attempts"] == MAX_RETRIES + 1
+    assert "callback" in job["lastError"] and "Connect" in job["lastError"]
+    metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    assert 'streamfaas_queue_retries_total{function_name="echo",reason="callback"}' in metrics
+    # Purging the dead-letter list is explicit and reported.
+    assert "purged" in cli(gateway, "queue", "purge", "--failed", "--yes").stderr
+    assert call_id not in dead_letters(gateway)
+
+
+def test_rest_api_lists_queue_and_rejects_bad_retry_bodies(gateway: Platform) -> None:
+    r = gateway.http.get(f"{gateway.url}/system/queue")
+    assert r.status_code == 200
+    assert set(r.json()) == {"depth", "jobs"}
+    assert gateway.http.post(f"{gateway.url}/system/queue/retry", json={}).status_code == 400
+    assert gateway.http.post(f"{gateway.url}/system/queue/retry", json={"all": True, "callId": "x"}).status_code == 400
+    # /system/queue is admin-only, like the rest of /system.
+    assert httpx.get(f"{gateway.url}/system/queue", timeout=10).status_code == 401
