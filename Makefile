@@ -15,6 +15,9 @@ lint:
 
 bench:
 	$(PY) bench/bench_core.py
+	$(PY) bench/bench_llm.py
+	$(PY) bench/bench_chat.py
+	$(PY) bench/bench_queue.py
 
 quickstart:
 	bash scripts/quickstart.sh
