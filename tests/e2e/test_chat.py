@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,3 +139,26 @@ def test_langchain_example_streams_the_same_events(chat: Platform, llm_server: L
         events = list(es.iter_sse())
     assert events[-1].event == "done", events[-1]
     assert "".join(json.loads(e.data)["content"] for e in events[:-1]).strip()
+
+
+def test_cli_chat_ctrl_c_stops_the_answer_and_keeps_chatting(chat: Platform, llm_server: LLMServer) -> None:
+    before = _stats(llm_server)["cancelled_total"]
+    proc = subprocess.Popen(streamfaas_cmd("chat", "chat", "--no-stats"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=chat.env())
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        proc.stdin.write(LONG_PROMPT.encode() + b"\n")
+        proc.stdin.flush()
+        # Some of the answer is on screen: the answer is under way.
+        assert select.select([proc.stdout], [], [], 60)[0]
+        assert os.read(proc.stdout.fileno(), 100)
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: _stats(llm_server)["cancelled_total"] > before, 20, what="the model to stop")
+        proc.stdin.write(b"Say OK.\n")
+        proc.stdin.close()
+        assert proc.wait(120) == 0
+        assert "[stopped]" in proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

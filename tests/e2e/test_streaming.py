@@ -199,3 +199,20 @@ def test_metrics_count_invocations_with_openfaas_names(platform: Platform, tmp_p
     assert 'gateway_function_invocation_started{function_name="counted"} 3.0' in text
     assert 'gateway_functions_seconds_count{code="200",function_name="counted"} 3.0' in text
     assert 'gateway_service_count{function_name="counted"} 1.0' in text
+
+
+def test_function_dying_before_headers_gives_502(platform: Platform, tmp_path: Path) -> None:
+    code = """
+    import os
+
+    def handle(req):
+        if req == "die":
+            os._exit(7)
+        return "alive"
+    """
+    platform.deploy("dier", platform.write_function(tmp_path, "dier", code))
+    r = httpx.post(platform.function_url("dier"), content=b"die", timeout=30)
+    assert r.status_code == 502
+    assert r.text.startswith("upstream unavailable")
+    platform.wait_ready("dier")
+    assert httpx.post(platform.function_url("dier"), content=b"x", timeout=30).text == "alive"
