@@ -14,7 +14,7 @@ HELLO = [{"role": "user", "content": "Say hello."}]
 
 @pytest.fixture
 def client(llm: LLMServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=llm.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    return openai.OpenAI(base_url=llm.url + "/v1", api_key="unused", max_retries=0, timeout=90)
 
 
 def test_banner_names_the_listening_address(llm: LLMServer) -> None:
