@@ -179,6 +179,7 @@ async def stream_response(
     if extra_headers:
         headers.update(extra_headers)
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    del headers  # copied into resp; a stream may live for hours, so hold no extra copy
     length = upstream.content_length
     if length is not None and upstream.headers.get(hdrs.TRANSFER_ENCODING) is None:
         resp.content_length = length

@@ -112,6 +112,7 @@ async def _proxy(
                 await asyncio.sleep(0.02 * 2**attempt)
                 continue
             provider.record(name).invocations += 1
+            del headers  # sent; not kept alive for the stream's whole life
             return await stream_response(request, upstream, limits=_NO_LIMITS, extra_headers=reply_headers)
         finally:
             replica.inflight -= 1
