@@ -23,6 +23,20 @@ def read_api_key():
         return "no-key-needed"
 
 
+_models = {}
+
+
+def model_for(api_key):
+    """One ChatOpenAI per key for the process's life: building one per request would add
+    its client set-up to every first token."""
+    llm = _models.get(api_key)
+    if llm is None:
+        llm = _models[api_key] = ChatOpenAI(
+            base_url=BASE_URL, api_key=api_key, model=MODEL, max_tokens=MAX_TOKENS, max_retries=0, timeout=60
+        )
+    return llm
+
+
 def to_messages(req):
     text = req.strip()
     if text.startswith("{"):
@@ -40,9 +54,7 @@ def sse(data, event=None):
 
 
 def handle(req):
-    llm = ChatOpenAI(
-        base_url=BASE_URL, api_key=read_api_key(), model=MODEL, max_tokens=MAX_TOKENS, max_retries=0, timeout=60
-    )
+    llm = model_for(read_api_key())
     messages = to_messages(req)
 
     def events():

@@ -20,6 +20,9 @@ def serve_app(app):
         "cleanup_interval": 30,
         "ident": None,
         "clear_untrusted_proxy_headers": False,
+        # Keep reading the connection while a request runs, so a client that goes away is
+        # noticed at once (the next write fails) instead of one write later.
+        "channel_request_lookahead": 1,
     }
     fd = os.environ.get("STREAMFAAS_LISTEN_FD")
     if fd:
