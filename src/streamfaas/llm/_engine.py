@@ -9,6 +9,7 @@ inside llama.cpp before it decodes another token.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 from pathlib import Path
@@ -44,9 +45,12 @@ class Engine:
         params.n_parallel = settings.parallel
         # llama.cpp splits n_ctx between the slots; ctx_size is what each slot gets.
         params.n_ctx = settings.ctx_size * settings.parallel
-        if settings.threads:
-            params.cpuparams.n_threads = settings.threads
-            params.cpuparams_batch.n_threads = settings.threads
+        # llama.cpp's threads spin-wait on each other: on a machine where the gateway and the
+        # functions share the cores, one thread per core collapses (138 → 1.5 tokens/s with a
+        # single busy process beside it, bench/bench_chat.py). Leave one core to the rest.
+        threads = settings.threads or max(1, (os.cpu_count() or 2) - 1)
+        params.cpuparams.n_threads = threads
+        params.cpuparams_batch.n_threads = threads
         params.verbosity = 0
         params.endpoint_metrics = True
         # xllamacpp also starts llama.cpp's own HTTP listener. Keep it on loopback, on a port

@@ -79,7 +79,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     default=0,
     show_default=True,
     envvar="STREAMFAAS_LLM_THREADS",
-    help="CPU threads for the model; 0 = llama.cpp's default.",
+    help="CPU threads for the model; 0 = one less than the CPUs (at least 1).",
 )
 @click.option("--port-file", type=_FILE, help="Write the port here once listening.")
 @click.option("-v", "--verbose", is_flag=True, help="Log model loading and errors in detail.")
