@@ -39,7 +39,6 @@ import datetime
 import itertools
 import json
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -62,6 +61,7 @@ for _path in (REPO / "bench", REPO / "tests", REPO / "tests" / "llm"):
 from llm_server import LLMServer  # noqa: E402 - `streamfaas llm` in its own process group
 
 from bench_llm import STORY, StreamTiming, _summary, _text_of, chat_payload  # noqa: E402
+from benchlib import machine  # noqa: E402
 from platform_fixture import Platform, descendants  # noqa: E402 - a real gateway subprocess
 
 # From bench_llm come the measuring pieces: its timing record, summary statistics, OpenAI-chunk
@@ -817,23 +817,6 @@ class CpuWatch:
 
 
 # ---- the run -----------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": model or platform.processor() or platform.machine(),
-        "system": f"{platform.system()} {platform.release()} {platform.machine()}",
-        "python": platform.python_version(),
-    }
 
 
 def _verdict(value: float, target: float, what: str) -> dict[str, Any]:

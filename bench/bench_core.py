@@ -22,9 +22,7 @@ import argparse
 import asyncio
 import datetime as dt
 import gc
-import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -44,6 +42,10 @@ import uvloop
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results" / "core.json"
+sys.path[:0] = [str(BENCH), str(REPO / "tests")]
+
+from benchlib import machine, write_results  # noqa: E402
+from platform_fixture import alive, descendants  # noqa: E402
 
 STREAM_FN = "sfstream"  # bench/core_server.py (aiohttp) behind a watchdog
 COLD_FN = "sfcold"  # python3-flask hello
@@ -96,25 +98,6 @@ def _stat_fields(pid: int) -> list[str] | None:
             return f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-
-
-def alive(pid: int) -> bool:
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat_fields(int(entry))) and fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.add(child)
-            todo.append(child)
-    return out
 
 
 def rss_kb(pid: int) -> int:
@@ -907,31 +890,6 @@ def print_table(rows: list[dict[str, Any]], r: dict[str, Any]) -> None:
     )
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    mem_kb = 0
-    with open("/proc/meminfo") as f:
-        mem_kb = int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1])
-    commit = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem_kb / 2**20, 1),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "uvloop": uvloop.__version__,
-        "commit": commit,
-    }
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -982,16 +940,14 @@ def main() -> int:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": plan.quick,
         "duration_s": round(time.monotonic() - started, 1),
-        "machine": machine(),
+        "machine": machine(aiohttp=aiohttp.__version__, uvloop=uvloop.__version__),
         "rlimit_nofile": nofile,
         "other_cpu_pct_at_start": other_at_start,
         "orphans": len(gw.orphans),
         "targets": rows,
         "results": results,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(REPO)} ({out['duration_s']} s)")
+    write_results(RESULTS, out)
     return 0
 
 

@@ -186,13 +186,14 @@ async def measure_disconnect_stop(
     headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Read ``read_tokens`` chunks of a long answer, disconnect, and measure until the model
-    server reports no active generation. ``server_ms`` is the server's own measure (from seeing
-    the disconnect to the generating thread's return); ``observed_ms`` is the client's, from its
-    close to the first stats poll that shows the stop (so it includes one poll's round trip);
-    ``extra_tokens`` are tokens generated after the ones the client read."""
+    server reports the generation stopped (no active generation, no busy llama.cpp slot).
+    ``server_ms`` is the server's own measure (from seeing the disconnect to the generating
+    thread's return); ``observed_ms`` is the client's, from its close to the first stats poll
+    that shows the stop (so it includes up to one poll's round trip); ``tokens_after_read`` are
+    tokens the server produced beyond the ones the client read (in flight or after the close)."""
     observed: list[float] = []
     server: list[float] = []
-    extra: list[float] = []
+    after_read: list[float] = []
     async with aiohttp.ClientSession(headers=headers) as session:
 
         async def stats() -> dict[str, Any]:
@@ -209,6 +210,7 @@ async def measure_disconnect_stop(
                 if (
                     after["active_generations"] == 0
                     and after["cancelled_total"] > before["cancelled_total"]
+                    and not after.get("slots_busy")  # llama.cpp's own view: no slot decoding
                 ):
                     observed.append(time.perf_counter() - closed)
                     break
@@ -217,11 +219,11 @@ async def measure_disconnect_stop(
             if after.get("last_cancel_to_stop_ms") is not None:
                 server.append(after["last_cancel_to_stop_ms"] / 1000.0)
             generated = after["tokens_generated_total"] - before["tokens_generated_total"]
-            extra.append(max(0, generated - read_tokens))
+            after_read.append(max(0, generated - read_tokens))
     return {
         "observed_ms": _summary(observed, 1000.0),
         "server_ms": _summary(server, 1000.0) if server else None,
-        "extra_tokens": _summary(extra),
+        "tokens_after_read": _summary(after_read),
     }
 
 
@@ -329,12 +331,8 @@ def print_table(results: dict[str, Any]) -> None:
             f"p50 {stop['observed_ms']['p50']}  max {stop['observed_ms']['max']}",
         )
     )
-    rows.append(
-        (
-            "tokens after disconnect",
-            f"p50 {stop['extra_tokens']['p50']}  max {stop['extra_tokens']['max']}",
-        )
-    )
+    after = stop["tokens_after_read"]
+    rows.append(("tokens past the client's last read", f"p50 {after['p50']}  max {after['max']}"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

@@ -24,7 +24,6 @@ import base64
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -43,6 +42,10 @@ from aiohttp import web
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results" / "queue.json"
+sys.path.insert(0, str(BENCH))
+
+from benchlib import machine, write_results  # noqa: E402
+
 NOOP = "def handle(req):\n    return ''\n"
 CLIENTS = 32
 WORKER_ARGS = ("--queue-concurrency", "32", "--queue-lease", "30s")
@@ -286,14 +289,10 @@ def contextmanager_for(backend: str, root: Path) -> Iterator[tuple[str, ...]]:
         yield ("--queue", "sqlite")
 
 
-def machine() -> dict[str, Any]:
-    cpu = ""
-    with open("/proc/cpuinfo") as f:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    nats = subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip() if shutil.which("nats-server") else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-            "nats_server": nats, "commit": commit}
+def _nats_version() -> str:
+    if not shutil.which("nats-server"):
+        return ""
+    return subprocess.run(["nats-server", "--version"], capture_output=True, text=True).stdout.strip()
 
 
 def main() -> int:
@@ -320,14 +319,12 @@ def main() -> int:
     out = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - started, 1),
-        "machine": machine(),
+        "machine": machine(nats_server=_nats_version()),
         "settings": {"jobs": args.jobs, "clients": CLIENTS, "latency_jobs": args.latency_jobs, "rate_per_s": args.rate,
                      "worker": " ".join(WORKER_ARGS), "function": "python3-flask no-op, 1 replica"},
         "results": results,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"\nwrote {RESULTS.relative_to(REPO)} ({out['duration_s']} s)")
+    write_results(RESULTS, out)
     return 0
 
 
