@@ -19,7 +19,7 @@ from aiohttp import web
 from yarl import URL
 
 from ..config import GatewayConfig
-from ..errors import BadRequest, FunctionNotFound, PayloadTooLarge, Unauthorized
+from ..errors import BadRequest, FunctionNotFound, PayloadTooLarge
 from ..proxy import forward_headers
 from ..queue import (
     AUTH_HEADERS,
@@ -31,7 +31,7 @@ from ..queue import (
     QueueWorker,
     open_queue,
 )
-from .auth import Credentials, function_token_matches, is_private
+from .auth import Credentials, check_function_access
 from .state import GatewayState, state_of
 
 log = logging.getLogger("streamfaas.gateway")
@@ -151,14 +151,9 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 def _check_private(state: GatewayState, request: web.Request, name: str) -> None:
     """A private function takes async calls only from those who may call it synchronously."""
-    deployment = state.provider.record(name).deployment
-    if not is_private(deployment.labels, deployment.annotations):
-        return
+    d = state.provider.record(name).deployment
     header = request.headers.get("Authorization")
-    if state.credentials is not None and state.credentials.matches(header):
-        return
-    if not function_token_matches(header, state.provider.function_token(name)):
-        raise Unauthorized(f"function {name!r} is private: send its token as 'Authorization: Bearer …'")
+    check_function_access(name, d.labels, d.annotations, header, state.credentials, lambda: state.provider.function_token(name))
 
 
 async def submit_async(request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Unauthorized
 
 PASSWORD_FILE = Path("auth") / "admin-password"
 # A function is private when this label or annotation is "true"; callers then need the
@@ -86,6 +86,25 @@ def function_token_matches(header: str | None, token: str) -> bool:
 def is_private(labels: dict[str, str], annotations: dict[str, str]) -> bool:
     value = labels.get(PRIVATE_KEY) or annotations.get(PRIVATE_KEY) or ""
     return value.strip().lower() in {"true", "1", "yes"}
+
+
+def check_function_access(
+    name: str,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    header: str | None,
+    credentials: Credentials | None,
+    token: Callable[[], str],
+) -> bool:
+    """Let a call to a function through, or raise Unauthorized: a private function takes its
+    bearer token or the admin's basic auth. Returns whether the function is private."""
+    if not is_private(labels, annotations):
+        return False
+    if credentials is not None and credentials.matches(header):
+        return True
+    if not function_token_matches(header, token()):
+        raise Unauthorized(f"function {name!r} is private: send its token as 'Authorization: Bearer …'")
+    return True
 
 
 def is_admin_path(path: str) -> bool:

@@ -20,7 +20,7 @@ from ..proxy import (
     open_upstream,
     stream_response,
 )
-from .auth import function_token_matches, is_private
+from .auth import check_function_access
 from .state import GatewayState, state_of
 
 _NO_LIMITS = StreamLimits()
@@ -70,11 +70,9 @@ async def _proxy(
     provider = state.provider
     record = provider.record(name)  # 404 for an unknown function, before anything else
     headers = forward_headers(request.headers)
-    if is_private(record.deployment.labels, record.deployment.annotations):
-        header = request.headers.get(hdrs.AUTHORIZATION)
-        admin = state.credentials is not None and state.credentials.matches(header)
-        if not admin and not function_token_matches(header, provider.function_token(name)):
-            raise Unauthorized(f"function {name!r} is private: send its token as 'Authorization: Bearer …'")
+    d = record.deployment
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if check_function_access(name, d.labels, d.annotations, header, state.credentials, lambda: provider.function_token(name)):
         del headers[hdrs.AUTHORIZATION]  # the platform's credential is not the function's business
     elif state.credentials is not None and state.credentials.matches(headers.get(hdrs.AUTHORIZATION)):
         del headers[hdrs.AUTHORIZATION]  # never hand the admin password to a function
