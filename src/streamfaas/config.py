@@ -190,7 +190,3 @@ class GatewayConfig:
     auth_user: str = "admin"
     auth_password_file: Path | None = None
     sandbox: bool = True
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"

@@ -74,10 +74,6 @@ class UpstreamError(StreamfaasError):
     http_status = 502
 
 
-class TooManyRequests(StreamfaasError):
-    http_status = 429
-
-
 class PayloadTooLarge(StreamfaasError):
     http_status = 413
 

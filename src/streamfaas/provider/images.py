@@ -135,15 +135,3 @@ class ImageStore:
             fprocess=str(data["fprocess"]),
             created=float(data["created"]),
         )
-
-    def list(self) -> list[LocalImage]:
-        if not self.tags.is_dir():
-            return []
-        out = []
-        for tag in sorted(self.tags.glob("*.json")):
-            try:
-                data = json.loads(tag.read_text())
-                out.append(self.resolve(str(data["image"])))
-            except (OSError, ValueError, KeyError, ImageNotFound):
-                continue
-        return out
