@@ -61,6 +61,7 @@ for _path in (REPO / "bench", REPO / "tests", REPO / "tests" / "llm"):
 from llm_server import LLMServer  # noqa: E402 - `streamfaas llm` in its own process group
 
 from bench_llm import STORY, StreamTiming, _summary, _text_of, chat_payload  # noqa: E402
+from bench_llm import stream_once as llm_stream_once  # noqa: E402
 from benchlib import machine  # noqa: E402
 from platform_fixture import Platform, descendants  # noqa: E402 - a real gateway subprocess
 
@@ -103,52 +104,14 @@ async def stream_once(
     text_body: str | None = None,
     stop_after: int | None = None,
 ) -> StreamTiming:
-    """bench_llm.stream_once for either event shape: POST, time each text chunk, and drop the
-    connection after ``stop_after`` chunks. An ``event: error`` (the function's) raises."""
-    timing = StreamTiming()
+    """bench_llm.stream_once, with a time-out that says how far the stream got."""
     started = time.perf_counter()
     try:
-        return await _stream_once(
-            session, url, text_of, timing, started, json_body, text_body, stop_after
+        timing = await llm_stream_once(
+            session, url, json_body=json_body, text_body=text_body, text_of=text_of, stop_after=stop_after
         )
     except TimeoutError:
-        raise RuntimeError(
-            f"{url}: timed out after {time.perf_counter() - started:.1f} s "
-            f"with {timing.tokens} text chunk(s) read"
-        ) from None
-
-
-async def _stream_once(
-    session: aiohttp.ClientSession,
-    url: str,
-    text_of: TextOf,
-    timing: StreamTiming,
-    started: float,
-    json_body: dict[str, Any] | None,
-    text_body: str | None,
-    stop_after: int | None,
-) -> StreamTiming:
-    kwargs: dict[str, Any] = {"json": json_body} if json_body is not None else {"data": text_body}
-    async with session.post(url, **kwargs) as resp:
-        if resp.status != 200:
-            raise RuntimeError(f"{url}: HTTP {resp.status}: {(await resp.text())[:300]}")
-        error = False
-        async for line in resp.content:
-            if error and line.startswith(b"data:"):
-                raise RuntimeError(f"{url}: error event: {line[5:].strip()[:300]!r}")
-            if line.startswith(b"event: error"):
-                error = True
-                continue
-            if text_of(line) is None:
-                continue
-            now = time.perf_counter()
-            if not timing.token_times:
-                timing.ttft = now - started
-            timing.token_times.append(now)
-            if stop_after is not None and timing.tokens >= stop_after:
-                resp.close()  # drop the connection mid-stream
-                break
-    timing.total = time.perf_counter() - started
+        raise RuntimeError(f"{url}: timed out after {time.perf_counter() - started:.1f} s") from None
     if not timing.tokens:
         raise RuntimeError(f"{url}: the stream carried no text")
     return timing
@@ -970,8 +933,8 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 def print_table(meta: dict[str, Any], results: dict[str, Any]) -> None:
     m = meta["machine"]
     print(
-        f"\nstreamfaas chat benchmark ({meta['mode']}) — {meta['date']} — nproc {m['nproc']}, "
-        f"{m['cpu_model']}, {m['system']}, Python {m['python']}"
+        f"\nstreamfaas chat benchmark ({meta['mode']}) — {meta['date']} — nproc {m['cores']}, "
+        f"{m['cpu']}, {m['system']}, Python {m['python']}"
     )
     print(f"note: {meta['note']}")
     cpu = meta.get("cpu_by_phase", {})
@@ -1136,7 +1099,7 @@ def main() -> int:
         "mode": "quick" if args.quick else "full",
     }
     meta["note"] = (
-        f"{meta['machine']['nproc']} CPU(s) shared by the client, gateway, watchdog, function server "
+        f"{meta['machine']['cores']} CPU(s) shared by the client, gateway, watchdog, function server "
         "and the model (llama.cpp), all on loopback, so every figure includes CPU contention; "
         "functions run with --no-sandbox (no bubblewrap)"
     )

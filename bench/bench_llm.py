@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,12 @@ from typing import Any
 import aiohttp
 
 REPO = Path(__file__).resolve().parent.parent
+for _path in (REPO / "tests", REPO / "tests" / "llm"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+from llm_server import LLMServer  # noqa: E402 - `streamfaas llm` in its own process group, always stopped
+
 CHAT_PATH = "/v1/chat/completions"
 STORY = "Write a long, detailed story about a lighthouse keeper and a storm."
 
@@ -80,20 +86,31 @@ def _text_of(event: bytes) -> str | None:
 
 async def stream_once(
     session: aiohttp.ClientSession,
-    base_url: str,
-    path: str,
-    payload: dict[str, Any],
+    url: str,
     *,
+    json_body: dict[str, Any] | None = None,
+    text_body: str | None = None,
+    text_of: Callable[[bytes], str | None] | None = None,
     stop_after: int | None = None,
 ) -> StreamTiming:
-    """POST a streaming request and time each text chunk; ``stop_after`` N chunks, disconnect."""
+    """POST a streaming request and time each text chunk; after ``stop_after`` chunks, drop
+    the connection. ``text_of`` reads one SSE line (OpenAI chunks by default); an
+    ``event: error`` raises."""
+    read = text_of or _text_of
     timing = StreamTiming()
     started = time.perf_counter()
-    async with session.post(base_url + path, json=payload) as resp:
+    kwargs: dict[str, Any] = {"json": json_body} if json_body is not None else {"data": text_body}
+    async with session.post(url, **kwargs) as resp:
         if resp.status != 200:
-            raise RuntimeError(f"{path}: HTTP {resp.status}: {(await resp.text())[:200]}")
+            raise RuntimeError(f"{url}: HTTP {resp.status}: {(await resp.text())[:300]}")
+        error = False
         async for line in resp.content:
-            if _text_of(line) is None:
+            if error and line.startswith(b"data:"):
+                raise RuntimeError(f"{url}: error event: {line[5:].strip()[:300]!r}")
+            if line.startswith(b"event: error"):
+                error = True
+                continue
+            if read(line) is None:
                 continue
             now = time.perf_counter()
             if not timing.token_times:
@@ -133,7 +150,7 @@ async def measure_ttft(
             body = json.loads(json.dumps(payload))
             if "messages" in body:
                 body["messages"][-1]["content"] += f" (request {run})"
-            timing = await stream_once(session, base_url, path, body)
+            timing = await stream_once(session, base_url + path, json_body=body)
             ttfts.append(timing.ttft)
     return {"ttft_ms": _summary(ttfts, 1000.0)}
 
@@ -158,7 +175,7 @@ async def measure_throughput(
             started = time.perf_counter()
             timings = await asyncio.gather(
                 *(
-                    stream_once(session, base_url, path, {**payload, "seed": index})
+                    stream_once(session, base_url + path, json_body={**payload, "seed": index})
                     for index in range(concurrency)
                 )
             )
@@ -202,7 +219,7 @@ async def measure_disconnect_stop(
 
         for _ in range(runs):
             before = await stats()
-            await stream_once(session, base_url, path, payload, stop_after=read_tokens)
+            await stream_once(session, base_url + path, json_body=payload, stop_after=read_tokens)
             closed = time.perf_counter()
             deadline = closed + 5.0
             while True:
@@ -227,64 +244,10 @@ async def measure_disconnect_stop(
     }
 
 
-class ModelServer:
-    """`python -m streamfaas.llm --port 0` for the benchmark, always stopped."""
-
-    def __init__(self, *args: str) -> None:
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-
-    def __enter__(self) -> ModelServer:
-        tmp = Path(tempfile.mkdtemp(prefix="bench-llm-"))
-        port_file = tmp / "port"
-        env = dict(
-            os.environ,
-            PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-        )
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamfaas.llm",
-                "--port",
-                "0",
-                "--port-file",
-                str(port_file),
-                *self.args,
-            ],
-            stdout=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                raise RuntimeError("the model server did not start")
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{port_file.read_text().strip()}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
-
-
 async def run_all(base_url: str, stats_url: str, args: argparse.Namespace) -> dict[str, Any]:
     # Warm up: the first request pays for llama.cpp's graph allocation.
     async with aiohttp.ClientSession() as session:
-        await stream_once(session, base_url, CHAT_PATH, chat_payload("Hello", 8))
+        await stream_once(session, base_url + CHAT_PATH, json_body=chat_payload("Hello", 8))
     results: dict[str, Any] = {}
     results["ttft"] = await measure_ttft(
         base_url, CHAT_PATH, chat_payload("Say hello in one short sentence.", 8), runs=args.runs
@@ -361,7 +324,8 @@ def main() -> int:
         results = asyncio.run(run_all(base, args.stats_url or base + "/v1/stats", args))
         meta["target"] = base
     else:
-        with ModelServer("--parallel", str(args.parallel)) as server:
+        server = LLMServer(Path(tempfile.mkdtemp(prefix="bench-llm-")), "--parallel", str(args.parallel)).start()
+        with contextlib.closing(server):
             results = asyncio.run(run_all(server.url, server.url + "/v1/stats", args))
         meta["target"] = (
             f"streamfaas llm (bundled SmolLM2-135M-Instruct, --parallel {args.parallel})"
