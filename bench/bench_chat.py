@@ -60,7 +60,14 @@ for _path in (REPO / "bench", REPO / "tests", REPO / "tests" / "llm"):
 
 from llm_server import LLMServer  # noqa: E402 - `streamfaas llm` in its own process group
 
-from bench_llm import STORY, StreamTiming, _summary, _text_of, chat_payload  # noqa: E402
+from bench_llm import (  # noqa: E402
+    STORY,
+    StreamTiming,
+    _summary,
+    _text_of,
+    chat_payload,
+    wait_generation_stopped,  # noqa: E402
+)
 from bench_llm import stream_once as llm_stream_once  # noqa: E402
 from benchlib import machine  # noqa: E402
 from platform_fixture import Platform, descendants  # noqa: E402 - a real gateway subprocess
@@ -294,20 +301,7 @@ async def measure_disconnect(
         async def one(name: str, run: int) -> tuple[float, float | None, int]:
             before = await idle()
             await targets[name].stream(session, STORY, seed=run, stop_after=READ_BEFORE_CLOSE)
-            closed = time.perf_counter()
-            deadline = closed + 5.0
-            while True:
-                after = await stats()
-                if (
-                    after["active_generations"] == 0
-                    and after["cancelled_total"] > before["cancelled_total"]
-                    and not after.get("slots_busy")
-                ):
-                    observed = time.perf_counter() - closed
-                    break
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"{name}: generation did not stop within 5 s: {after}")
-                await asyncio.sleep(0.001)
+            observed, after = await wait_generation_stopped(stats, before, time.perf_counter(), what=name)
             server = after.get("last_cancel_to_stop_ms")
             generated = after["tokens_generated_total"] - before["tokens_generated_total"]
             return (

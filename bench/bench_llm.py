@@ -24,7 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,25 @@ def _text_of(event: bytes) -> str | None:
     choice = choices[0]
     text = choice.get("delta", {}).get("content") if "delta" in choice else choice.get("text")
     return text or None
+
+
+async def wait_generation_stopped(
+    stats: Callable[[], Awaitable[dict[str, Any]]], before: dict[str, Any], closed: float, what: str = "generation"
+) -> tuple[float, dict[str, Any]]:
+    """Poll the model's stats until the cancelled request's generation has stopped; returns
+    the seconds since ``closed`` (the client's close) and the stats at that moment."""
+    deadline = closed + 5.0
+    while True:
+        after = await stats()
+        if (
+            after["active_generations"] == 0
+            and after["cancelled_total"] > before["cancelled_total"]
+            and not after.get("slots_busy")  # llama.cpp's own view: no slot decoding
+        ):
+            return time.perf_counter() - closed, after
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"{what} did not stop within 5 s: {after}")
+        await asyncio.sleep(0.001)
 
 
 async def stream_once(
@@ -220,19 +239,8 @@ async def measure_disconnect_stop(
         for _ in range(runs):
             before = await stats()
             await stream_once(session, base_url + path, json_body=payload, stop_after=read_tokens)
-            closed = time.perf_counter()
-            deadline = closed + 5.0
-            while True:
-                after = await stats()
-                if (
-                    after["active_generations"] == 0
-                    and after["cancelled_total"] > before["cancelled_total"]
-                    and not after.get("slots_busy")  # llama.cpp's own view: no slot decoding
-                ):
-                    observed.append(time.perf_counter() - closed)
-                    break
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"generation did not stop within 5 s: {after}")
+            seconds, after = await wait_generation_stopped(stats, before, time.perf_counter())
+            observed.append(seconds)
             if after.get("last_cancel_to_stop_ms") is not None:
                 server.append(after["last_cancel_to_stop_ms"] / 1000.0)
             generated = after["tokens_generated_total"] - before["tokens_generated_total"]

@@ -10,8 +10,7 @@ import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from ..config import parse_bool
-from ..errors import ConfigError, StreamfaasError, Unauthorized
+from ..errors import StreamfaasError, Unauthorized
 from ..proxy import (
     StreamLimits,
     UpstreamUnreachable,
@@ -83,7 +82,7 @@ async def _proxy(
     headers["X-Call-Id"] = call_id
     headers["X-Start-Time"] = start_time
     body: bytes | aiohttp.StreamReader | None = None
-    if _buffer_body(record.deployment.envVars):
+    if record.buffer_body:
         body = await request.read()
     elif request.body_exists:
         body = request.content
@@ -115,16 +114,6 @@ async def _proxy(
         finally:
             replica.inflight -= 1
     raise AssertionError("unreachable")
-
-
-def _buffer_body(env: dict[str, str]) -> bool:
-    raw = env.get("buffer_body")
-    if not raw:
-        return False
-    try:
-        return parse_bool(raw, name="buffer_body")
-    except ConfigError:
-        return False
 
 
 def client_session() -> aiohttp.ClientSession:

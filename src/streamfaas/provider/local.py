@@ -16,7 +16,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ..config import parse_duration
+from ..config import parse_bool, parse_duration
 from ..errors import BadRequest, ConfigError, DeployError, FunctionNotFound, FunctionNotReady
 from .images import ImageStore, LocalImage
 from .logs import follow_log
@@ -29,6 +29,15 @@ from .venvs import VenvCache
 # The few variables a function process needs from the platform's environment; nothing else
 # (no credentials) leaks from the gateway into functions.
 _INHERITED_ENV = ("LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def _flag(raw: str | None) -> bool:
+    if not raw:
+        return False
+    try:
+        return parse_bool(raw, name="buffer_body")
+    except ConfigError:
+        return False  # the watchdog reports the bad value; the gateway streams as by default
 
 
 class FunctionRecord:
@@ -45,6 +54,8 @@ class FunctionRecord:
         self._ids = itertools.count(1)
         self._rr = 0
         self.changed = asyncio.Event()
+        # Read once here, not on every request of the hot path.
+        self.buffer_body = _flag(deployment.envVars.get("buffer_body"))
 
     @property
     def name(self) -> str:
