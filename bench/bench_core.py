@@ -24,10 +24,7 @@ import datetime as dt
 import gc
 import os
 import re
-import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,10 +39,25 @@ import uvloop
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 RESULTS = BENCH / "results" / "core.json"
-sys.path[:0] = [str(BENCH), str(REPO / "tests")]
+sys.path.insert(0, str(BENCH))
 
-from benchlib import machine, write_results  # noqa: E402
-from platform_fixture import alive, descendants  # noqa: E402
+from benchlib import (  # noqa: E402
+    CpuMeter,
+    Gateway,
+    cmdline,
+    code_under_test,
+    descendants,
+    fd_count,
+    fd_limit,
+    machine,
+    pct,
+    poll,
+    raise_fd_limit,
+    rss_kb,
+    step,
+    wait_quiet,
+    write_results,
+)
 
 STREAM_FN = "sfstream"  # bench/core_server.py (aiohttp) behind a watchdog
 COLD_FN = "sfcold"  # python3-flask hello
@@ -92,40 +104,6 @@ class Plan:
 # ---- processes ------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def fd_count(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
-
-
-def fd_limit(pid: int) -> int:
-    with open(f"/proc/{pid}/limits") as f:
-        for line in f:
-            if line.startswith("Max open files"):
-                return int(line.split()[3])
-    raise RuntimeError("no fd limit")
-
-
 def function_pids(gateway_pid: int, name: str) -> list[int]:
     """Watchdog and function server processes of one function (found by their environment)."""
     needle = f"STREAMFAAS_FUNCTION={name}".encode()
@@ -138,141 +116,6 @@ def function_pids(gateway_pid: int, name: str) -> list[int]:
         except OSError:
             continue
     return out
-
-
-class CpuMeter:
-    """How much CPU other processes (not this bench and what it started) used, per section.
-
-    The client, gateway, watchdogs and function servers share the machine's cores, so anything
-    else that runs meanwhile skews the figures; the JSON reports it next to each section.
-    """
-
-    def __init__(self) -> None:
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.cores = os.cpu_count() or 1
-        self.sections: dict[str, float] = {}
-
-    def _machine_busy(self) -> float:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return (sum(v[:8]) - v[3] - v[4]) / self.tick  # all but idle and iowait (steal included)
-
-    def _ours(self) -> float:
-        total = 0
-        for pid in {os.getpid(), *descendants(os.getpid())}:
-            fields = _stat_fields(pid)
-            if fields is not None:
-                total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-        return total / self.tick
-
-    def snapshot(self) -> tuple[float, float, float]:
-        return time.monotonic(), self._machine_busy(), self._ours()
-
-    def record(self, name: str, start: tuple[float, float, float]) -> None:
-        wall, busy, ours = (b - a for a, b in zip(start, self.snapshot(), strict=True))
-        self.sections[name] = round(max(busy - ours, 0.0) / (wall * self.cores) * 100, 1)
-
-
-def wait_quiet(limit_s: float, threshold_pct: float = 10.0) -> float:
-    """Wait (at most ``limit_s``) until other processes use under ``threshold_pct`` of the CPUs
-    for one second; returns what they used in the last second sampled."""
-    meter = CpuMeter()
-    deadline = time.monotonic() + limit_s
-    while True:
-        start = meter.snapshot()
-        time.sleep(1.0)
-        meter.record("idle", start)
-        if meter.sections["idle"] < threshold_pct or time.monotonic() > deadline:
-            return meter.sections["idle"]
-
-
-def raise_fd_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-class Gateway:
-    """``streamfaas gateway --port 0 --port-file`` in its own process group, with its replicas."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.auth: aiohttp.BasicAuth | None = None
-        self.orphans: list[int] = []
-
-    def start(self) -> None:
-        port_file = self.state_dir / "gateway.port"
-        log = open(self.state_dir / "gateway.log", "ab")  # noqa: SIM115 - the child holds it
-        try:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "streamfaas.cli",
-                    "--state-dir",
-                    str(self.state_dir),
-                    "gateway",
-                    "--port",
-                    "0",
-                    "--port-file",
-                    str(port_file),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=self.state_dir,
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start; see {self.state_dir / 'gateway.log'}")
-            time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{port_file.read_text().strip()}"
-        password_file = self.state_dir / "auth" / "admin-password"  # basic auth on /system/*
-        if password_file.exists():
-            self.auth = aiohttp.BasicAuth("admin", password_file.read_text().strip())
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        """SIGTERM the gateway's group (it drains and stops its replicas); SIGKILL what is left."""
-        proc = self.proc
-        if proc is None:
-            return
-        below = descendants(proc.pid)
-        if proc.poll() is None:
-            _killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                _killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        self.proc = None
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in below) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self.orphans = [p for p in below if alive(p)]
-        for pid in self.orphans:  # each replica runs in its own process group
-            _killpg(pid, signal.SIGKILL)
-
-
-def _killpg(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-# ---- functions ------------------------------------------------------------------------------
 
 
 def build_images(state_dir: Path, work: Path) -> None:
@@ -310,6 +153,10 @@ def deployment(name: str, version: str = "") -> dict[str, Any]:
         body["envProcess"] = "python function/core_server.py"
     if version:
         body["envVars"]["BENCH_VERSION"] = version
+    if os.environ.get("PYTHONPATH"):
+        # Measuring another checkout: before issue 9 a deployment's envVars reached the watchdog
+        # (now they reach the function process only, and the watchdog runs with ``-I``).
+        body["envVars"]["PYTHONPATH"] = os.environ["PYTHONPATH"]
     return body
 
 
@@ -347,41 +194,57 @@ class Api:
         return await self.available(name) >= replicas
 
 
-async def poll(
-    check: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.02
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(interval)
+Endpoint = tuple[aiohttp.ClientSession, str]  # a session and the base URL to use with it
 
 
-def function_urls(state_dir: Path, name: str) -> list[str]:
-    """The function servers' own URLs, from the watchdogs' "function NAME ready at URL" lines."""
-    text = (state_dir / "logs" / f"{name}.log").read_text(errors="replace")
-    found = re.findall(rf"function {re.escape(name)} ready at (http://127\.0\.0\.1:\d+)", text)
-    return list(dict.fromkeys(found))
+class FunctionServers:
+    """One function's servers, reached around the gateway and the watchdog.
+
+    Where each listens comes from its watchdog's "function NAME ready at ADDRESS" log line:
+    ``http://127.0.0.1:PORT``, or ``unix:PATH`` since replicas stopped listening on TCP
+    (issue 9); a socket gets a session of its own. Accepting both lets one bench measure either.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, state_dir: Path, name: str) -> None:
+        self.session = session
+        self.log = state_dir / "logs" / f"{name}.log"
+        self.ready = re.compile(
+            rf"function {re.escape(name)} ready at (http://127\.0\.0\.1:\d+|unix:\S+)"
+        )
+        self.unix: dict[str, aiohttp.ClientSession] = {}
+
+    def addresses(self) -> list[str]:
+        return list(dict.fromkeys(self.ready.findall(self.log.read_text(errors="replace"))))
+
+    def endpoint(self, address: str) -> Endpoint:
+        if not address.startswith("unix:"):
+            return self.session, address
+        path = address.removeprefix("unix:")
+        if path not in self.unix:
+            self.unix[path] = client_session(aiohttp.UnixConnector(path=path, limit=0))
+        return self.unix[path], "http://localhost"
+
+    async def live(self) -> list[Endpoint]:
+        live = []
+        for session, base in map(self.endpoint, self.addresses()):
+            try:
+                timeout = aiohttp.ClientTimeout(total=2)
+                async with session.get(base + "/stats", timeout=timeout) as r:
+                    if r.status == 200:
+                        live.append((session, base))
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                continue
+        return live
+
+    async def close(self) -> None:
+        for session in self.unix.values():
+            await session.close()
 
 
-async def live_function_urls(
-    session: aiohttp.ClientSession, state_dir: Path, name: str
-) -> list[str]:
-    live = []
-    for url in function_urls(state_dir, name):
-        try:
-            async with session.get(url + "/stats", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                if r.status == 200:
-                    live.append(url)
-        except (aiohttp.ClientError, TimeoutError):
-            continue
-    return live
-
-
-async def open_streams(session: aiohttp.ClientSession, urls: list[str]) -> int:
+async def open_streams(servers: list[Endpoint]) -> int:
     total = 0
-    for url in urls:
-        async with session.get(url + "/stats") as r:
+    for session, base in servers:
+        async with session.get(base + "/stats") as r:
             total += int((await r.json())["open"])
     return total
 
@@ -389,16 +252,9 @@ async def open_streams(session: aiohttp.ClientSession, urls: list[str]) -> int:
 # ---- measuring ------------------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def client_session() -> aiohttp.ClientSession:
+def client_session(connector: aiohttp.BaseConnector | None = None) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+        connector=connector or aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         auto_decompress=False,
         skip_auto_headers=("Accept-Encoding", "User-Agent"),
@@ -457,15 +313,15 @@ async def delay_round(session: aiohttp.ClientSession, base: str, plan: Plan) -> 
 
 
 async def measure_delay(
-    session: aiohttp.ClientSession, gateway: str, direct: str, plan: Plan
+    session: aiohttp.ClientSession, gateway: str, direct: Endpoint, plan: Plan
 ) -> dict[str, Any]:
     through_url = f"{gateway}/function/{STREAM_FN}"
     warm = Plan(quick=True, delay_seconds=1.0)
-    await delay_round(session, direct, warm)
+    await delay_round(*direct, warm)
     await delay_round(session, through_url, warm)
     lags: dict[str, list[int]] = {"direct": [], "through": []}
     for _ in range(plan.delay_rounds):
-        lags["direct"] += await delay_round(session, direct, plan)
+        lags["direct"] += await delay_round(*direct, plan)
         lags["through"] += await delay_round(session, through_url, plan)
     ms = {k: [v / 1e6 for v in vals] for k, vals in lags.items()}
     out: dict[str, Any] = {
@@ -501,12 +357,12 @@ async def burst_run(session: aiohttp.ClientSession, base: str, streams: int, pla
 
 
 async def measure_burst(
-    session: aiohttp.ClientSession, gateway: str, direct: str, plan: Plan
+    session: aiohttp.ClientSession, gateway: str, direct: Endpoint, plan: Plan
 ) -> dict[str, Any]:
     through_url = f"{gateway}/function/{STREAM_FN}"
     out: dict[str, Any] = {"event_bytes": plan.burst_size, "seconds": plan.burst_seconds}
     for streams in plan.burst_streams:
-        d = await burst_run(session, direct, streams, plan)
+        d = await burst_run(*direct, streams, plan)
         t = await burst_run(session, through_url, streams, plan)
         out[f"streams_{streams}"] = {
             "direct_eps": round(d),
@@ -519,7 +375,7 @@ async def measure_burst(
 async def hold_level(
     session: aiohttp.ClientSession,
     gw: Gateway,
-    fn_urls: list[str],
+    servers: list[Endpoint],
     requested: int,
     idle_rss: int,
     plan: Plan,
@@ -572,7 +428,7 @@ async def hold_level(
                 counts["ended_early"] += 1
 
     watchdogs = [
-        p for p in function_pids(gw.pid, STREAM_FN) if b"streamfaas.watchdog" in _cmdline(p)
+        p for p in function_pids(gw.pid, STREAM_FN) if b"streamfaas.watchdog" in cmdline(p)
     ]
     if wd_idle is None:
         wd_idle = sum(rss_kb(p) for p in watchdogs)
@@ -603,9 +459,7 @@ async def hold_level(
         await asyncio.gather(*tasks, return_exceptions=True)
     # The client has gone: every hop must let go of its streams.
     t1 = time.monotonic()
-    await poll(
-        lambda: _none_open(session, fn_urls), 60, "function servers to close their streams", 0.1
-    )
+    await poll(lambda: _none_open(servers), 60, "function servers to close their streams", 0.1)
     close_s = time.monotonic() - t1
     lags_ms = [v / 1e6 for v in rec.lags]
     rss = max(rss_samples)
@@ -629,32 +483,24 @@ async def hold_level(
     }
 
 
-async def _none_open(session: aiohttp.ClientSession, urls: list[str]) -> bool:
-    return await open_streams(session, urls) == 0
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
+async def _none_open(servers: list[Endpoint]) -> bool:
+    return await open_streams(servers) == 0
 
 
 async def measure_hold(
-    session: aiohttp.ClientSession, api: Api, gw: Gateway, state_dir: Path, plan: Plan
+    session: aiohttp.ClientSession, api: Api, gw: Gateway, servers: FunctionServers, plan: Plan
 ) -> dict[str, Any]:
     if plan.hold_replicas > 1:
         await api.scale(STREAM_FN, plan.hold_replicas)
         await api.wait_ready(STREAM_FN, plan.hold_replicas)
-    urls = await live_function_urls(session, state_dir, STREAM_FN)
+    urls = await servers.live()
     # A few streams first, so that what the first stream allocates once is in the idle figure.
     await delay_round(
         session, f"{gw.url}/function/{STREAM_FN}", Plan(quick=True, delay_seconds=0.3)
     )
     await asyncio.sleep(0.5)
     idle = rss_kb(gw.pid)
-    wd_pids = [p for p in function_pids(gw.pid, STREAM_FN) if b"streamfaas.watchdog" in _cmdline(p)]
+    wd_pids = [p for p in function_pids(gw.pid, STREAM_FN) if b"streamfaas.watchdog" in cmdline(p)]
     wd_idle = sum(rss_kb(p) for p in wd_pids)
     levels = []
     for n in plan.hold_levels:
@@ -741,60 +587,69 @@ async def measure_redeploy(
 
 async def run_all(gw: Gateway, state_dir: Path, plan: Plan) -> dict[str, Any]:
     async with client_session() as session:
-        api = Api(session, gw)
-        t0 = time.monotonic()
-        await api.deploy(deployment(STREAM_FN))
-        await api.deploy(deployment(COLD_FN))
-        await api.deploy(deployment(REDEPLOY_FN, "v0"))  # builds its venv (pip, offline)
-        venv_build_s = time.monotonic() - t0
-        for name in (STREAM_FN, COLD_FN, REDEPLOY_FN):
-            await api.wait_ready(name)
-        direct = (await live_function_urls(session, state_dir, STREAM_FN))[0]
-        gc.collect()
-        gc.freeze()
-        # The local provider runs function servers under bubblewrap when it can.
-        sandboxed = any(
-            _cmdline(p).split(b"\0", 1)[0].endswith(b"bwrap") for p in descendants(gw.pid)
-        )
-        sections: list[tuple[str, str, Callable[[], Awaitable[dict[str, Any]]]]] = [
-            (
-                "added_delay",
-                "1/5 added delay, 100 streams",
-                lambda: measure_delay(session, gw.url, direct, plan),
-            ),
-            (
-                "throughput",
-                "3/5 back-to-back events/s",
-                lambda: measure_burst(session, gw.url, direct, plan),
-            ),
-            (
-                "streams_held",
-                f"2/5 streams held: {', '.join(map(str, plan.hold_levels))}",
-                lambda: measure_hold(session, api, gw, state_dir, plan),
-            ),
-            ("cold_start", "4/5 cold start", lambda: measure_cold(session, api, gw, plan)),
-            (
-                "redeploy",
-                "5/5 redeploy",
-                lambda: measure_redeploy(session, api, gw, state_dir, plan, venv_build_s),
-            ),
-        ]
-        results: dict[str, Any] = {}
-        meter = CpuMeter()
-        for key, title, measure in sections:
-            step(title)
-            start = meter.snapshot()
-            results[key] = await measure()
-            meter.record(key, start)
-            if meter.sections[key] > 10:
-                step(f"warning: other processes used {meter.sections[key]}% of the CPUs meanwhile")
-        results["other_cpu_pct"] = meter.sections
-        results["functions_sandboxed"] = sandboxed
-        return results
+        servers = FunctionServers(session, state_dir, STREAM_FN)
+        try:
+            return await run_sections(session, servers, gw, state_dir, plan)
+        finally:
+            await servers.close()
 
 
-def step(text: str) -> None:
-    print(f"  … {text}", file=sys.stderr, flush=True)
+async def run_sections(
+    session: aiohttp.ClientSession,
+    servers: FunctionServers,
+    gw: Gateway,
+    state_dir: Path,
+    plan: Plan,
+) -> dict[str, Any]:
+    api = Api(session, gw)
+    t0 = time.monotonic()
+    await api.deploy(deployment(STREAM_FN))
+    await api.deploy(deployment(COLD_FN))
+    await api.deploy(deployment(REDEPLOY_FN, "v0"))  # builds its venv (pip, offline)
+    venv_build_s = time.monotonic() - t0
+    for name in (STREAM_FN, COLD_FN, REDEPLOY_FN):
+        await api.wait_ready(name)
+    direct = (await servers.live())[0]
+    gc.collect()
+    gc.freeze()
+    # The local provider runs function servers under bubblewrap when it can.
+    sandboxed = any(cmdline(p).split(b"\0", 1)[0].endswith(b"bwrap") for p in descendants(gw.pid))
+    sections: list[tuple[str, str, Callable[[], Awaitable[dict[str, Any]]]]] = [
+        (
+            "added_delay",
+            "1/5 added delay, 100 streams",
+            lambda: measure_delay(session, gw.url, direct, plan),
+        ),
+        (
+            "throughput",
+            "3/5 back-to-back events/s",
+            lambda: measure_burst(session, gw.url, direct, plan),
+        ),
+        (
+            "streams_held",
+            f"2/5 streams held: {', '.join(map(str, plan.hold_levels))}",
+            lambda: measure_hold(session, api, gw, servers, plan),
+        ),
+        ("cold_start", "4/5 cold start", lambda: measure_cold(session, api, gw, plan)),
+        (
+            "redeploy",
+            "5/5 redeploy",
+            lambda: measure_redeploy(session, api, gw, state_dir, plan, venv_build_s),
+        ),
+    ]
+    results: dict[str, Any] = {}
+    meter = CpuMeter()
+    for key, title, measure in sections:
+        step(title)
+        start = meter.snapshot()
+        results[key] = await measure()
+        meter.record(key, start)
+        if meter.sections[key] > 10:
+            step(f"warning: other processes used {meter.sections[key]}% of the CPUs meanwhile")
+    results["other_cpu_pct"] = meter.sections
+    results["functions_sandboxed"] = sandboxed
+    results["function_server_address"] = servers.addresses()[0].split(":", 1)[0]
+    return results
 
 
 def verdicts(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -905,6 +760,10 @@ def main() -> int:
     parser.add_argument(
         "--keep-state", action="store_true", help="keep the state directory (logs) afterwards"
     )
+    parser.add_argument(
+        "--no-sandbox", action="store_true", help="start the gateway with --no-sandbox"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"default {RESULTS}")
     args = parser.parse_args()
     plan = Plan.make(args.quick)
     nofile = raise_fd_limit()  # the gateway and its replicas inherit it
@@ -913,13 +772,15 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="streamfaas-bench-"))
     state_dir = tmp / "state"
     state_dir.mkdir()
-    gw = Gateway(state_dir)
+    gw = Gateway(state_dir, *(["--no-sandbox"] if args.no_sandbox else []))
+    code = code_under_test()
     results: dict[str, Any] | None = None
     try:
         build_images(state_dir, tmp)
         gw.start()
         print(
-            f"bench_core: gateway {gw.url} (state {state_dir}, RLIMIT_NOFILE {nofile})",
+            f"bench_core: gateway {gw.url} (state {state_dir}, RLIMIT_NOFILE {nofile}),"
+            f" streamfaas from {code['streamfaas']} ({code['commit']}{'+dirty' if code['dirty'] else ''})",
             file=sys.stderr,
         )
         results = uvloop.run(run_all(gw, state_dir, plan))
@@ -941,13 +802,14 @@ def main() -> int:
         "quick": plan.quick,
         "duration_s": round(time.monotonic() - started, 1),
         "machine": machine(aiohttp=aiohttp.__version__, uvloop=uvloop.__version__),
+        "code": code,
         "rlimit_nofile": nofile,
         "other_cpu_pct_at_start": other_at_start,
         "orphans": len(gw.orphans),
         "targets": rows,
         "results": results,
     }
-    write_results(RESULTS, out)
+    write_results(args.out, out)
     return 0
 
 

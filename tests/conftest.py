@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,3 +32,50 @@ def shared_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         yield p
     finally:
         p.close()
+
+
+# ---- no silent skips in CI ----------------------------------------------------------------------
+# Under CI=true a missing prerequisite fails the run instead of skipping its tests. A skip that
+# is expected even in CI must be listed here, with its reason.
+CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+ALLOWED_CI_SKIPS: dict[str, str] = {
+    "test_secrets_of_a_root_platform_belong_to_the_function_uid": "only when the tests do not run as root",
+}
+
+
+def _prerequisites() -> list[str]:
+    from streamfaas.sandbox import bwrap_path
+
+    missing = []
+    if shutil.which("nats-server") is None:
+        missing.append("nats-server (apt-get install nats-server)")
+    if not Path("/usr/bin/chromium").exists():
+        missing.append("/usr/bin/chromium (apt-get install chromium chromium-driver)")
+    if bwrap_path() is None:
+        missing.append("a working bwrap (apt-get install bubblewrap; user namespaces allowed)")
+    return missing
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if CI:
+        missing = _prerequisites()
+        if missing:
+            raise pytest.UsageError("CI=true but prerequisites are missing: " + "; ".join(missing))
+
+
+_skipped_in_ci: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if CI and report.skipped and not hasattr(report, "wasxfail"):
+        name = report.nodeid.split("::")[-1].split("[")[0]
+        if name not in ALLOWED_CI_SKIPS:
+            _skipped_in_ci.append(f"{report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if CI and _skipped_in_ci:
+        print("\nCI=true: these tests were skipped, which CI does not allow:", file=sys.stderr)
+        for line in _skipped_in_ci:
+            print("  " + line, file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

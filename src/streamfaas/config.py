@@ -6,6 +6,7 @@ function's stack.yaml carries over unchanged.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -24,6 +25,8 @@ def parse_duration(text: str | float | int, *, name: str = "duration") -> float:
     Returns seconds. ``0`` means "no limit" wherever a duration is a limit.
     """
     if isinstance(text, int | float):
+        if not math.isfinite(text):
+            raise ConfigError(f"{name}: invalid duration {text!r}")
         if text < 0:
             raise ConfigError(f"{name}: must not be negative, got {text}")
         return float(text)
@@ -35,6 +38,8 @@ def parse_duration(text: str | float | int, *, name: str = "duration") -> float:
     except ValueError:
         pass
     else:
+        if not math.isfinite(seconds):  # float() takes "nan" and "inf"; neither is a duration
+            raise ConfigError(f"{name}: invalid duration {value!r} (use a number of seconds, e.g. 60)")
         if seconds < 0:
             raise ConfigError(f"{name}: must not be negative, got {value!r}")
         return seconds
@@ -78,6 +83,10 @@ def default_state_dir() -> Path:
     return Path(base) / "streamfaas"
 
 
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
+DEFAULT_READ_TIMEOUT = 60.0
+
+
 @dataclass(frozen=True)
 class WatchdogConfig:
     """Settings of one watchdog (one function replica), from its environment."""
@@ -88,12 +97,13 @@ class WatchdogConfig:
     host: str = "127.0.0.1"
     listen_fd: int | None = None
     ready_fd: int | None = None
-    read_timeout: float = 60.0
+    read_timeout: float = DEFAULT_READ_TIMEOUT
     write_timeout: float = 600.0
     exec_timeout: float = 600.0
     idle_timeout: float = 120.0
     ready_timeout: float = 60.0
     buffer_body: bool = False
+    max_body: int = DEFAULT_MAX_BODY  # enforced by the gateway; read here so a bad value shows in the log
     max_inflight: int = 0
     healthcheck_interval: float = 5.0
     drain_timeout: float = 30.0
@@ -117,12 +127,13 @@ class WatchdogConfig:
             host=env.get("STREAMFAAS_WATCHDOG_HOST", "127.0.0.1"),
             listen_fd=parse_int(listen_fd, name="STREAMFAAS_LISTEN_FD") if listen_fd else None,
             ready_fd=parse_int(ready_fd, name="STREAMFAAS_READY_FD") if ready_fd else None,
-            read_timeout=duration("read_timeout", 60.0),
+            read_timeout=duration("read_timeout", DEFAULT_READ_TIMEOUT),
             write_timeout=duration("write_timeout", 600.0),
             exec_timeout=duration("exec_timeout", 600.0),
             idle_timeout=duration("idle_timeout", 120.0),
             ready_timeout=duration("ready_timeout", 60.0),
             buffer_body=parse_bool(env.get("buffer_body", "false"), name="buffer_body"),
+            max_body=parse_size(env.get("max_body") or DEFAULT_MAX_BODY, name="max_body"),
             max_inflight=parse_int(env.get("max_inflight", "0"), name="max_inflight"),
             healthcheck_interval=duration("healthcheck_interval", 5.0),
             drain_timeout=duration("drain_timeout", 30.0),
@@ -145,6 +156,29 @@ def parse_size(text: str | int, *, name: str = "size") -> int:
     if match is None:
         raise ConfigError(f"{name}: invalid size {text!r} (use bytes or a unit, e.g. 512KiB, 1MiB)")
     return int(float(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()])
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """What the gateway holds a function's request bodies to (its ``max_body`` and ``read_timeout``)."""
+
+    max_body: int = DEFAULT_MAX_BODY  # a bigger body gets 413; 0: no limit
+    read_timeout: float = DEFAULT_READ_TIMEOUT  # to receive a buffered body, else 408; 0: none
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> BodyLimits:
+        """Lenient: a bad value keeps its default here, and the watchdog, which reads the same
+        settings strictly, reports it and keeps the replica unready."""
+        limits = cls()
+        try:
+            max_body = parse_size(env.get("max_body") or limits.max_body, name="max_body")
+        except ConfigError:
+            max_body = limits.max_body
+        try:
+            read_timeout = parse_duration(env.get("read_timeout") or limits.read_timeout, name="read_timeout")
+        except ConfigError:
+            read_timeout = limits.read_timeout
+        return cls(max_body=max_body, read_timeout=read_timeout)
 
 
 @dataclass(frozen=True)
@@ -190,3 +224,5 @@ class GatewayConfig:
     auth_user: str = "admin"
     auth_password_file: Path | None = None
     sandbox: bool = True
+    header_timeout: float = 10.0  # a connection's request head must arrive within this; 0: no limit
+    keepalive_timeout: float = 75.0  # an idle kept-alive connection is closed after this

@@ -78,6 +78,12 @@ class PayloadTooLarge(StreamfaasError):
     http_status = 413
 
 
+class RequestTimeout(StreamfaasError):
+    """The client did not send its request body in time."""
+
+    http_status = 408
+
+
 class GatewayUnreachable(StreamfaasError):
     """The CLI could not reach the gateway."""
 

@@ -13,11 +13,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from aiohttp import (
+    BaseConnector,
     ClientConnectorError,
     ClientError,
     ClientResponse,
     ClientSession,
     ClientTimeout,
+    DummyCookieJar,
     StreamReader,
     hdrs,
     web,
@@ -56,6 +58,17 @@ class StreamTimeout(StreamfaasError):
     """The stream was stopped by the idle or the total limit."""
 
     http_status = 504
+
+
+def client_session(connector: BaseConnector) -> ClientSession:
+    """A session for proxying: no decompression, no cookies, and the client's headers passed
+    as they are (no Accept-Encoding, User-Agent, Content-Type or Accept added)."""
+    return ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=DummyCookieJar(),
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type", "Accept"),
+    )
 
 
 def forward_headers(

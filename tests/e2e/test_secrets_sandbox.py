@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from platform_fixture import Platform
-from streamfaas.provider.sandbox import bwrap_path
+from streamfaas.sandbox import bwrap_path
 
 pytestmark = pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not usable here; .ci/run installs it")
 

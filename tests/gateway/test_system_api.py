@@ -87,7 +87,8 @@ def test_info_namespaces_and_empty_lists(shared_platform: Platform) -> None:
     ],
 )
 def test_error_paths(shared_platform: Platform, method: str, path: str, body: bytes | None, status: int, needle: str) -> None:
-    r = shared_platform.http.request(method, shared_platform.url + path, content=body)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    r = shared_platform.http.request(method, shared_platform.url + path, content=body, headers=headers)
     assert r.status_code == status, r.text
     assert needle in r.text
     assert r.text.count("\n") == 1 and "Traceback" not in r.text

@@ -112,7 +112,7 @@ def test_private_function_needs_its_token_to_queue_and_still_runs(gateway: Platf
     r = submit(gateway, "hidden", b"secret work", callback=receiver.url, headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 202
     call_id = r.headers["X-Call-Id"]
-    # The caller's token is not stored; the worker runs the job with the platform's own credentials,
+    # The caller's token is not stored; the worker runs the job with the function's own token,
     # which the gateway does not pass on to the function.
     receiver.wait_all([call_id], timeout=30)
     [callback] = receiver.of(call_id)

@@ -1,5 +1,9 @@
 """Where the CLI keeps gateway credentials: faas-cli's own file (``~/.openfaas/config.yml``,
-or ``$OPENFAAS_CONFIG/config.yml``), so one ``login`` serves both tools."""
+or ``$OPENFAAS_CONFIG/config.yml``), so one ``login`` serves both tools.
+
+Without a login, the admin password in the local state directory goes to one gateway only: the
+one that owns that directory, as it recorded on start. A stack.yaml or flag naming any other
+server gets no credentials from here."""
 
 from __future__ import annotations
 
@@ -7,12 +11,15 @@ import base64
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 
 from ..errors import ConfigError
 
 ADMIN_PASSWORD = Path("auth") / "admin-password"
+GATEWAY_URL = Path("auth") / "gateway-url"  # written by the gateway that owns the state directory
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def config_file() -> Path:
@@ -70,8 +77,8 @@ def forget(gateway: str) -> bool:
 
 
 def lookup(gateway: str, state_dir: Path) -> tuple[str, str] | None:
-    """Stored credentials for this gateway; else, on the gateway's own machine, the admin
-    password file in the state directory (readable only by the user who runs the gateway)."""
+    """Stored credentials for this gateway; else, when it is the gateway that owns
+    ``state_dir``, the admin password file there (readable only by the user who runs it)."""
     for entry in _load(config_file()).get("auths") or []:
         if _normalise(str(entry.get("gateway", ""))) == _normalise(gateway) and entry.get("auth") == "basic":
             try:
@@ -79,8 +86,30 @@ def lookup(gateway: str, state_dir: Path) -> tuple[str, str] | None:
             except ValueError:
                 raise ConfigError(f"{config_file()}: the stored token for {gateway} is damaged; log in again") from None
             return user, password
+    if not owns_state_dir(gateway, state_dir):
+        return None
     try:
         password = (state_dir / ADMIN_PASSWORD).read_text().strip()
     except OSError:
         return None
     return ("admin", password) if password else None
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    try:
+        parts = urlsplit(url.strip())
+        scheme = parts.scheme.lower()
+        return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS[scheme]
+    except (ValueError, KeyError):
+        return None
+
+
+def owns_state_dir(gateway: str, state_dir: Path) -> bool:
+    """Whether ``gateway`` is the gateway that recorded itself in ``state_dir``: same scheme,
+    host and port, exactly (no name resolution: ``localhost`` is not ``127.0.0.1``)."""
+    try:
+        recorded = (state_dir / GATEWAY_URL).read_text().split()
+    except OSError:
+        return False
+    target = _origin(gateway)
+    return target is not None and any(_origin(url) == target for url in recorded)

@@ -26,11 +26,16 @@ from .queue import queue_options
 @click.option("--basic-auth-password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Read the admin password from this file (default: generated into STATE/auth/admin-password).")
 @click.option("--sandbox/--no-sandbox", default=True, show_default=True, help="Run functions in bubblewrap when available.")
+@click.option("--header-timeout", default="10s", show_default=True,
+              help="Close a client connection whose request head is not complete this long after it began (0: no limit).")
+@click.option("--keepalive-timeout", default="75s", show_default=True,
+              help="Close a client connection idle this long between requests (0: close after each response).")
 @queue_options(gateway=True)
 @pass_ctx
 def gateway(ctx: Context, host: str, port: int, state_dir: Path | None, port_file: Path | None,
             upstream_timeout: str, cold_start_timeout: str, auth: bool, basic_auth_user: str,
-            basic_auth_password_file: Path | None, sandbox: bool, queue_config: QueueConfig) -> None:
+            basic_auth_password_file: Path | None, sandbox: bool, header_timeout: str, keepalive_timeout: str,
+            queue_config: QueueConfig) -> None:
     """Run the platform (gateway + local provider) in the foreground."""
     from ..gateway import run
 
@@ -45,6 +50,8 @@ def gateway(ctx: Context, host: str, port: int, state_dir: Path | None, port_fil
         auth_user=basic_auth_user,
         auth_password_file=basic_auth_password_file,
         sandbox=sandbox,
+        header_timeout=parse_duration(header_timeout, name="--header-timeout"),
+        keepalive_timeout=parse_duration(keepalive_timeout, name="--keepalive-timeout"),
         queue=queue_config,
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)

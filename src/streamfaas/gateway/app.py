@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -16,8 +17,9 @@ from ..config import GatewayConfig
 from ..provider import LocalProvider
 from ..ui import add_ui_routes
 from .async_invoke import ASYNC_KEY, add_async_routes, local_url
-from .auth import auth_middleware, load_credentials
-from .invoke import client_session, invoke_function
+from .auth import auth_middleware, forget_gateway_url, load_credentials, record_gateway_url
+from .connection_limits import GatewayRunner
+from .invoke import invoke_function
 from .metrics import metrics_endpoint
 from .state import STATE_KEY, GatewayState
 from .system import add_routes, system_errors
@@ -41,14 +43,12 @@ def create_app(config: GatewayConfig, provider: LocalProvider | None = None) -> 
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[ASYNC_KEY].start()  # first: a wrong queue setting fails before anything starts
-        state.session = client_session()
         await provider.start()
         try:
             yield
         finally:
             await app[ASYNC_KEY].close()  # its worker first: in-flight jobs still need the functions
             await provider.close()
-            await state.session.close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)
@@ -78,6 +78,9 @@ def configure_logging() -> None:
 async def serve(config: GatewayConfig) -> None:
     """Run the gateway until SIGTERM or SIGINT; replicas are drained and stopped on the way out."""
     configure_logging()
+    # Everything the gateway writes (queue, logs, deployments, credentials) is its own alone;
+    # images and venvs, which function uids must read, are opened up explicitly.
+    os.umask(0o077)
     app = create_app(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -85,18 +88,30 @@ async def serve(config: GatewayConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     sock = listening_socket(config.host, config.port)
     port = sock.getsockname()[1]
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    runner = GatewayRunner(
+        app,
+        header_timeout=config.header_timeout,
+        keepalive_timeout=config.keepalive_timeout,
+        handler_cancellation=True,
+        access_log=None,
+    )
     await runner.setup()
+    own_url = ""
     try:
         await web.SockSite(runner, sock, shutdown_timeout=5).start()
         url = f"http://{config.host}:{port}"
+        # Before the port file: whoever waits on it may run the CLI, which reads this record.
+        own_url = local_url(config.host, port)
+        record_gateway_url(config.state_dir, own_url)
         if config.port_file is not None:
             config.port_file.write_text(f"{port}\n")
         print(f"streamfaas gateway listening on {url} (state: {config.state_dir})", flush=True)
-        app[ASYNC_KEY].start_worker(local_url(config.host, port), app[STATE_KEY].credentials)
+        app[ASYNC_KEY].start_worker(local_url(config.host, port))
         await stop.wait()
         print("streamfaas gateway stopping", file=sys.stderr, flush=True)
         # Before the listener closes: the in-process worker's jobs still go through it.
         await app[ASYNC_KEY].stop_worker()
     finally:
+        if own_url:
+            forget_gateway_url(config.state_dir, own_url)
         await runner.cleanup()

@@ -1,19 +1,18 @@
 """``/async-function/{name}[/{path}]`` and ``/system/queue``: accept now, run later, call back.
 
-A request is stored durably (method, path, query, headers minus credentials, body up to
-``max_body``) before the 202 goes out. The queue worker, in this process unless disabled or
-in ``streamfaas queue-worker`` processes, runs it through ``/function/{name}`` like any request.
+A request is stored durably (method, path and query as the caller encoded them, headers minus
+credentials, body up to ``max_body``) before the 202 goes out. The queue worker, in this process
+unless disabled or in ``streamfaas queue-worker`` processes, runs it through ``/function/{name}``
+like any request, with no credential but a private function's own token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-from typing import Any
 
 from aiohttp import web
 from yarl import URL
@@ -23,16 +22,19 @@ from ..errors import BadRequest, FunctionNotFound, PayloadTooLarge
 from ..proxy import forward_headers
 from ..queue import (
     AUTH_HEADERS,
+    FunctionTokens,
     Job,
     JobNotFound,
     JobQueue,
     QueueMetrics,
     QueueUnavailable,
     QueueWorker,
+    check_path,
     open_queue,
 )
-from .auth import Credentials, check_function_access
-from .state import GatewayState, state_of
+from .auth import check_function_access, is_private
+from .state import STATE_KEY, GatewayState, state_of
+from .system import json_body
 
 log = logging.getLogger("streamfaas.gateway")
 _DEPTH_INTERVAL = 1.0  # how often the depth gauge is refreshed
@@ -42,9 +44,10 @@ _NOT_STORED = AUTH_HEADERS | {"x-call-id", "expect"}
 class AsyncInvocations:
     """The gateway's queue, its in-process worker and the depth gauge, started and stopped together."""
 
-    def __init__(self, config: GatewayConfig, metrics: QueueMetrics) -> None:
+    def __init__(self, config: GatewayConfig, metrics: QueueMetrics, tokens: FunctionTokens) -> None:
         self.config = config
         self.metrics = metrics
+        self._tokens = tokens
         self._queue: JobQueue | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._worker_stop = asyncio.Event()
@@ -62,13 +65,13 @@ class AsyncInvocations:
         self._queue = queue
         self._tasks.append(asyncio.create_task(self._refresh_depth(), name="queue-depth"))
 
-    def start_worker(self, gateway_url: str, credentials: Credentials | None) -> None:
-        """Run a queue worker in this process against this gateway (once it listens)."""
+    def start_worker(self, gateway_url: str) -> None:
+        """Run a queue worker in this process against this gateway (once it listens). It never
+        carries the admin's credentials, which would open every route to whoever controls a job:
+        it calls a private function with that function's own token."""
         if not self.config.queue.worker or self._worker is not None:
             return
-        # The admin's credentials let it run private functions; the gateway strips them.
-        auth = (credentials.user, credentials.password) if credentials is not None else None
-        worker = QueueWorker(self.queue, self.config.queue, gateway_url, metrics=self.metrics, auth=auth)
+        worker = QueueWorker(self.queue, self.config.queue, gateway_url, metrics=self.metrics, tokens=self._tokens)
         self._worker = asyncio.create_task(worker.run(self._worker_stop), name="queue-worker")
 
     async def stop_worker(self) -> None:
@@ -149,6 +152,17 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _raw_tail(request: web.Request) -> str:
+    """What followed ``/async-function/NAME``, as the caller encoded it: decoded, an escaped
+    "/" or "?" would change where the call goes."""
+    parts = request.rel_url.raw_path.split("/", 3)  # "", "async-function", NAME[, TAIL]
+    path = "/" + parts[3] if len(parts) > 3 else ""
+    try:
+        return check_path(path)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
 def _check_private(state: GatewayState, request: web.Request, name: str) -> None:
     """A private function takes async calls only from those who may call it synchronously."""
     d = state.provider.record(name).deployment
@@ -163,17 +177,17 @@ async def submit_async(request: web.Request) -> web.Response:
     if not state.provider.has(name):
         raise FunctionNotFound(name)
     _check_private(state, request, name)
+    path = _raw_tail(request)
     callback = _callback_url(request.headers.get("X-Callback-Url"))
     call_id = _call_id(request.headers.get("X-Call-Id"))
     body = await _read_body(request, state.config.queue.max_body)
     headers = forward_headers(request.headers, drop=_NOT_STORED)
-    tail = request.match_info.get("tail")
     job = Job(
         call_id=call_id,
         function=name,
         method=request.method,
-        path="" if tail is None else "/" + tail,
-        query=request.query_string,
+        path=path,
+        query=request.rel_url.raw_query_string,
         headers=tuple(headers.items()),
         body=body,
         callback_url=callback,
@@ -181,6 +195,15 @@ async def submit_async(request: web.Request) -> web.Response:
     await invocations.queue.submit(job)
     invocations.metrics.submitted.labels(function_name=name).inc()
     return web.Response(status=202, headers={"X-Call-Id": call_id, "X-Start-Time": str(time.time_ns())})
+
+
+def _private_token(state: GatewayState, name: str) -> str | None:
+    """The in-process worker's credential for a call: a private function's own token."""
+    provider = state.provider
+    if not provider.has(name):
+        return None  # removed since: the gateway answers 404
+    d = provider.record(name).deployment
+    return provider.function_token(name) if is_private(d.labels, d.annotations) else None
 
 
 def _flag(request: web.Request, key: str) -> bool:
@@ -202,13 +225,7 @@ async def list_queue(request: web.Request) -> web.Response:
 
 
 async def retry_queue(request: web.Request) -> web.Response:
-    raw = await request.read()
-    try:
-        data: Any = json.loads(raw) if raw.strip() else {}
-    except ValueError as exc:
-        raise BadRequest(f"invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequest("invalid JSON: expected an object")
+    data = await json_body(request, required=False)
     call_id = data.get("callId")
     retry_all = data.get("all") is True
     if retry_all == bool(call_id) or (call_id is not None and not isinstance(call_id, str)):
@@ -225,7 +242,10 @@ async def purge_queue(request: web.Request) -> web.Response:
 
 
 def add_async_routes(app: web.Application, config: GatewayConfig, metrics: QueueMetrics) -> AsyncInvocations:
-    invocations = AsyncInvocations(config, metrics)
+    async def private_token(name: str) -> str | None:
+        return _private_token(app[STATE_KEY], name)
+
+    invocations = AsyncInvocations(config, metrics, private_token)
     app[ASYNC_KEY] = invocations
     r = app.router
     r.add_post("/async-function/{name}", submit_async)

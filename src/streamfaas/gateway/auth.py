@@ -2,6 +2,10 @@
 
 The admin password is generated on first start into a file only its owner can read (or read
 from a file the operator names). Every comparison runs in constant time.
+
+A browser attaches the admin's cached basic credentials to any request to the gateway, even one
+a page on another site starts, so state-changing ``/system`` calls must also come from the
+gateway's own origin and carry JSON (which a cross-site form cannot send).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -21,6 +26,9 @@ from aiohttp.typedefs import Middleware
 from ..errors import ConfigError, Unauthorized
 
 PASSWORD_FILE = Path("auth") / "admin-password"
+# The URL of the gateway that owns the state directory: the CLI hands the password above only
+# to this exact scheme, host and port.
+GATEWAY_URL_FILE = Path("auth") / "gateway-url"
 # A function is private when this label or annotation is "true"; callers then need the
 # function's token (Bearer) or the admin's basic auth.
 PRIVATE_KEY = "streamfaas.auth/private"
@@ -35,10 +43,11 @@ class Credentials:
     password: str
 
     def matches(self, header: str | None) -> bool:
-        if not header or not header.startswith("Basic "):
+        encoded = _auth_param(header, "basic")
+        if encoded is None:
             return False
         try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             return False
         user, sep, password = decoded.partition(":")
@@ -46,6 +55,17 @@ class Credentials:
         ok_user = hmac.compare_digest(user.encode(), self.user.encode())
         ok_password = hmac.compare_digest(password.encode(), self.password.encode())
         return bool(sep) and ok_user and ok_password
+
+
+def _auth_param(header: str | None, scheme: str) -> str | None:
+    """What follows ``scheme`` in an Authorization header; the scheme's case does not matter
+    (RFC 9110 section 11.1), so ``basic`` and ``BEARER`` count."""
+    if not header:
+        return None
+    name, sep, rest = header.strip().partition(" ")
+    if not sep or name.lower() != scheme:
+        return None
+    return rest.strip()
 
 
 def _write_owner_only(path: Path, text: str) -> None:
@@ -73,14 +93,39 @@ def load_credentials(state_dir: Path, user: str, password_file: Path | None) -> 
     return Credentials(user, password), path
 
 
+def record_gateway_url(state_dir: Path, url: str) -> None:
+    """Say which gateway owns ``state_dir`` (owner-only, replaced whole so a reader never sees
+    half a URL)."""
+    path = state_dir / GATEWAY_URL_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(url + "\n")
+    os.replace(tmp, path)
+
+
+def forget_gateway_url(state_dir: Path, url: str) -> None:
+    """On the way out: whatever takes the port next must not receive the password. Another
+    gateway may have started on the same state directory since; its record stays."""
+    path = state_dir / GATEWAY_URL_FILE
+    try:
+        if path.read_text().strip() == url:
+            path.unlink()
+    except OSError:
+        pass
+
+
 def unauthorized(message: str = "authentication required") -> web.Response:
     return web.Response(status=401, text=message + "\n", headers={"WWW-Authenticate": REALM})
 
 
 def function_token_matches(header: str | None, token: str) -> bool:
-    if not header or not header.startswith("Bearer "):
+    presented = _auth_param(header, "bearer")
+    if presented is None:
         return False
-    return hmac.compare_digest(header[7:].strip().encode(), token.encode())
+    return hmac.compare_digest(presented.encode(), token.encode())
 
 
 def is_private(labels: dict[str, str], annotations: dict[str, str]) -> bool:
@@ -111,12 +156,59 @@ def is_admin_path(path: str) -> bool:
     return path.startswith("/system/") or path == "/system" or path == "/ui" or path.startswith("/ui/")
 
 
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_port(scheme: str, netloc: str) -> tuple[str, int] | None:
+    try:
+        parts = urlsplit(f"{scheme}://{netloc}")
+        port = parts.port or _DEFAULT_PORTS[scheme]
+    except (ValueError, KeyError):
+        return None
+    return (parts.hostname or "", port)
+
+
+def cross_site_reason(request: web.Request) -> str | None:
+    """Why this request looks started by a page on another origin, or None.
+
+    Browsers send ``Sec-Fetch-Site`` and ``Origin`` on such requests and a page cannot forge
+    them; clients that send neither (curl, faas-cli, the streamfaas CLI) are not browsers.
+    ``same-site`` is refused too: another port on the same host is another origin.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.strip().lower() not in {"same-origin", "none"}:
+        return f"refused a {site.strip()} request to the admin API (Sec-Fetch-Site)"
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return None
+    parts = urlsplit(origin.strip())
+    # The scheme is not compared, only used for the default port: behind a TLS-terminating
+    # proxy the browser's https origin reaches the gateway as plain http.
+    if parts.scheme in _DEFAULT_PORTS and parts.path == "":
+        own = _host_port(parts.scheme, request.host)
+        if own is not None and _host_port(parts.scheme, parts.netloc) == own:
+            return None
+    return f"refused a request from origin {origin.strip()!r} to the admin API of {request.host!r}"
+
+
 def auth_middleware(credentials: Credentials | None) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if credentials is not None and is_admin_path(request.path):
-            if not credentials.matches(request.headers.get("Authorization")):
-                return unauthorized()
+        if not is_admin_path(request.path):
+            return await handler(request)
+        changes_state = request.method not in _SAFE_METHODS
+        # Before the password check, so a cross-site page cannot make the browser ask for it.
+        reason = cross_site_reason(request) if changes_state else None
+        if reason is not None:
+            return web.Response(status=403, text=reason + "\n")
+        if credentials is not None and not credentials.matches(request.headers.get("Authorization")):
+            return unauthorized()
+        # A state-changing /system body is JSON. Demanding the JSON media type keeps out HTML
+        # forms and no-cors fetches, whose bodies need no CORS preflight.
+        routed = request.match_info.http_exception is None
+        if changes_state and routed and request.body_exists and request.content_type != "application/json":
+            return web.Response(status=415, text="send the body as JSON, with 'Content-Type: application/json'\n")
         return await handler(request)
 
     return check

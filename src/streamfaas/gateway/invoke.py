@@ -10,7 +10,8 @@ import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from ..errors import StreamfaasError, Unauthorized
+from ..config import BodyLimits
+from ..errors import PayloadTooLarge, RequestTimeout, StreamfaasError, Unauthorized
 from ..proxy import (
     StreamLimits,
     UpstreamUnreachable,
@@ -23,6 +24,11 @@ from .auth import check_function_access
 from .state import GatewayState, state_of
 
 _NO_LIMITS = StreamLimits()
+# Functions share the gateway's origin with /system and /ui: a page a function serves (its own,
+# or input it reflects) must not act with an admin's browser credentials there. A sandboxed
+# document gets an opaque origin; its scripts still run, but never as the gateway's origin.
+# It replaces any policy the function set (a function cannot lift it).
+FUNCTION_CSP = {"Content-Security-Policy": "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads"}
 CONNECT_ATTEMPTS = 8
 
 
@@ -35,7 +41,7 @@ async def invoke_function(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     name = request.match_info["name"]
     call_id, start_time = _call_headers(request)
-    reply_headers = CIMultiDict({"X-Call-Id": call_id, "X-Start-Time": start_time})
+    reply_headers = CIMultiDict({"X-Call-Id": call_id, "X-Start-Time": start_time, **FUNCTION_CSP})
     known = state.provider.has(name)
     if known:
         state.metrics.started.labels(function_name=name).inc()
@@ -82,15 +88,21 @@ async def _proxy(
     headers["X-Call-Id"] = call_id
     headers["X-Start-Time"] = start_time
     body: bytes | aiohttp.StreamReader | None = None
+    limits = record.body_limits
+    if limits.max_body and (request.content_length or 0) > limits.max_body:
+        raise _too_large(name, limits)  # before reading any of it, buffered or streamed
     if record.buffer_body:
-        body = await request.read()
+        body = await _read_body(request, name, limits)
     elif request.body_exists:
         body = request.content
         if request.content_length is not None:
             headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
-    path = "/" + request.match_info.get("tail", "")
-    if request.query_string:
-        path += "?" + request.query_string
+    # The path and query as the client encoded them, as OpenFaaS forwards them: decoded, an
+    # escaped "?" or "/" would change what the function sees.
+    parts = request.rel_url.raw_path.split("/", 3)  # "", "function", NAME[, TAIL]
+    path = "/" + (parts[3] if len(parts) > 3 else "")
+    if request.rel_url.raw_query_string:
+        path += "?" + request.rel_url.raw_query_string
     for attempt in range(CONNECT_ATTEMPTS):
         replica = await provider.acquire(name)
         reply_headers["X-Served-By"] = f"{name}[{replica.id}]"
@@ -98,7 +110,7 @@ async def _proxy(
         try:
             try:
                 upstream = await open_upstream(
-                    state.session, request.method, replica.url + path, headers=headers, body=body,
+                    replica.session, request.method, replica.url + path, headers=headers, body=body,
                     timeout=state.config.upstream_timeout,
                 )
             except UpstreamUnreachable:
@@ -116,13 +128,21 @@ async def _proxy(
     raise AssertionError("unreachable")
 
 
-def client_session() -> aiohttp.ClientSession:
-    # No pool limit: every open stream holds a connection to its replica for its whole life.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        # Pass the client's headers as they are: add no Accept-Encoding, User-Agent or Content-Type.
-        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type", "Accept"),
-    )
+async def _read_body(request: web.Request, name: str, limits: BodyLimits) -> bytes:
+    """A buffered body, read as it comes and given up on past ``max_body`` or ``read_timeout``."""
+    body = bytearray()
+    try:
+        async with asyncio.timeout(limits.read_timeout or None):
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if limits.max_body and len(body) > limits.max_body:
+                    raise _too_large(name, limits)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"request body not received within {limits.read_timeout:g}s ({name}'s read_timeout)"
+        ) from None
+    return bytes(body)
+
+
+def _too_large(name: str, limits: BodyLimits) -> PayloadTooLarge:
+    return PayloadTooLarge(f"request body is larger than {name}'s max_body of {limits.max_body} bytes")

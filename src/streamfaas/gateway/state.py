@@ -1,10 +1,9 @@
-"""What one gateway process holds: its settings, its provider and its upstream client."""
+"""What one gateway process holds: its settings, its provider (whose replicas hold the upstream clients)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 
 from ..config import GatewayConfig
@@ -19,7 +18,6 @@ class GatewayState:
     provider: LocalProvider
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     credentials: Credentials | None = None
-    session: aiohttp.ClientSession = field(init=False)
 
 
 STATE_KEY = web.AppKey("streamfaas_state", GatewayState)

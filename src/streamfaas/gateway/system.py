@@ -44,16 +44,28 @@ async def system_errors(request: web.Request, handler: Any) -> web.StreamRespons
         return _json_error(exc)
 
 
-async def _body(request: web.Request, model: type[M]) -> M:
+async def json_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
+    """A ``/system`` request's JSON object (``{}`` for an empty body unless ``required``);
+    anything else is a 400 with a one-line message."""
     raw = await request.read()
     if not raw.strip():
-        raise BadRequest("request body is empty: send JSON")
+        if required:
+            raise BadRequest("request body is empty: send JSON")
+        return {}
     try:
         data = json.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        # The decoder recurses once per level: [[[[…]]]] a hundred thousand deep exhausts the stack.
+        raise BadRequest("invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("invalid JSON: expected an object")
+    return data
+
+
+async def _body(request: web.Request, model: type[M]) -> M:
+    data = await json_body(request)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

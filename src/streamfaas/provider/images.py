@@ -9,15 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from ..errors import ConfigError, ImageNotFound
+from ..errors import BadRequest, ConfigError, ImageNotFound
 from ..templates import get_template
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 def normalise_image(image: str) -> str:
@@ -30,6 +34,21 @@ def normalise_image(image: str) -> str:
     return image
 
 
+def readable_by_all(root: Path) -> None:
+    """Let any uid read (not write) a tree: a root platform's function uids run from it.
+    Nothing secret lies in an image or a venv; the state directory above stays 0700."""
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            wanted = mode | (0o555 if stat.S_ISDIR(mode) or mode & 0o100 else 0o444)
+            if wanted != mode:
+                os.chmod(path, stat.S_IMODE(wanted))
+    os.chmod(root, stat.S_IMODE(os.stat(root).st_mode) | 0o555)
+
+
 @dataclass(frozen=True)
 class LocalImage:
     image: str
@@ -38,6 +57,10 @@ class LocalImage:
     lang: str
     fprocess: str
     created: float
+
+    def make_readable(self) -> None:
+        if stat.S_IMODE(os.stat(self.path).st_mode) & 0o005 != 0o005:
+            readable_by_all(self.path)
 
 
 def _tree_digest(root: Path) -> str:
@@ -78,6 +101,7 @@ class ImageStore:
             (work / "function" / "__init__.py").touch()
             if not (work / "function" / "requirements.txt").exists():
                 (work / "function" / "requirements.txt").touch()
+            readable_by_all(work)  # mkdtemp made it 0700; function uids must read it
             digest = "sha256:" + _tree_digest(work)
             final = self.blobs / digest.split(":", 1)[1]
             if final.exists():
@@ -113,8 +137,10 @@ class ImageStore:
 
     def resolve(self, image: str) -> LocalImage:
         """The image a tag names now (``name@sha256:…`` pins a digest)."""
-        if "@sha256:" in image:
+        if "@" in image:
             name, digest = image.split("@", 1)
+            if not name or _DIGEST.fullmatch(digest) is None:
+                raise BadRequest(f"invalid image {image!r}: a digest is sha256: and 64 lowercase hex digits")
             tag_file = self._tag_file(name)
         else:
             digest = ""
@@ -124,8 +150,11 @@ class ImageStore:
         except (OSError, ValueError):
             raise ImageNotFound(image) from None
         digest = digest or str(data["digest"])
+        if _DIGEST.fullmatch(digest) is None:
+            raise ImageNotFound(image)
         path = self.blobs / digest.split(":", 1)[1]
-        if not path.is_dir():
+        # Content-addressed folders sit right under blobs/; nothing may lead elsewhere.
+        if path.parent.resolve() != self.blobs.resolve() or path.is_symlink() or not path.is_dir():
             raise ImageNotFound(image)
         return LocalImage(
             image=str(data["image"]),

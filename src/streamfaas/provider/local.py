@@ -12,23 +12,34 @@ import itertools
 import json
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ..config import parse_bool, parse_duration
+from ..config import BodyLimits, parse_bool, parse_duration
 from ..errors import BadRequest, ConfigError, DeployError, FunctionNotFound, FunctionNotReady
+from ..sandbox import (
+    SECRETS_MOUNT,
+    build_spec,
+    bwrap_path,
+    function_uid,
+    spec_env,
+    warn_unsandboxed,
+)
 from .images import ImageStore, LocalImage
 from .logs import follow_log
 from .models import DEFAULT_NAMESPACE, FunctionDeployment, FunctionStatus
 from .replica import Replica, ReplicaSpec
-from .sandbox import SECRETS_MOUNT, bwrap_path, sandboxed_fprocess, warn_unsandboxed
-from .secrets import SecretStore, write_private
+from .secrets import SecretStore, private_dir, write_private
 from .venvs import VenvCache
 
 # The few variables a function process needs from the platform's environment; nothing else
 # (no credentials) leaks from the gateway into functions.
-_INHERITED_ENV = ("LANG", "LC_ALL", "TZ", "TMPDIR", "SSL_CERT_FILE", "SSL_CERT_DIR")
+_INHERITED_ENV = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
+# The watchdog's own environment: the platform's, fixed; never the function's.
+_WATCHDOG_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
 
 def _flag(raw: str | None) -> bool:
@@ -56,6 +67,7 @@ class FunctionRecord:
         self.changed = asyncio.Event()
         # Read once here, not on every request of the hot path.
         self.buffer_body = _flag(deployment.envVars.get("buffer_body"))
+        self.body_limits = BodyLimits.from_env(deployment.envVars)
 
     @property
     def name(self) -> str:
@@ -85,8 +97,11 @@ class FunctionRecord:
 class LocalProvider:
     def __init__(self, state_dir: Path, *, cold_start_timeout: float = 60.0, sandbox: bool = True) -> None:
         self.state_dir = state_dir
-        self.secrets = SecretStore(state_dir / "secrets", state_dir / "run")
         self.bwrap = bwrap_path() if sandbox else None
+        # A root platform runs each sandboxed function as its own unprivileged uid, which then
+        # owns that function's secret copies (and nothing else).
+        self.run_as_uid = self.bwrap is not None and os.geteuid() == 0
+        self.secrets = SecretStore(state_dir / "secrets", state_dir / "run", owner=self.function_uid)
         self.images = ImageStore(state_dir / "images")
         self.venvs = VenvCache(state_dir / "venvs")
         self.functions_dir = state_dir / "functions"
@@ -97,9 +112,18 @@ class LocalProvider:
         self._deploy_lock = asyncio.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------
+    def function_uid(self, name: str) -> int | None:
+        return function_uid(name) if self.run_as_uid else None
+
     async def start(self) -> None:
+        # Owner-only: queue bodies, logs, deployments and secrets are nobody else's business
+        # (the gateway's umask is 077 too; images and venvs are opened up for function uids).
+        private_dir(self.state_dir)
         for folder in (self.functions_dir, self.logs_dir, self.cache_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+            private_dir(folder)
+        # Where replicas' watchdogs listen (Unix sockets); short, for the 108-byte path limit.
+        self.sockets_dir = Path(tempfile.mkdtemp(prefix="streamfaas-"))
+        self._socket_ids = itertools.count(1)
         for path in sorted(self.functions_dir.glob("*.json")):
             try:
                 saved = json.loads(path.read_text())
@@ -111,6 +135,7 @@ class LocalProvider:
     async def close(self) -> None:
         records = list(self.functions.values())
         await asyncio.gather(*(self._stop_replicas(r, list(r.replicas)) for r in records))
+        shutil.rmtree(self.sockets_dir, ignore_errors=True)
 
     # ---- the provider interface ---------------------------------------------------------
     async def deploy(self, deployment: FunctionDeployment) -> bool:
@@ -229,34 +254,39 @@ class LocalProvider:
 
     def _replica_spec(self, record: FunctionRecord) -> ReplicaSpec:
         d = record.deployment
+        sandboxed = self.bwrap is not None
         env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
         env.update(d.envVars)
         bin_dir = str(record.venv / "bin")
         env["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
         env["VIRTUAL_ENV"] = str(record.venv)
-        env["HOME"] = str(self.cache_dir)
+        env["HOME"] = "/tmp" if sandboxed else str(self.cache_dir)
         # Read the platform's compiled bytecode where it lies; write none into the image
         # (immutable) or a sandbox (whose writes vanish): the function's own files are small.
         env["PYTHONDONTWRITEBYTECODE"] = "1"
-        fprocess = d.envProcess or record.image.fprocess
+        env["fprocess"] = d.envProcess or record.image.fprocess
+        env["STREAMFAAS_FUNCTION"] = d.service
         secrets_dir = self.secrets.materialise(d.service, d.secrets)
+        watchdog_env = {k: os.environ[k] for k in _WATCHDOG_ENV if k in os.environ}
+        watchdog_env["STREAMFAAS_FUNCTION"] = d.service
         if self.bwrap is not None:
-            fprocess = sandboxed_fprocess(
-                fprocess, bwrap=self.bwrap, state_dir=self.state_dir, image_dir=record.image.path,
-                venv_dir=record.venv, secrets_dir=secrets_dir,
-            )
+            uid = self.function_uid(d.service)
+            if uid is not None:
+                record.image.make_readable()
+            spec = build_spec(bwrap=self.bwrap, image_dir=record.image.path, venv_dir=record.venv,
+                              secrets_dir=secrets_dir, uid=uid)
+            watchdog_env.update(spec_env(spec))
             env["STREAMFAAS_SECRETS_DIR"] = SECRETS_MOUNT
         else:
             warn_unsandboxed()
             env["STREAMFAAS_SECRETS_DIR"] = str(secrets_dir)
-        env["fprocess"] = fprocess
-        env["STREAMFAAS_FUNCTION"] = d.service
+        watchdog_env["STREAMFAAS_FUNCTION_ENV"] = json.dumps(env)
         drain = d.envVars.get("drain_timeout", "30s")
         try:
             drain_s = parse_duration(drain, name="drain_timeout")
         except ConfigError:
             drain_s = 30.0
-        return ReplicaSpec(env=env, cwd=record.image.path, log=self.logs_dir / f"{d.service}.log", drain_timeout=drain_s)
+        return ReplicaSpec(env=watchdog_env, cwd=record.image.path, log=self.logs_dir / f"{d.service}.log", drain_timeout=drain_s)
 
     async def _apply(self, deployment: FunctionDeployment, *, replicas: int, created_at: str) -> None:
         missing = self.secrets.missing(deployment.secrets)
@@ -289,7 +319,7 @@ class LocalProvider:
         spec = self._replica_spec(record)
         started: list[Replica] = []
         while len(record.replicas) < record.desired:
-            replica = Replica(record.name, record.next_id(), spec)
+            replica = Replica(record.name, record.next_id(), spec, self.sockets_dir / f"{next(self._socket_ids)}.sock")
             record.replicas.append(replica)
             replica.start()
             started.append(replica)

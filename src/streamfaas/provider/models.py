@@ -14,7 +14,7 @@ LABEL_SCALE_MIN = "com.openfaas.scale.min"
 
 
 def check_name(value: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError(
             f"invalid function name {value!r}: use lowercase letters, digits and '-', at most 63"
         )

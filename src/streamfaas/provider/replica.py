@@ -9,13 +9,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._process import die_with_parent, kill_group, listening_socket
+import aiohttp
+
+from .._process import die_with_parent, kill_group
+from ..proxy import client_session
 
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
@@ -24,18 +28,36 @@ STABLE_AFTER = 30.0
 
 @dataclass(frozen=True)
 class ReplicaSpec:
-    env: Mapping[str, str]
+    env: Mapping[str, str]  # the watchdog's own, fixed environment (the function's is inside it as JSON)
     cwd: Path
     log: Path
     drain_timeout: float = 30.0
 
 
+def unix_listening_socket(path: Path, backlog: int = 4096) -> socket.socket:
+    path.unlink(missing_ok=True)  # left by this replica's previous run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Replica:
-    def __init__(self, function: str, replica_id: str, spec: ReplicaSpec) -> None:
+    """``socket_path`` is where its watchdog listens: a Unix socket in a folder only the
+    platform can enter, so no function reaches another function's replica around the gateway."""
+
+    def __init__(self, function: str, replica_id: str, spec: ReplicaSpec, socket_path: Path) -> None:
         self.function = function
         self.id = replica_id
         self.spec = spec
-        self.url = ""
+        self.socket_path = socket_path
+        self.url = "http://localhost"
+        # Every stream to this replica holds one of its connections for its whole life.
+        self.session: aiohttp.ClientSession = client_session(aiohttp.UnixConnector(path=str(socket_path), limit=0, keepalive_timeout=30))
         self.ready = asyncio.Event()
         self.failed = asyncio.Event()  # set when a start attempt did not become ready
         self.inflight = 0
@@ -68,8 +90,12 @@ class Replica:
             backoff = min(backoff * 2, BACKOFF_MAX)
 
     async def _run_once(self) -> int | None:
-        sock = listening_socket()
-        port = sock.getsockname()[1]
+        try:
+            sock = unix_listening_socket(self.socket_path)
+        except OSError as exc:
+            self._note(f"cannot listen on {self.socket_path}: {exc.strerror}")
+            self.failed.set()
+            return None
         ready_r, ready_w = os.pipe()
         env = dict(self.spec.env)
         env["STREAMFAAS_LISTEN_FD"] = str(sock.fileno())
@@ -78,8 +104,11 @@ class Replica:
         self.spec.log.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.spec.log, "ab")  # noqa: SIM115 - the child holds it; closed below
         try:
+            # -I: the watchdog ignores PYTHON* variables, the user site and its working
+            # directory (the function's image); its environment is the platform's own anyway.
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-I",
                 "-m",
                 "streamfaas.watchdog",
                 cwd=self.spec.cwd,
@@ -100,7 +129,6 @@ class Replica:
             os.close(ready_w)
             log.close()
         self.pid = self._proc.pid
-        self.url = f"http://127.0.0.1:{port}"
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
         transport, _ = await loop.connect_read_pipe(
@@ -135,3 +163,5 @@ class Replica:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self.session.close()
+        self.socket_path.unlink(missing_ok=True)

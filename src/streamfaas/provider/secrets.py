@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import BadRequest, Conflict, SecretNotFound
@@ -19,21 +19,34 @@ SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9]([-._A-Za-z0-9]{0,251}[A-Za-z0-9])?$")
 MAX_SECRET_BYTES = 1024 * 1024
 
 
+# A secret is a value, never code: names that Python or the dynamic loader would pick up from
+# a folder on their path (sitecustomize.py, x.pth, lib.so) are not secret names.
+_CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".pth", ".pyz", ".so", ".dll", ".dylib", ".egg", ".whl", ".zip")
+
+
+def valid_secret_name(name: str) -> bool:
+    return SECRET_NAME_RE.fullmatch(name) is not None and not name.lower().endswith(_CODE_SUFFIXES) and ".so." not in name.lower()
+
+
 def check_secret_name(name: str) -> str:
-    if not SECRET_NAME_RE.match(name):
+    if not valid_secret_name(name):
         raise BadRequest(
-            f"invalid secret name {name!r}: use letters, digits, '-', '.' and '_', starting and ending with a letter or digit"
+            f"invalid secret name {name!r}: use letters, digits, '-', '.' and '_', starting and ending with a letter "
+            "or digit, and no code file extension (.py, .pth, .so …)"
         )
     return name
 
 
-def write_private(path: Path, value: bytes, mode: int) -> None:
-    """Write a file that only its owner can read, atomically (its folders made 0700)."""
+def write_private(path: Path, value: bytes, mode: int, owner: int | None = None) -> None:
+    """Write a file that only its owner can read, atomically (its folders made 0700).
+    ``owner``: a uid to give the file to (a root platform's function uid)."""
     private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, value)
+        if owner is not None:
+            os.fchown(fd, owner, owner)
     finally:
         os.close(fd)
     os.chmod(tmp, mode)
@@ -47,9 +60,10 @@ def private_dir(path: Path) -> Path:
 
 
 class SecretStore:
-    def __init__(self, root: Path, functions_root: Path) -> None:
+    def __init__(self, root: Path, functions_root: Path, owner: Callable[[str], int | None] = lambda _: None) -> None:
         self.root = root
         self.functions_root = functions_root  # <state>/run: one folder per function
+        self.owner = owner  # the uid a function's copies belong to (None: ours)
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -82,7 +96,7 @@ class SecretStore:
             for folder in self.functions_root.iterdir():
                 copy = folder / "secrets" / name
                 if copy.is_file():
-                    write_private(copy, value, 0o400)
+                    write_private(copy, value, 0o400, self.owner(folder.name))
                     refreshed.append(folder.name)
         return refreshed
 
@@ -96,11 +110,17 @@ class SecretStore:
         (self.root / name).unlink()
 
     def missing(self, names: Iterable[str]) -> list[str]:
-        return [n for n in names if not SECRET_NAME_RE.match(n) or not (self.root / n).is_file()]
+        return [n for n in names if not valid_secret_name(n) or not (self.root / n).is_file()]
 
     def materialise(self, function: str, names: Iterable[str]) -> Path:
         """Lay copies of exactly these secrets into the function's own folder; returns it."""
         folder = private_dir(private_dir(private_dir(self.functions_root) / function) / "secrets")
+        owner = self.owner(function)
+        if owner is not None:
+            # The function's own uid reads its folder (bound at /var/openfaas/secrets) and
+            # nothing else of <state>/run, which stays 0700 root.
+            os.chown(folder, owner, owner)
+            os.chmod(folder, 0o500)
         wanted = set(names)
         # Replicas of the previous version may still serve from this folder during a rolling
         # update, so it is updated in place, never swapped for a new one.
@@ -113,7 +133,7 @@ class SecretStore:
                 value = source.read_bytes()
             except FileNotFoundError:
                 raise SecretNotFound(f"secret {name!r} not found; create it with `streamfaas secret create {name}`") from None
-            write_private(folder / name, value, 0o400)
+            write_private(folder / name, value, 0o400, owner)
         return folder
 
     def forget(self, function: str) -> None:

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import DeployError
+from .images import readable_by_all
 
 
 def _platform_site_dirs() -> list[str]:
@@ -55,6 +56,7 @@ class VenvCache:
             work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
             try:
                 await self._build(work, requirements, log)
+                readable_by_all(work)  # a root platform's function uids run from it
                 (work / ".complete").touch()
                 if final.exists():
                     shutil.rmtree(final)

@@ -6,13 +6,14 @@ from pathlib import Path
 
 from ..config import QueueConfig
 from .base import FunctionSlots, JobNotFound, JobQueue, Lease, QueueUnavailable
-from .job import AUTH_HEADERS, Job, JobInfo, QueueDepth
+from .job import AUTH_HEADERS, Job, JobInfo, QueueDepth, check_path
 from .metrics import QueueMetrics
-from .worker import QueueWorker
+from .worker import FunctionTokens, QueueWorker, TokenUnavailable
 
 __all__ = [
     "AUTH_HEADERS",
     "FunctionSlots",
+    "FunctionTokens",
     "Job",
     "JobInfo",
     "JobNotFound",
@@ -22,6 +23,8 @@ __all__ = [
     "QueueMetrics",
     "QueueUnavailable",
     "QueueWorker",
+    "TokenUnavailable",
+    "check_path",
     "open_queue",
 ]
 

@@ -6,9 +6,30 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import quote, unquote
+
+from yarl import URL
 
 # Never stored: a queued job must not carry the caller's credentials to disk or to NATS.
 AUTH_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+_DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def check_path(path: str) -> str:
+    """``path`` (what followed ``/async-function/NAME``, still percent-encoded) if it stays below
+    the function: "" or starting with "/", with no "." or ".." segment however it is encoded
+    (``%2e``, ``%2F``-separated, encoded twice). Else ValueError."""
+    if path and not path.startswith("/"):
+        raise ValueError(f"the path must start with '/': {path!r}")
+    decoded = path
+    while True:
+        # A "/" or "\" that decoding reveals separates segments too, for whoever decodes next.
+        if _DOT_SEGMENTS.intersection(decoded.replace("\\", "/").split("/")):
+            raise ValueError(f"the path must not contain '.' or '..' segments: {path!r}")
+        once_more = unquote(decoded)
+        if once_more == decoded:
+            return path
+        decoded = once_more
 
 
 @dataclass(frozen=True)
@@ -18,8 +39,8 @@ class Job:
     call_id: str
     function: str
     method: str = "POST"
-    path: str = ""  # what followed /async-function/NAME, "" or starting with "/"
-    query: str = ""
+    path: str = ""  # what followed /async-function/NAME, still percent-encoded: "" or "/..."
+    query: str = ""  # still percent-encoded
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     callback_url: str | None = None
@@ -31,10 +52,12 @@ class Job:
     def failed_once_more(self, error: str, not_before: float) -> Job:
         return replace(self, attempts=self.attempts + 1, last_error=error, not_before=not_before)
 
-    def function_path(self) -> str:
-        """The gateway path that runs it: the normal, synchronous route."""
-        url = f"/function/{self.function}{self.path}"
-        return f"{url}?{self.query}" if self.query else url
+    def function_url(self, gateway_url: str) -> URL:
+        """The URL that runs it: the gateway's ``/function/NAME`` route, with the path and query
+        as the caller encoded them. Built ``encoded`` so that nothing decodes or normalises it
+        on the way: it can name no other route. ValueError for a path that would climb out."""
+        url = f"{gateway_url}/function/{quote(self.function, safe='')}{check_path(self.path)}"
+        return URL(f"{url}?{self.query}" if self.query else url, encoded=True)
 
     def meta(self) -> dict[str, Any]:
         """Everything but the body, as JSON-ready data."""

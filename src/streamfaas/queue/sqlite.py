@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_call_id ON jobs(call_id);
 """
+_IDLE_POLL = 0.5  # seconds between looks for other processes' jobs, once idle a while
 _COLUMNS = "id, call_id, function, method, path, query, headers, body, callback_url, submitted_at, attempts, last_error"
 
 
@@ -66,6 +67,9 @@ def _job(row: tuple[Any, ...]) -> tuple[int, Job]:
         attempts=row[10],
         last_error=row[11],
     )
+
+
+_Leased = tuple[list[Lease], float | None]  # jobs leased; else when the next one is due
 
 
 class SqliteLease(Lease):
@@ -218,17 +222,16 @@ class SqliteQueue(JobQueue):
         await self.run(lambda c: c.execute(sql, row), durable=True)
         self._submitted.set()
 
-    def _lease_op(self, running: dict[str, int], per_function: int) -> Callable[[sqlite3.Connection], list[Lease]]:
+    def _lease_op(self, running: dict[str, int], per_function: int) -> Callable[[sqlite3.Connection], _Leased]:
         self._leases += 1
         owner = f"{self._owner}:{self._leases}"
         saturated = [fn for fn, n in running.items() if n >= per_function]
+        runnable = f" AND function NOT IN ({','.join('?' * len(saturated))})" if saturated else ""
 
-        def op(conn: sqlite3.Connection) -> list[Lease]:
+        def op(conn: sqlite3.Connection) -> _Leased:
             now = time.time()
-            sql = "SELECT id, function FROM jobs WHERE state='pending' AND available_at<=?"
-            if saturated:
-                sql += f" AND function NOT IN ({','.join('?' * len(saturated))})"
-            rows = conn.execute(sql + " ORDER BY id LIMIT 512", (now, *saturated)).fetchall()
+            sql = f"SELECT id, function FROM jobs WHERE state='pending' AND available_at<=?{runnable} ORDER BY id LIMIT 512"
+            rows = conn.execute(sql, (now, *saturated)).fetchall()
             taken: dict[str, int] = {}
             ids: list[int] = []
             for row_id, fn in rows:
@@ -236,30 +239,40 @@ class SqliteQueue(JobQueue):
                     taken[fn] = taken.get(fn, 0) + 1
                     ids.append(row_id)
             if not ids:
-                return []
+                # When the next job becomes runnable: a retry's backoff, or a lost lease, ends.
+                due = conn.execute(f"SELECT MIN(available_at) FROM jobs WHERE state='pending'{runnable}", saturated)
+                return [], due.fetchone()[0]
             marks = ",".join("?" * len(ids))
             conn.execute(f"UPDATE jobs SET available_at=?, lease_owner=? WHERE id IN ({marks})", (now + self.lease, owner, *ids))
             found = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id IN ({marks}) ORDER BY id", ids)
-            return [SqliteLease(self, row_id, owner, job) for row_id, job in map(_job, found)]
+            return [SqliteLease(self, row_id, owner, job) for row_id, job in map(_job, found)], None
 
         return op
 
     async def consume(self, slots: FunctionSlots, deliver: Deliver, stop: asyncio.Event) -> None:
+        interval = self.poll_interval
         while not stop.is_set():
+            # Cleared before the look, so that what happens during it wakes the wait below; left
+            # set, either one would turn that wait into a busy loop of transactions.
             self._submitted.clear()
+            slots.given_back.clear()
             try:
-                leases = await self.run(self._lease_op(slots.snapshot(), slots.per_function))
+                leases, due = await self.run(self._lease_op(slots.snapshot(), slots.per_function))
             except QueueUnavailable as exc:
                 log.warning("queue: cannot lease jobs: %s", exc)
-                leases = []
+                leases, due = [], None
             for lease in leases:
                 slots.take(lease.job.function)
                 deliver(lease)
             if leases:
+                interval = self.poll_interval
                 continue
-            # Nothing to run: wake on a local submit or a freed slot; other processes' submits
-            # and finished backoffs are seen by polling.
-            await first_of((self._submitted, slots.given_back, stop), self.poll_interval)
+            # Nothing to run: wake on a local submit, a freed slot, or when the next job is due.
+            # Other processes' submits are seen by polling, less often the longer it stays idle:
+            # an idle gateway should cost next to nothing.
+            wait = interval if due is None else min(interval, max(due - time.time(), 0.0) + 0.001)
+            interval = min(interval * 2, max(self.poll_interval, _IDLE_POLL))
+            await first_of((self._submitted, slots.given_back, stop), wait)
 
     async def depth(self) -> QueueDepth:
         rows = await self.run(lambda c: c.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())

@@ -1,20 +1,89 @@
-"""``streamfaas queue-worker``: a queue worker in its own process, next to one or more gateways."""
+"""``streamfaas queue-worker``: a queue worker in its own process, next to one or more gateways.
+
+It uses the admin's credentials for one thing only: to learn, from the gateway's admin API,
+whether a job's function is private and, if so, its token. Jobs themselves are run with that
+token or with no credential at all.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from .._process import listening_socket
 from ..config import QueueConfig
+from ..gateway.auth import is_private
 from . import open_queue
 from .metrics import QueueMetrics
-from .worker import QueueWorker, worker_id
+from .worker import QueueWorker, TokenUnavailable, worker_id
+
+log = logging.getLogger("streamfaas.queue")
+_TOKEN_TTL = 5.0  # seconds a function's privacy and token are reused before asking again
+_ADMIN_TIMEOUT = 10.0
+
+
+class AdminApiTokens:
+    """Private functions' tokens, from the gateway's admin API as ``streamfaas token NAME`` gets
+    them. The admin's credentials go to that gateway's ``/system/function*`` routes alone."""
+
+    def __init__(self, session: aiohttp.ClientSession, gateway_url: str, auth: tuple[str, str] | None) -> None:
+        self._session = session
+        self._gateway = gateway_url.rstrip("/")
+        # A ready header rather than aiohttp.BasicAuth, which newer aiohttp deprecates.
+        self._auth = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode() if auth else None
+        self._known: dict[str, tuple[float, str | None]] = {}
+
+    async def __call__(self, function: str) -> str | None:
+        if self._auth is None:
+            return None  # without admin access, only public functions can run
+        now = time.monotonic()
+        known = self._known.get(function)
+        if known is not None and known[0] > now:
+            return known[1]
+        name = quote(function, safe="")
+        token: str | None = None
+        status = await self._get(function, f"/system/function/{name}")
+        if status is not None and is_private(status.get("labels") or {}, status.get("annotations") or {}):
+            answer = await self._get(function, f"/system/function-token/{name}")
+            token = str(answer["token"]) if answer is not None else None
+        self._known[function] = (now + _TOKEN_TTL, token)
+        return token
+
+    async def _get(self, function: str, path: str) -> dict[str, Any] | None:
+        """The JSON object at ``path``; None where the gateway does not know the function or
+        refuses these credentials (the call then gets the gateway's own 404 or 401)."""
+        assert self._auth is not None
+        try:
+            async with asyncio.timeout(_ADMIN_TIMEOUT):
+                async with self._session.get(self._gateway + path, headers={"Authorization": self._auth},
+                                             allow_redirects=False) as resp:
+                    if resp.status in {401, 403}:
+                        log.warning("queue worker: the gateway refused the admin credentials (HTTP %d), so private "
+                                    "functions cannot run: `streamfaas login --gateway %s`", resp.status, self._gateway)
+                        return None
+                    if resp.status == 404:
+                        return None
+                    if resp.status != 200:
+                        raise TokenUnavailable(f"cannot tell whether {function!r} is private: GET {path} answered HTTP {resp.status}")
+                    data = await resp.json(content_type=None)
+        except TimeoutError:
+            raise TokenUnavailable(f"cannot tell whether {function!r} is private: GET {path} timed out") from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise TokenUnavailable(f"cannot tell whether {function!r} is private: GET {path}: {exc.__class__.__name__}") from None
+        if not isinstance(data, dict):
+            raise TokenUnavailable(f"cannot tell whether {function!r} is private: GET {path} did not answer a JSON object")
+        return data
 
 
 async def _serve_metrics(registry: CollectorRegistry, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -41,7 +110,8 @@ async def serve_worker(
     metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
 ) -> None:
-    """Work until SIGTERM or SIGINT; in-flight jobs then finish or go back to the queue."""
+    """Work until SIGTERM or SIGINT; in-flight jobs then finish or go back to the queue.
+    ``auth``: the admin's credentials, used only to get private functions' tokens."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -57,8 +127,10 @@ async def serve_worker(
             runner, port = await _serve_metrics(registry, metrics_host, metrics_port)
             where = f", metrics on http://{metrics_host}:{port}/metrics"
         print(f"streamfaas queue-worker {name}: {queue.name} queue, gateway {gateway_url}{where}", flush=True)
-        worker = QueueWorker(queue, config, gateway_url, metrics=QueueMetrics(registry), name=name, auth=auth)
-        await worker.run(stop)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as admin:
+            tokens = AdminApiTokens(admin, gateway_url, auth)
+            worker = QueueWorker(queue, config, gateway_url, metrics=QueueMetrics(registry), name=name, tokens=tokens)
+            await worker.run(stop)
         print(f"streamfaas queue-worker {name} stopped", file=sys.stderr, flush=True)
     finally:
         await queue.close()

@@ -4,31 +4,57 @@ A job is acked only once it is done: its callback answered 2xx, or it had none. 
 (or 429), a connection error or a failed callback is retried with exponential backoff; after the
 last retry the job goes to the dead-letter list. On shutdown, in-flight jobs get the drain
 timeout to finish; the rest go back to the queue at once.
+
+A job reaches only the function it was submitted to, and never with the admin's credentials:
+a private function is called with its own bearer token, which is valid for it alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
 import random
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from ..config import QueueConfig
+from ..errors import StreamfaasError
 from ..proxy import forward_headers
 from .base import FunctionSlots, JobQueue, Lease, QueueUnavailable
-from .job import Job
+from .job import AUTH_HEADERS, Job
 from .metrics import QueueMetrics
 
 log = logging.getLogger("streamfaas.queue")
 _ERROR_TEXT = 300  # characters of an error body kept in last_error
+
+# The bearer token of a private function, None for a public one. Raises TokenUnavailable when
+# it cannot tell now (the attempt is retried).
+FunctionTokens = Callable[[str], Awaitable[str | None]]
+
+
+class TokenUnavailable(StreamfaasError):
+    """A private function's token cannot be had now (the admin API did not answer)."""
+
+    http_status = 503
+
+
+async def no_tokens(function: str) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    content_type: str | None
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -54,14 +80,13 @@ class QueueWorker:
 
     def __init__(self, queue: JobQueue, config: QueueConfig, gateway_url: str, *,
                  metrics: QueueMetrics | None = None, name: str | None = None,
-                 auth: tuple[str, str] | None = None) -> None:
+                 tokens: FunctionTokens = no_tokens) -> None:
         self.queue = queue
         self.config = config
         self.gateway_url = gateway_url.rstrip("/")
         self.metrics = metrics
         self.name = name or worker_id()
-        # A ready header rather than aiohttp.BasicAuth, which newer aiohttp deprecates.
-        self._auth_header = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode() if auth else None
+        self._tokens = tokens
         self._session: aiohttp.ClientSession | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -161,33 +186,49 @@ class QueueWorker:
             log.warning("queue worker: cannot record the outcome of %s: %s", job.call_id, exc)
 
     async def _attempt(self, job: Job) -> Outcome:
-        session = self._session
-        assert session is not None
-        headers = forward_headers(CIMultiDict(job.headers), drop=("X-Call-Id",))
-        headers["X-Call-Id"] = job.call_id
-        if self._auth_header is not None:
-            headers["Authorization"] = self._auth_header
         began = time.perf_counter()
         try:
+            url = job.function_url(self.gateway_url)
+        except ValueError as exc:
+            # Refused at submit: only a job stored by an older version, or written into the queue
+            # by other means, gets here. It is answered as the gateway would, and not retried.
+            answer: Answer | Outcome = Answer(400, "text/plain; charset=utf-8", f"{exc}\n".encode())
+        else:
+            answer = await self._call(job, url)
+        if isinstance(answer, Outcome):
+            return answer
+        duration = time.perf_counter() - began
+        status = answer.status
+        if status >= 500 or status == 429:
+            text = answer.body[:_ERROR_TEXT].decode(errors="replace").strip()
+            return Outcome(status, "function", f"function answered HTTP {status}: {text}")
+        if job.callback_url:
+            error = await self._callback(job, status, answer.content_type, answer.body, duration)
+            if error:
+                return Outcome(status, "callback", error)
+        return Outcome(status)
+
+    async def _call(self, job: Job, url: URL) -> Answer | Outcome:
+        """Run the job through the gateway: its answer, or the Outcome of a failed attempt."""
+        session = self._session
+        assert session is not None
+        headers = forward_headers(CIMultiDict(job.headers), drop=(*AUTH_HEADERS, "X-Call-Id"))
+        headers["X-Call-Id"] = job.call_id
+        try:
+            token = await self._tokens(job.function)
+        except TokenUnavailable as exc:
+            return Outcome(0, "connection", str(exc))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        try:
             async with asyncio.timeout(self.config.invoke_timeout or None):
-                async with session.request(job.method, self.gateway_url + job.function_path(), headers=headers,
-                                           data=job.body, allow_redirects=False) as resp:
-                    body = await resp.read()
-                    status = resp.status
-                    content_type = resp.headers.get("Content-Type")
+                async with session.request(job.method, url, headers=headers, data=job.body,
+                                           allow_redirects=False) as resp:
+                    return Answer(resp.status, resp.headers.get("Content-Type"), await resp.read())
         except TimeoutError:
             return Outcome(0, "connection", f"no answer from the function within {self.config.invoke_timeout:g}s")
         except aiohttp.ClientError as exc:
             return Outcome(0, "connection", f"cannot reach the gateway at {self.gateway_url}: {_describe(exc)}")
-        duration = time.perf_counter() - began
-        if status >= 500 or status == 429:
-            text = body[:_ERROR_TEXT].decode(errors="replace").strip()
-            return Outcome(status, "function", f"function answered HTTP {status}: {text}")
-        if job.callback_url:
-            error = await self._callback(job, status, content_type, body, duration)
-            if error:
-                return Outcome(status, "callback", error)
-        return Outcome(status)
 
     async def _callback(self, job: Job, status: int, content_type: str | None, body: bytes, duration: float) -> str:
         """POST the result as OpenFaaS's queue-worker does; return an error, or "" once delivered."""

@@ -35,6 +35,12 @@ class FunctionProcess:
     def pid(self) -> int:
         return self.spawned.popen.pid
 
+    def connector(self) -> aiohttp.BaseConnector:
+        """How to reach the function server: its Unix socket, or the TCP upstream_url."""
+        if self.spawned.socket_path is not None:
+            return aiohttp.UnixConnector(path=self.spawned.socket_path, limit=0, force_close=False, keepalive_timeout=60)
+        return aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=60)
+
     async def start(self) -> None:
         """Take over the already running process on this event loop."""
         loop = asyncio.get_running_loop()
@@ -89,7 +95,7 @@ class FunctionProcess:
         """Poll the function server until it answers, the process exits, or time runs out."""
         deadline = asyncio.get_running_loop().time() + (timeout or 3600)
         delay = 0.005
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=self.connector()) as session:
             while True:
                 if self.exited.is_set():
                     raise DeployError(f"function process exited with code {self.returncode} before it was ready")
@@ -109,6 +115,12 @@ class FunctionProcess:
             return False
 
     async def stop(self, grace: float = 5.0) -> None:
+        try:
+            await self._stop(grace)
+        finally:
+            self.spawned.cleanup()
+
+    async def _stop(self, grace: float) -> None:
         if self.exited.is_set():
             return
         kill_group(self.pid, signal.SIGTERM)

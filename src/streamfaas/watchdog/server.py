@@ -145,15 +145,23 @@ async def run(config: WatchdogConfig, spawned: Spawned) -> int:
         sock = socket.socket(fileno=config.listen_fd)
     else:
         sock = listening_socket(config.host, config.port)
-    port = sock.getsockname()[1]
+    address = sock.getsockname()
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
-    print(f"watchdog listening on http://{config.host}:{port}", flush=True)
+    where = f"unix:{address}" if isinstance(address, str) else f"http://{config.host}:{address[1]}"
+    print(f"watchdog listening on {where}", flush=True)
 
-    connector = aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=60)
-    state.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+    connector = function.connector()
+    state.session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        # Pass the request's headers as they came: add no Accept, Accept-Encoding, User-Agent
+        # or Content-Type (the function would take them for the caller's).
+        skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
+    )
     code = 0
     try:
         await function.start()
@@ -165,7 +173,8 @@ async def run(config: WatchdogConfig, spawned: Spawned) -> int:
             if ready_task in done:
                 ready_task.result()
                 state.ready = True
-                print(f"function {config.function_name} ready at {function.upstream_url}", flush=True)
+                where = f"unix:{spawned.socket_path}" if spawned.socket_path else function.upstream_url
+                print(f"function {config.function_name} ready at {where}", flush=True)
                 _signal_ready(config.ready_fd)
                 prober = asyncio.create_task(probe_health(state))
                 try:

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
+import socket
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .._process import die_with_parent, listening_socket
+from .._process import die_with_parent
 from ..config import WatchdogConfig
 from ..errors import ConfigError, DeployError
+from ..sandbox import sandbox_command, spec_from_env
 
 # Settings meant for the watchdog, not for the function.
 _WATCHDOG_ONLY = ("STREAMFAAS_LISTEN_FD", "STREAMFAAS_READY_FD", "port")
@@ -25,48 +29,81 @@ _WATCHDOG_ONLY = ("STREAMFAAS_LISTEN_FD", "STREAMFAAS_READY_FD", "port")
 class Spawned:
     popen: subprocess.Popen[bytes]
     upstream_url: str
+    socket_path: str | None = None  # the function server's Unix socket, when we made it
+
+    def cleanup(self) -> None:
+        if self.socket_path is not None:
+            shutil.rmtree(os.path.dirname(self.socket_path), ignore_errors=True)
 
 
-def _environment(env: Mapping[str, str], config: WatchdogConfig, listen_fd: int | None, port: int | None, url: str) -> dict[str, str]:
+def _environment(env: Mapping[str, str], config: WatchdogConfig, listen_fd: int | None) -> dict[str, str]:
     child = {k: v for k, v in env.items() if k not in _WATCHDOG_ONLY}
-    if listen_fd is not None and port is not None:
+    if listen_fd is not None:
         child["STREAMFAAS_LISTEN_FD"] = str(listen_fd)
-        child["PORT"] = str(port)
-        child["upstream_url"] = url
     child.setdefault("PYTHONUNBUFFERED", "1")
     child["threads"] = str(config.threads)
     return child
 
 
-def spawn_function(config: WatchdogConfig, env: Mapping[str, str]) -> Spawned:
-    """Start ``fprocess`` in its own process group, its output on pipes, killed if we die."""
+def _function_socket() -> tuple[socket.socket, str]:
+    """A listening Unix socket in a folder only we can enter: no other function (nor anything
+    that merely shares this machine's loopback) can reach the function server around us."""
+    folder = tempfile.mkdtemp(prefix="streamfaas-fn-")
+    path = os.path.join(folder, "fn.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(4096)
+    except OSError:
+        sock.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return sock, path
+
+
+def spawn_function(config: WatchdogConfig, env: Mapping[str, str], settings: Mapping[str, str] | None = None) -> Spawned:
+    """Start ``fprocess`` in its own process group (sandboxed when the provider says so), its
+    output on pipes, killed if we die."""
     if not config.fprocess:
         raise ConfigError("fprocess is not set: name the command that starts the function server")
     argv = shlex.split(config.fprocess)
+    if not argv:
+        raise ConfigError("fprocess is empty: name the command that starts the function server")
     sock = None
-    port: int | None = None
+    socket_path = None
     url = config.upstream_url
     if not url:
         # The usual case: we own the function server's address and hand it the socket.
-        sock = listening_socket()
-        port = sock.getsockname()[1]
-        url = f"http://127.0.0.1:{port}"
+        sock, socket_path = _function_socket()
+        url = "http://localhost"
+    child_env = _environment(env, config, sock.fileno() if sock else None)
+    spec = spec_from_env(settings or {})
+    extra_fds: list[int] = []
+    if spec is not None:
+        # The sandbox applies the function's environment itself, after dropping privileges;
+        # bwrap and setpriv run with none of it.
+        argv, extra_fds = sandbox_command(spec, argv, child_env)
+        child_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     try:
         popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=_environment(env, config, sock.fileno() if sock else None, port, url),
-            pass_fds=(sock.fileno(),) if sock else (),
+            env=child_env,
+            pass_fds=((sock.fileno(),) if sock else ()) + tuple(extra_fds),
             start_new_session=True,
             preexec_fn=lambda: die_with_parent(signal.SIGKILL),
         )
     except OSError as exc:
+        if socket_path is not None:
+            shutil.rmtree(os.path.dirname(socket_path), ignore_errors=True)
         raise DeployError(f"cannot start fprocess {argv[0]!r}: {exc.strerror}") from None
     finally:
         if sock is not None:
             sock.close()
+        for fd in extra_fds:
+            os.close(fd)
     os.set_blocking(popen.stdout.fileno(), False)  # type: ignore[union-attr]
     os.set_blocking(popen.stderr.fileno(), False)  # type: ignore[union-attr]
-    return Spawned(popen, url)
+    return Spawned(popen, url, socket_path)

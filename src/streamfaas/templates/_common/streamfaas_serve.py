@@ -23,6 +23,12 @@ def serve_app(app):
         # Keep reading the connection while a request runs, so a client that goes away is
         # noticed at once (the next write fails) instead of one write later.
         "channel_request_lookahead": 1,
+        # The most output a stream queues before its writer waits (waitress's default: 16 MiB,
+        # in a temp file past 1 MiB). A write to a client that went away fails quietly in the
+        # writer's thread; only waitress's main loop then closes the channel, which stops the
+        # generator, and it gets the channel when the writer waits. So a producer that never
+        # pauses ran on, long after its client left, until it had queued 16 MiB.
+        "outbuf_high_watermark": 256 * 1024,
     }
     fd = os.environ.get("STREAMFAAS_LISTEN_FD")
     if fd:

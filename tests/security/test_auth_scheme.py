@@ -1,0 +1,37 @@
+"""RFC 7617 / RFC 9110: the auth scheme's name is case-insensitive, for the admin's Basic and a
+private function's Bearer alike."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import httpx
+import pytest
+
+from platform_fixture import Platform
+
+
+@pytest.mark.parametrize("scheme", ["basic", "BASIC", "bAsIc"])
+def test_basic_auth_scheme_in_any_case_authenticates(shared_platform: Platform, scheme: str) -> None:
+    token = base64.b64encode(f"admin:{shared_platform.password}".encode()).decode()
+    r = httpx.get(shared_platform.url + "/system/functions", headers={"Authorization": f"{scheme} {token}"}, timeout=10)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("scheme", ["basic", "BASIC"])
+def test_basic_auth_scheme_in_any_case_still_needs_the_password(shared_platform: Platform, scheme: str) -> None:
+    token = base64.b64encode(b"admin:wrong").decode()
+    r = httpx.get(shared_platform.url + "/system/functions", headers={"Authorization": f"{scheme} {token}"}, timeout=10)
+    assert r.status_code == 401
+
+
+def test_bearer_scheme_in_any_case_reaches_a_private_function(shared_platform: Platform, tmp_path: Path) -> None:
+    handler = shared_platform.write_function(tmp_path, "private-echo", "def handle(req):\n    return 'ok'\n")
+    shared_platform.deploy("private-echo", handler, labels={"streamfaas.auth/private": "true"})
+    url = shared_platform.function_url("private-echo")
+    token = shared_platform.http.get(shared_platform.url + "/system/function-token/private-echo").json()["token"]
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        r = httpx.post(url, content=b"x", headers={"Authorization": f"{scheme} {token}"}, timeout=30)
+        assert (r.status_code, r.text) == (200, "ok"), scheme
+    assert httpx.post(url, content=b"x", headers={"Authorization": "bearer wrong"}, timeout=30).status_code == 401
