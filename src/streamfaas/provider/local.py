@@ -7,6 +7,7 @@ functions again and starts their replicas.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -121,8 +122,15 @@ class LocalProvider:
         private_dir(self.state_dir)
         for folder in (self.functions_dir, self.logs_dir, self.cache_dir):
             private_dir(folder)
-        # Where replicas' watchdogs listen (Unix sockets); short, for the 108-byte path limit.
+        # Where replicas' watchdogs and function servers listen (Unix sockets); short, for the
+        # 108-byte path limit. A gateway that was killed left its folder: remove that first.
+        record = self.state_dir / "run" / "sockets-dir"
+        with contextlib.suppress(OSError):
+            stale = Path(record.read_text().strip())
+            if stale.name.startswith("streamfaas-") and stale.parent == Path(tempfile.gettempdir()) and stale.stat().st_uid == os.geteuid():
+                shutil.rmtree(stale, ignore_errors=True)
         self.sockets_dir = Path(tempfile.mkdtemp(prefix="streamfaas-"))
+        write_private(record, f"{self.sockets_dir}\n".encode(), 0o600)
         self._socket_ids = itertools.count(1)
         for path in sorted(self.functions_dir.glob("*.json")):
             try:

@@ -101,6 +101,7 @@ class Replica:
         env["STREAMFAAS_LISTEN_FD"] = str(sock.fileno())
         env["STREAMFAAS_READY_FD"] = str(ready_w)
         env["STREAMFAAS_REPLICA"] = self.id
+        env["STREAMFAAS_FUNCTION_SOCKET"] = str(self.socket_path.with_suffix(".fn.sock"))
         self.spec.log.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.spec.log, "ab")  # noqa: SIM115 - the child holds it; closed below
         try:
@@ -165,3 +166,4 @@ class Replica:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.session.close()
         self.socket_path.unlink(missing_ok=True)
+        self.socket_path.with_suffix(".fn.sock").unlink(missing_ok=True)

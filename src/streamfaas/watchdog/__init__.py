@@ -22,7 +22,8 @@ FUNCTION_ENV = "STREAMFAAS_FUNCTION_ENV"
 # Settings only the platform gives a provider-run watchdog; a function's environment cannot
 # set or override them (e.g. point the watchdog at another upstream).
 PLATFORM_ONLY = ("STREAMFAAS_LISTEN_FD", "STREAMFAAS_READY_FD", "STREAMFAAS_REPLICA", "STREAMFAAS_FUNCTION",
-                 "STREAMFAAS_SANDBOX", "upstream_url", "port", "STREAMFAAS_WATCHDOG_HOST")
+                 "STREAMFAAS_SANDBOX", "STREAMFAAS_FUNCTION_SOCKET", "upstream_url", "port",
+                 "STREAMFAAS_WATCHDOG_HOST")
 
 
 def split_environment(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:

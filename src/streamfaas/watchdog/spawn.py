@@ -6,6 +6,7 @@ is most of a cold start. Only the standard library is used here.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -21,6 +22,8 @@ from ..config import WatchdogConfig
 from ..errors import ConfigError, DeployError
 from ..sandbox import sandbox_command, spec_from_env
 
+# Where the provider wants the function server's socket (a folder of its own).
+FUNCTION_SOCKET = "STREAMFAAS_FUNCTION_SOCKET"
 # Settings meant for the watchdog, not for the function.
 _WATCHDOG_ONLY = ("STREAMFAAS_LISTEN_FD", "STREAMFAAS_READY_FD", "port")
 
@@ -30,10 +33,18 @@ class Spawned:
     popen: subprocess.Popen[bytes]
     upstream_url: str
     socket_path: str | None = None  # the function server's Unix socket, when we made it
+    socket_dir: str | None = None  # the folder we made for it (none when the provider named it)
 
     def cleanup(self) -> None:
-        if self.socket_path is not None:
-            shutil.rmtree(os.path.dirname(self.socket_path), ignore_errors=True)
+        _remove_socket(self.socket_path, self.socket_dir)
+
+
+def _remove_socket(path: str | None, folder: str | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+    elif path is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _environment(env: Mapping[str, str], config: WatchdogConfig, listen_fd: int | None) -> dict[str, str]:
@@ -45,20 +56,27 @@ def _environment(env: Mapping[str, str], config: WatchdogConfig, listen_fd: int 
     return child
 
 
-def _function_socket() -> tuple[socket.socket, str]:
-    """A listening Unix socket in a folder only we can enter: no other function (nor anything
-    that merely shares this machine's loopback) can reach the function server around us."""
-    folder = tempfile.mkdtemp(prefix="streamfaas-fn-")
-    path = os.path.join(folder, "fn.sock")
+def _function_socket(path: str | None) -> tuple[socket.socket, str, str | None]:
+    """A listening Unix socket in a folder only we can enter (the provider's, or one we make):
+    no other function, nor anything that merely shares this machine's loopback, can reach the
+    function server around us. Returns the socket, its path and the folder we made."""
+    folder = None
+    if path is None:
+        folder = tempfile.mkdtemp(prefix="streamfaas-fn-")
+        path = os.path.join(folder, "fn.sock")
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by this replica's previous run
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
         sock.listen(4096)
     except OSError:
         sock.close()
-        shutil.rmtree(folder, ignore_errors=True)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
         raise
-    return sock, path
+    return sock, path, folder
 
 
 def spawn_function(config: WatchdogConfig, env: Mapping[str, str], settings: Mapping[str, str] | None = None) -> Spawned:
@@ -70,11 +88,11 @@ def spawn_function(config: WatchdogConfig, env: Mapping[str, str], settings: Map
     if not argv:
         raise ConfigError("fprocess is empty: name the command that starts the function server")
     sock = None
-    socket_path = None
+    socket_path = socket_dir = None
     url = config.upstream_url
     if not url:
         # The usual case: we own the function server's address and hand it the socket.
-        sock, socket_path = _function_socket()
+        sock, socket_path, socket_dir = _function_socket((settings or {}).get(FUNCTION_SOCKET))
         url = "http://localhost"
     child_env = _environment(env, config, sock.fileno() if sock else None)
     spec = spec_from_env(settings or {})
@@ -96,8 +114,7 @@ def spawn_function(config: WatchdogConfig, env: Mapping[str, str], settings: Map
             preexec_fn=lambda: die_with_parent(signal.SIGKILL),
         )
     except OSError as exc:
-        if socket_path is not None:
-            shutil.rmtree(os.path.dirname(socket_path), ignore_errors=True)
+        _remove_socket(socket_path, socket_dir)
         raise DeployError(f"cannot start fprocess {argv[0]!r}: {exc.strerror}") from None
     finally:
         if sock is not None:
@@ -106,4 +123,4 @@ def spawn_function(config: WatchdogConfig, env: Mapping[str, str], settings: Map
             os.close(fd)
     os.set_blocking(popen.stdout.fileno(), False)  # type: ignore[union-attr]
     os.set_blocking(popen.stderr.fileno(), False)  # type: ignore[union-attr]
-    return Spawned(popen, url, socket_path)
+    return Spawned(popen, url, socket_path, socket_dir)
