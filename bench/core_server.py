@@ -8,9 +8,9 @@ Routes:
   GET /_/health            readiness, for the watchdog
   GET /ticks?interval=S&count=N
                            an event stream: ``: ok`` at once (so headers and the first byte go out),
-                           then one ``data: <monotonic ns>`` event every S seconds, starting at a
-                           random phase within the first interval; N events (0: until the client
-                           goes away)
+                           then one ``data: <monotonic ns> <n>`` event every S seconds (n = 1, 2,
+                           …: a gap shows a lost event), starting at a random phase within the
+                           first interval; N events (0: until the client goes away)
   GET /burst?seconds=S&size=B
                            B-byte events back to back for S seconds, then the end of the stream
   GET /stats               {"open": streams open now, "pid": ...}
@@ -69,8 +69,8 @@ async def ticks(request: web.Request) -> web.StreamResponse:
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            await resp.write(b"data: %d\n\n" % time.monotonic_ns())
             sent += 1
+            await resp.write(b"data: %d %d\n\n" % (time.monotonic_ns(), sent))
             due += interval
         await resp.write_eof()
         return resp

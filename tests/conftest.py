@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
+# Nothing is fetched mid-run: a function's requirements must come from the platform's venv or
+# a local file (pip, run by the gateway for a function's venv, inherits this).
+os.environ["PIP_NO_INDEX"] = "1"
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "llm"))
 
-from platform_fixture import Platform  # noqa: E402
+from platform_fixture import Platform, Signals  # noqa: E402
 
 
 @pytest.fixture
@@ -32,6 +36,26 @@ def shared_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture
+def signals() -> Iterator[Signals]:
+    """An HTTP server through which a test and its (sandboxed) functions synchronise."""
+    s = Signals()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def shared_signals() -> Iterator[Signals]:
+    """``signals`` for a module's functions (deployed once on ``shared_platform`` or the like)."""
+    s = Signals()
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 # ---- no silent skips in CI ----------------------------------------------------------------------

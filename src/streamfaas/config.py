@@ -6,6 +6,7 @@ function's stack.yaml carries over unchanged.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -85,6 +86,40 @@ def default_state_dir() -> Path:
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 DEFAULT_READ_TIMEOUT = 60.0
+# of-watchdog's modes that streamfaas runs: ``http`` (a function server, the default here),
+# ``streaming`` and ``serializing`` (one process per request), ``static`` (a folder).
+WATCHDOG_MODES = ("http", "streaming", "serializing", "static")
+
+
+def parse_mode(text: str) -> str:
+    mode = text.strip().lower() or "http"
+    if mode not in WATCHDOG_MODES:
+        raise ConfigError(f"mode: expected one of {', '.join(WATCHDOG_MODES)}, got {text!r}")
+    return mode
+
+
+# Settings only the platform gives a provider-run watchdog; a function's environment cannot
+# set or override them (e.g. point the watchdog at another upstream).
+WATCHDOG_PLATFORM_ONLY = ("STREAMFAAS_LISTEN_FD", "STREAMFAAS_READY_FD", "STREAMFAAS_REPLICA", "STREAMFAAS_FUNCTION",
+                          "STREAMFAAS_SANDBOX", "STREAMFAAS_FUNCTION_SOCKET", "upstream_url", "port",
+                          "STREAMFAAS_WATCHDOG_HOST")
+
+
+def watchdog_setting_errors(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The watchdog settings in a function's environment that its watchdog would refuse, as
+    ``(key, why)``: each key is read alone by ``WatchdogConfig.from_env``, the watchdog's own
+    parser, so a deploy is checked by the very code that would fail later, and every bad key
+    is named. Keys the platform sets itself (``WATCHDOG_PLATFORM_ONLY``) are never read from a
+    function's environment, so they are not checked."""
+    errors = []
+    for key, value in env.items():
+        if key in WATCHDOG_PLATFORM_ONLY:
+            continue
+        try:
+            WatchdogConfig.from_env({key: value})
+        except ConfigError as exc:
+            errors.append((key, str(exc).removeprefix(f"{key}: ")))
+    return errors
 
 
 @dataclass(frozen=True)
@@ -92,6 +127,9 @@ class WatchdogConfig:
     """Settings of one watchdog (one function replica), from its environment."""
 
     fprocess: str = ""
+    mode: str = "http"
+    static_path: str = ""  # static mode's folder; empty: the handler's public/ folder
+    content_type: str = "application/octet-stream"  # of the streaming and serializing modes' responses
     upstream_url: str = ""
     port: int = 8080
     host: str = "127.0.0.1"
@@ -121,7 +159,11 @@ class WatchdogConfig:
         listen_fd = env.get("STREAMFAAS_LISTEN_FD")
         ready_fd = env.get("STREAMFAAS_READY_FD")
         return cls(
-            fprocess=env.get("fprocess", ""),
+            # of-watchdog's long name wins over the short one, as there.
+            fprocess=env.get("function_process") or env.get("fprocess", ""),
+            mode=parse_mode(env.get("mode", "")),
+            static_path=env.get("static_path", ""),
+            content_type=env.get("content_type") or "application/octet-stream",
             upstream_url=env.get("upstream_url", ""),
             port=parse_int(env.get("port", "8080"), name="port"),
             host=env.get("STREAMFAAS_WATCHDOG_HOST", "127.0.0.1"),
@@ -220,9 +262,32 @@ class GatewayConfig:
     cold_start_timeout: float = 60.0
     port_file: Path | None = None
     queue: QueueConfig = field(default_factory=QueueConfig)
-    auth: bool = True
+    auth: bool = True  # the admin's basic auth on /system and /ui; False: ``--auth none``
     auth_user: str = "admin"
     auth_password_file: Path | None = None
+    # ``--auth none`` on an address other hosts reach: refused unless this says it is meant.
+    public_without_auth: bool = False
+    metrics_auth: bool = False  # /metrics behind the admin's basic auth too
     sandbox: bool = True
     header_timeout: float = 10.0  # a connection's request head must arrive within this; 0: no limit
     keepalive_timeout: float = 75.0  # an idle kept-alive connection is closed after this
+
+    def __post_init__(self) -> None:
+        if not self.auth and not self.public_without_auth and not is_loopback(self.host):
+            raise ConfigError(
+                f"--auth none on --host {self.host!r}, which is not a loopback address: anyone who "
+                "reaches it could deploy and run code as this user. Keep the default host "
+                "(127.0.0.1), or add --i-know-no-auth-is-public on a network you trust"
+            )
+        if self.metrics_auth and not self.auth:
+            raise ConfigError("--metrics-auth needs --auth basic: with --auth none there is no password")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach ``host`` (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name, or "" (every address): not provably local

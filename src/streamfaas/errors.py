@@ -38,6 +38,10 @@ class FunctionNotFound(StreamfaasError):
         self.name = name
 
 
+class NamespaceNotFound(StreamfaasError):
+    http_status = 404
+
+
 class ImageNotFound(StreamfaasError):
     http_status = 400
 

@@ -8,6 +8,7 @@ streams, an aborted chunked body otherwise, never a silent truncated success.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -16,10 +17,13 @@ from aiohttp import (
     BaseConnector,
     ClientConnectorError,
     ClientError,
+    ClientOSError,
+    ClientPayloadError,
     ClientResponse,
     ClientSession,
     ClientTimeout,
     DummyCookieJar,
+    ServerDisconnectedError,
     StreamReader,
     hdrs,
     web,
@@ -166,6 +170,16 @@ async def open_upstream(
         raise UpstreamError(f"upstream unavailable: {exc.__class__.__name__}") from None
 
 
+def stream_failure(exc: BaseException) -> str:
+    """Why a stream broke after its headers went out, in words a caller can act on. (The
+    upstream is a function's server, or, seen from the gateway, its replica.)"""
+    if isinstance(exc, ClientPayloadError | ServerDisconnectedError | asyncio.IncompleteReadError):
+        return "the function closed the stream before finishing"
+    if isinstance(exc, ClientOSError) and exc.errno in (errno.ECONNRESET, errno.EPIPE):
+        return "the connection to the function was reset before the stream finished"
+    return f"the stream from the function broke before finishing ({exc.__class__.__name__})"
+
+
 def response_headers(upstream: ClientResponse) -> CIMultiDict[str]:
     headers = forward_headers(upstream.headers)
     if is_event_stream(upstream.headers.get(hdrs.CONTENT_TYPE)):
@@ -225,7 +239,7 @@ async def stream_response(
             await _fail_after_headers(request, resp, sse, failure, on_chunk_error)
             return resp
         except (ClientError, asyncio.IncompleteReadError) as exc:
-            failure = UpstreamError(f"upstream failed mid-stream: {exc.__class__.__name__}")
+            failure = UpstreamError(stream_failure(exc))
             await _fail_after_headers(request, resp, sse, failure, on_chunk_error)
             return resp
         await resp.write_eof()

@@ -188,8 +188,10 @@ def sandbox_command(spec: SandboxSpec, argv: Sequence[str], env: Mapping[str, st
         fd = _args_fd([*_NO_PRIVILEGE, *_NAMESPACES, *mounts, "--chdir", spec.chdir, *_env_args(env)])
         return [spec.bwrap, "--args", str(fd), "--", *argv], [fd]
     # The inner bwrap sees the outer's mounts as they are (/tmp stays writable); binding them
-    # again in its user namespace locks them: nothing it does can make them writable.
-    inner = _args_fd([*_NO_PRIVILEGE, "--bind", "/", "/", "--die-with-parent", "--new-session",
+    # again in its user namespace locks them: nothing it does can make them writable. A dev-bind,
+    # since a plain bind would add nodev to the outer's /dev (null, zero, urandom …: a shell's
+    # `>/dev/null` or `cmd &` would fail); every other mount there is nodev already, and stays so.
+    inner = _args_fd([*_NO_PRIVILEGE, "--dev-bind", "/", "/", "--die-with-parent", "--new-session",
                       "--chdir", spec.chdir, *_env_args(env)])
     outer = _args_fd([*_NAMESPACES, *mounts, "--clearenv"])
     drop = [spec.setpriv, "--reuid", str(spec.uid), "--regid", str(spec.uid), "--clear-groups",
@@ -226,13 +228,16 @@ def bwrap_path() -> str | None:
 _warned = False
 
 
-def warn_unsandboxed() -> None:
+def warn_unsandboxed(asked: bool) -> None:
+    """Say once why functions run without a sandbox (``asked``: --no-sandbox was given)."""
     global _warned
     if not _warned:
         _warned = True
+        why = "--no-sandbox was given" if asked else "bubblewrap (bwrap) is not usable here"
         print(
-            "streamfaas: bubblewrap (bwrap) is not usable here; functions run without a sandbox and "
-            "read their secrets from $STREAMFAAS_SECRETS_DIR instead of /var/openfaas/secrets",
+            f"streamfaas: WARNING: {why}; functions run without a sandbox, as the gateway's user with "
+            "its rights, and read their secrets from $STREAMFAAS_SECRETS_DIR instead of "
+            "/var/openfaas/secrets: deploy only trusted code",
             file=sys.stderr,
             flush=True,
         )

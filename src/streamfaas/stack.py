@@ -32,6 +32,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
+from streamfaas.config import watchdog_setting_errors
 from streamfaas.errors import StackError
 
 __all__ = ["FunctionSpec", "Provider", "Stack", "append_function", "load_stack"]
@@ -289,14 +290,15 @@ def _validate(model: type[_M], path: Path, root: Any, env: Mapping[str, str] | N
         raise StackError("\n".join(f"{path}:{line}: {text}" for line, text in issues)) from None
 
 
-def _load_env_file(file: Path) -> dict[str, str]:
+def _load_env_file(file: Path) -> tuple[dict[str, str], Any]:
+    """An environment file's variables, and its loaded YAML (for the lines of its keys)."""
     data = _read_yaml(file)
     if data is None:
-        return {}
+        return {}, None
     if not isinstance(data, CommentedMap):
         raise StackError(f"{file}:1: expected a mapping with an `environment:` key")
     # faas-cli does not expand ${VAR} in environment files, so neither do we.
-    return _validate(_EnvFile, file, data, None).environment
+    return _validate(_EnvFile, file, data, None).environment, data
 
 
 def _finish_function(path: Path, root: Any, name: str, spec: FunctionSpec) -> list[str]:
@@ -317,15 +319,27 @@ def _finish_function(path: Path, root: Any, name: str, spec: FunctionSpec) -> li
             problem(f"{spec._handler_path} does not exist", "handler")
     elif not spec.skip_build:
         problem("field required", "handler")
+    where: dict[str, tuple[Path, Any]] = {}  # the file (and its YAML) that set each variable last
     for index, entry in enumerate(spec.environment_file):
         file = path.parent / entry
         if not file.is_file():
             problem(f"{file} not found", "environment_file", index)
             continue
         try:
-            spec._file_environment.update(_load_env_file(file))
+            variables, data = _load_env_file(file)
         except StackError as exc:
             issues.append(str(exc))
+            continue
+        spec._file_environment.update(variables)
+        where.update(dict.fromkeys(variables, (file, data)))
+    # Watchdog settings (exec_timeout, max_inflight …) are checked now, by the watchdog's own
+    # parser, rather than by a replica that would crash-loop on them after the deploy.
+    for key, why in watchdog_setting_errors(spec.resolved_environment()):
+        if key in spec.environment:
+            problem(why, "environment", key)
+        else:
+            file, data = where[key]
+            issues.append(_issue(file, data, ("environment", key), why))
     return issues
 
 

@@ -13,7 +13,7 @@ from typing import IO
 
 import pytest
 
-from platform_fixture import REPO, Platform, streamfaas_cmd, wait_for
+from platform_fixture import REPO, Platform, Signals, streamfaas_cmd, wait_for
 
 
 def run_cli(platform: Platform | None, *args: str, stdin: bytes = b"", cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -63,27 +63,24 @@ def test_up_invoke_list_describe_remove(platform: Platform, examples: Path) -> N
     assert [f["name"] for f in json.loads(run_cli(platform, "list", "--json").stdout)] == ["stream"]
 
 
-def test_invoke_prints_chunks_as_they_arrive(platform: Platform, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    code = f"""
-    import os, time
+def test_invoke_prints_chunks_as_they_arrive(platform: Platform, signals: Signals, tmp_path: Path) -> None:
+    code = """
+    import os, urllib.request
     from flask import Response
 
     def handle(req):
         def gen():
             yield "first\\n"
-            deadline = time.monotonic() + 20
-            while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            urllib.request.urlopen(os.environ["SIGNALS"] + "/wait/gate?timeout=20").read()
             yield "second\\n"
         return Response(gen(), mimetype="text/plain")
     """
-    platform.deploy("twostep", platform.write_function(tmp_path, "twostep", code))
+    platform.deploy("twostep", platform.write_function(tmp_path, "twostep", code), env={"SIGNALS": signals.url})
     proc = subprocess.Popen(streamfaas_cmd("invoke", "twostep"), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=platform.env())
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"first\n"  # printed before the function finished
-        gate.touch()
+        signals.open("gate")
         assert proc.stdout.readline() == b"second\n"
         assert proc.wait(30) == 0
     finally:

@@ -132,7 +132,7 @@ def test_langchain_example_streams_the_same_events(chat: Platform, llm_server: L
         "service": "chat-langchain", "image": "chat-langchain:latest", "secrets": ["openai-api-key"],
         "envVars": {"OPENAI_BASE_URL": llm_server.url + "/v1", "MAX_TOKENS": "40"},
     }
-    r = p.http.post(p.url + "/system/functions", json=body, timeout=600)  # installs langchain-openai
+    r = p.http.post(p.url + "/system/functions", json=body, timeout=600)  # langchain-openai: from the platform (the langchain extra)
     assert r.status_code == 202, r.text
     p.wait_ready("chat-langchain")
     with httpx.Client(timeout=60) as client, connect_sse(client, "POST", p.function_url("chat-langchain"), content=b"Say hi.") as es:
@@ -162,3 +162,18 @@ def test_cli_chat_ctrl_c_stops_the_answer_and_keeps_chatting(chat: Platform, llm
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_openai_api_key_secret_names_another_secret(chat: Platform, llm_server: LLMServer) -> None:
+    p = chat
+    assert p.http.post(p.url + "/system/secrets", json={"name": "team-llm-key", "value": "sk-local-chat-key"}).status_code == 201
+    p.images.build("chat-otherkey:latest", "python3-flask", REPO / "examples" / "chat")
+    body = {
+        "service": "chat-otherkey", "image": "chat-otherkey:latest", "secrets": ["team-llm-key"],
+        "envVars": {"OPENAI_BASE_URL": llm_server.url + "/v1", "MAX_TOKENS": "20", "OPENAI_API_KEY_SECRET": "team-llm-key"},
+    }
+    assert p.http.post(p.url + "/system/functions", json=body).status_code == 202
+    p.wait_ready("chat-otherkey")
+    with httpx.Client(timeout=60) as client, connect_sse(client, "POST", p.function_url("chat-otherkey"), content=b"Say hi.") as es:
+        events = list(es.iter_sse())
+    assert events[-1].event == "done", events[-1]  # the key came from team-llm-key: the model accepted it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -139,14 +140,51 @@ def test_python3_http_template_dict_and_stream(platform: Platform, tmp_path: Pat
     assert r.text == "0\n1\n2\n"
 
 
-def test_function_with_requirements_gets_its_own_venv(platform: Platform, tmp_path: Path) -> None:
+def _tiny_wheel(folder: Path, version: str) -> Path:
+    """A pure-Python wheel made on the spot, so installing requirements needs no network
+    (tests/conftest.py sets PIP_NO_INDEX: nothing is fetched mid-run)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"sftinydep-{version}-py3-none-any.whl"
+    info = f"sftinydep-{version}.dist-info"
+    files = {
+        "sftinydep/__init__.py": f"VERSION = {version!r}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: sftinydep\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: streamfaas-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+        wheel.writestr(f"{info}/RECORD", "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"]))
+    return path
+
+
+def _venvs(platform: Platform) -> set[str]:
+    return {p.name for p in (platform.state_dir / "venvs").iterdir() if not p.name.startswith(".")}
+
+
+def test_function_with_requirements_gets_its_own_venv_cached_by_their_hash(platform: Platform, tmp_path: Path) -> None:
     code = """
-    import six
+    import sftinydep
 
     def handle(req):
-        return six.__version__
+        return sftinydep.VERSION
     """
-    handler = platform.write_function(tmp_path, "withdeps", code, requirements="six==1.16.0\n")
-    platform.deploy("withdeps", handler)
-    r = httpx.get(platform.function_url("withdeps"), timeout=30)
-    assert r.text == "1.16.0"
+    wheel = _tiny_wheel(tmp_path / "wheels", "1.2.3")
+    platform.deploy("plain", platform.write_function(tmp_path, "plain", "def handle(req):\n    return 'plain'\n"))
+    plain_venvs = _venvs(platform)
+    platform.deploy("withdeps", platform.write_function(tmp_path, "withdeps", code, requirements=f"{wheel}\n"))
+    assert httpx.get(platform.function_url("withdeps"), timeout=30).text == "1.2.3"
+    with_deps = _venvs(platform) - plain_venvs
+    assert len(with_deps) == 1
+    # Same requirements (comments and order aside): the same venv, not a second install.
+    platform.deploy("samedeps", platform.write_function(tmp_path, "samedeps", code, requirements=f"# same\n{wheel}\n"))
+    assert httpx.get(platform.function_url("samedeps"), timeout=30).text == "1.2.3"
+    assert _venvs(platform) - plain_venvs == with_deps
+    # A function without requirements installs nothing: its venv holds only the link to the
+    # platform's packages (Flask and waitress come from there).
+    [plain] = plain_venvs
+    site = next((platform.state_dir / "venvs" / plain / "lib").glob("python*/site-packages"))
+    assert sorted(p.name for p in site.iterdir()) == ["_streamfaas_platform.pth"]
+    # The function's package is in its own venv only.
+    [deps] = with_deps
+    assert list((platform.state_dir / "venvs" / deps / "lib").glob("python*/site-packages/sftinydep"))

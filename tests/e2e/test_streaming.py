@@ -9,38 +9,37 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from platform_fixture import Platform, wait_for
+from platform_fixture import Platform, Signals
 
-# The function yields one event, then waits for a file the test creates only after the client
+# The function yields one event, then waits for the gate the test opens only after the client
 # has received that event. Any buffering on the way deadlocks this, and the test fails at its
 # deadline: no timing involved.
 GATED = """
-import os, time
+import os, urllib.error, urllib.request
 from flask import Response
 
 def handle(req):
-    gate = os.environ["GATE_FILE"]
+    signals = os.environ["SIGNALS"]
     mime = os.environ.get("MIME", "text/event-stream")
 
     def gen():
         yield "data: one\\n\\n"
-        deadline = time.monotonic() + 20
-        while not os.path.exists(gate):
-            if time.monotonic() > deadline:
-                yield "data: gave-up\\n\\n"
-                return
-            time.sleep(0.01)
+        try:
+            urllib.request.urlopen(signals + "/wait/gate?timeout=20").read()
+        except urllib.error.HTTPError:
+            yield "data: gave-up\\n\\n"
+            return
         yield "data: two\\n\\n"
 
     return Response(gen(), mimetype=mime)
 """
 
 FOREVER = """
-import os, time
+import os, time, urllib.request
 from flask import Response
 
 def handle(req):
-    marker = os.environ["MARKER"]
+    signals = os.environ["SIGNALS"]
 
     def gen():
         try:
@@ -50,8 +49,7 @@ def handle(req):
                 i += 1
                 time.sleep(0.02)
         finally:
-            with open(marker, "w") as f:
-                f.write("closed")
+            urllib.request.urlopen(signals + "/mark/closed", b"").read()
 
     return Response(gen(), mimetype="text/event-stream")
 """
@@ -77,25 +75,25 @@ def _stream_lines(response: httpx.Response):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("mime", ["text/event-stream", "text/plain"])
-def test_chunks_reach_client_before_function_finishes(platform: Platform, tmp_path: Path, mime: str) -> None:
-    gate = tmp_path / "gate"
+def test_chunks_reach_client_before_function_finishes(
+    platform: Platform, signals: Signals, tmp_path: Path, mime: str
+) -> None:
     handler = platform.write_function(tmp_path, "gated", GATED)
-    platform.deploy("gated", handler, env={"GATE_FILE": str(gate), "MIME": mime})
+    platform.deploy("gated", handler, env={"SIGNALS": signals.url, "MIME": mime})
     # Plain text with no SSE Accept header: we stream every chunked response, unlike OpenFaaS.
     with httpx.stream("POST", platform.function_url("gated"), content=b"go", timeout=30) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
         assert next(lines) == "data: one"
-        gate.touch()  # only now may the function go on
+        signals.open("gate")  # only now may the function go on
         rest = [line for line in lines if line]
     assert rest == ["data: two"]
 
 
-def test_event_stream_headers(platform: Platform, tmp_path: Path) -> None:
-    gate = tmp_path / "gate"
-    gate.touch()
+def test_event_stream_headers(platform: Platform, signals: Signals, tmp_path: Path) -> None:
+    signals.open("gate")
     handler = platform.write_function(tmp_path, "gated", GATED)
-    platform.deploy("gated", handler, env={"GATE_FILE": str(gate)})
+    platform.deploy("gated", handler, env={"SIGNALS": signals.url})
     with httpx.stream(
         "POST",
         platform.function_url("gated"),
@@ -115,18 +113,17 @@ def test_event_stream_headers(platform: Platform, tmp_path: Path) -> None:
     assert body == "data: one\n\ndata: two\n\n"
 
 
-def test_client_disconnect_runs_generator_finally(platform: Platform, tmp_path: Path) -> None:
-    marker = tmp_path / "closed"
+def test_client_disconnect_runs_generator_finally(platform: Platform, signals: Signals, tmp_path: Path) -> None:
     handler = platform.write_function(tmp_path, "forever", FOREVER)
-    platform.deploy("forever", handler, env={"MARKER": str(marker)})
+    platform.deploy("forever", handler, env={"SIGNALS": signals.url})
     with httpx.stream("GET", platform.function_url("forever"), timeout=30) as r:
         lines = r.iter_lines()
         assert next(lines) == "data: 0"
         assert next(lines) == ""
         assert next(lines) == "data: 1"
-        assert not marker.exists()
+        assert not signals.marks("closed")
     closed_at = time.monotonic()
-    wait_for(marker.exists, timeout=5, interval=0.01, what="the generator's finally")
+    signals.wait_marks("closed", timeout=5)  # the generator's finally ran
     assert time.monotonic() - closed_at < 1.0
 
 
@@ -137,7 +134,7 @@ def test_crash_mid_stream_sends_error_event_and_replica_recovers(platform: Platf
         events = list(es.iter_sse())
     assert events[0].data == "first"
     assert events[-1].event == "error"
-    assert "mid-stream" in events[-1].json()["error"]["message"]
+    assert events[-1].json()["error"]["message"] == "the function closed the stream before finishing"
     # The crashed replica is restarted and serves again.
     platform.wait_ready("crashy")
     r = httpx.post(platform.function_url("crashy"), content=b"ok", timeout=30)

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from platform_fixture import Platform, wait_for
+from platform_fixture import Platform, Signals
 
 TICKER = """
 import os, time
@@ -48,7 +48,9 @@ def test_idle_limit_stops_a_stalled_stream(platform: Platform, ticker: Path) -> 
     events = _events(platform, "ticker")
     assert events[0] == ("message", "0")
     assert events[-1][0] == "error"
-    assert "no data for 1s" in json.loads(events[-1][1])["error"]["message"]
+    error = json.loads(events[-1][1])["error"]
+    assert "no data for 1s" in error["message"]
+    assert error["status"] == 504  # the status the request would have had before its headers
     assert len(events) == 2
 
 
@@ -56,7 +58,9 @@ def test_total_limit_stops_a_long_stream(platform: Platform, ticker: Path) -> No
     platform.deploy("ticker", ticker, env={"GAP": "0.1", "COUNT": "200", "exec_timeout": "1500ms"})
     events = _events(platform, "ticker")
     assert events[-1][0] == "error"
-    assert "exceeded the 1.5s limit" in json.loads(events[-1][1])["error"]["message"]
+    error = json.loads(events[-1][1])["error"]
+    assert "exceeded the 1.5s limit" in error["message"]
+    assert error["status"] == 504
     assert 3 < len(events) < 100
 
 
@@ -110,50 +114,33 @@ def test_buffer_body_sends_a_sized_body(platform: Platform, tmp_path: Path, buff
         assert length == "7"  # the watchdog read it all and sent it with a Content-Length
 
 
+# Marks "started", then holds the request until the test opens "gate" (20 s at most).
 BLOCKER = """
-import os, time
+import os, urllib.error, urllib.request
 
 def handle(req):
-    started = os.environ["STARTED"]
-    gate = os.environ["GATE"]
-    open(started, "w").close()
-    deadline = time.monotonic() + 20
-    while not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    signals = os.environ["SIGNALS"]
+    urllib.request.urlopen(signals + "/mark/started", b"").read()
+    try:
+        urllib.request.urlopen(signals + "/wait/gate?timeout=20").read()
+    except urllib.error.HTTPError:
+        return "never released", 500
     return "released"
 """
 
 
-def test_max_inflight_answers_429(platform: Platform, tmp_path: Path) -> None:
-    started, gate = tmp_path / "started", tmp_path / "gate"
+def test_max_inflight_answers_429(platform: Platform, signals: Signals, tmp_path: Path) -> None:
     handler = platform.write_function(tmp_path, "single", BLOCKER)
-    platform.deploy("single", handler, env={"STARTED": str(started), "GATE": str(gate), "max_inflight": "1"})
+    platform.deploy("single", handler, env={"SIGNALS": signals.url, "max_inflight": "1"})
     results: list[int] = []
     first = threading.Thread(target=lambda: results.append(httpx.get(platform.function_url("single"), timeout=30).status_code))
     first.start()
     try:
-        wait_for(started.exists, what="the first request to reach the function")
+        signals.wait_marks("started")  # the first request reached the function
         r = httpx.get(platform.function_url("single"), timeout=30)
         assert r.status_code == 429
         assert "max_inflight=1" in r.text
     finally:
-        gate.touch()
+        signals.open("gate")
         first.join(30)
     assert results == [200]
-
-
-def test_bad_watchdog_setting_keeps_function_unready_with_clear_log(tmp_path: Path, ticker: Path) -> None:
-    platform = Platform(tmp_path / "impatient", ("--cold-start-timeout", "2s")).start()
-    try:
-        _check_unready(platform, ticker)
-    finally:
-        platform.close()
-
-
-def _check_unready(platform: Platform, ticker: Path) -> None:
-    platform.deploy("ticker", ticker, env={"GAP": "0", "COUNT": "1", "exec_timeout": "ten seconds"}, wait=False)
-    log = platform.state_dir / "logs" / "ticker.log"
-    wait_for(lambda: log.exists() and "exec_timeout: invalid duration" in log.read_text(), what="the config error in the log")
-    r = httpx.get(platform.function_url("ticker"), timeout=90)
-    assert r.status_code == 503
-    assert "not ready (waited 2s)" in r.text

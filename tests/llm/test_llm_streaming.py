@@ -35,7 +35,8 @@ async def test_disconnect_stops_generation_within_a_token(llm: LLMServer) -> Non
         )
         assert resp.status == 200
         await read_events(resp, 6)
-        assert llm.stats()["active_generations"] == 1
+        at_close = llm.stats()
+        assert at_close["active_generations"] == 1
         closed_at = time.monotonic()
         resp.close()  # drops the connection mid-stream
 
@@ -47,8 +48,10 @@ async def test_disconnect_stops_generation_within_a_token(llm: LLMServer) -> Non
         stopped_after = time.monotonic() - closed_at
     assert stats["cancelled_total"] == before["cancelled_total"] + 1
     generated = stats["tokens_generated_total"] - before["tokens_generated_total"]
-    # It read 6 chunks of a 1500-token answer; the model got at most a few tokens further.
-    assert 5 <= generated < 40, generated
+    # It read 6 chunks of a 1500-token answer; after the client's last read the model made at
+    # most 2 more tokens (the one in flight, and the one whose write found the socket closed).
+    assert 5 <= generated, generated
+    assert stats["tokens_generated_total"] - at_close["tokens_generated_total"] <= 2, (at_close, stats)
     assert stopped_after < 2.0
     assert stats["last_cancel_to_stop_ms"] is not None and stats["last_cancel_to_stop_ms"] < 500
     # And the count stays put: nothing is generating any more.

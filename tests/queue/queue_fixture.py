@@ -36,28 +36,30 @@ def handle(req):
     return f"{request.method} {request.full_path} auth={auth!r} body={req}"
 """
 
-# Fails the first FAILURES calls of each call id, then succeeds.
+# Fails the first FAILURES calls of each call id, then succeeds. It counts its calls as marks
+# "calls-<call id>" on the test's Signals (at $SIGNALS).
 FLAKY = """
-import os
+import os, urllib.request
 from flask import request
 
 def handle(req):
-    path = os.path.join(os.environ["COUNTS"], request.headers["X-Call-Id"])
-    with open(path, "a") as f:
-        f.write("x")
-    with open(path) as f:
-        calls = len(f.read())
+    mark = os.environ["SIGNALS"] + "/mark/calls-" + request.headers["X-Call-Id"]
+    calls = int(urllib.request.urlopen(mark, b"").read())
     if calls <= int(os.environ.get("FAILURES", "2")):
         return f"failure {calls}", 500
     return f"success after {calls}"
 """
 
-# Fails while the file BROKEN names exists: "fix" it by removing the file.
+# Fails until the test opens "fixed-<call id>" on its Signals (at $SIGNALS).
 FIXABLE = """
-import os
+import os, urllib.error, urllib.request
+from flask import request
 
 def handle(req):
-    if os.path.exists(os.environ["BROKEN"]):
+    fixed = os.environ["SIGNALS"] + "/wait/fixed-" + request.headers["X-Call-Id"] + "?timeout=0"
+    try:
+        urllib.request.urlopen(fixed).read()
+    except urllib.error.HTTPError:
         return "broken", 503
     return "fixed"
 """
@@ -97,26 +99,41 @@ class Callback:
     duration: str
     worker: str
     body: bytes
+    function_name: str = ""
+    answered: int = 200  # what the receiver answered; 0: it never answered (``hang``)
+
+
+HANG = 0  # in ``CallbackReceiver.script``: hold the callback unanswered until the receiver closes
 
 
 class CallbackReceiver:
-    """An HTTP server on 127.0.0.1:0 that records every callback; ``fail_status`` makes it refuse."""
+    """An HTTP server on 127.0.0.1:0 that records every callback it accepts (``calls``) and every
+    one it gets (``attempts``). ``fail_status`` makes it refuse all; ``script`` scripts the
+    answers to one call id's first callbacks."""
 
     def __init__(self) -> None:
         self.calls: list[Callback] = []
+        self.attempts: list[Callback] = []
         self.fail_status = 0
+        self._scripts: dict[str, list[int]] = {}
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                status = receiver.fail_status or 200
-                if status == 200:
-                    receiver._record(Callback(
-                        self.headers.get("X-Call-Id", ""), self.headers.get("X-Function-Status", ""),
-                        self.headers.get("X-Duration-Seconds", ""), self.headers.get("X-Queue-Worker", ""), body,
-                    ))
+                call_id = self.headers.get("X-Call-Id", "")
+                status = receiver._answer(call_id)
+                callback = Callback(
+                    call_id, self.headers.get("X-Function-Status", ""),
+                    self.headers.get("X-Duration-Seconds", ""), self.headers.get("X-Queue-Worker", ""), body,
+                    self.headers.get("X-Function-Name", ""), status,
+                )
+                receiver._record(callback)
+                if status == HANG:
+                    receiver._closing.wait(60)
+                    return
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -130,9 +147,23 @@ class CallbackReceiver:
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 
+    def script(self, call_id: str, answers: Iterable[int]) -> None:
+        """Answer ``call_id``'s next callbacks with these statuses (``HANG``: no answer), then 200."""
+        with self._lock:
+            self._scripts[call_id] = list(answers)
+
+    def _answer(self, call_id: str) -> int:
+        with self._lock:
+            script = self._scripts.get(call_id)
+            if script:
+                return script.pop(0)
+        return self.fail_status or 200
+
     def _record(self, callback: Callback) -> None:
         with self._lock:
-            self.calls.append(callback)
+            self.attempts.append(callback)
+            if 200 <= callback.answered < 300:
+                self.calls.append(callback)
 
     def ids(self) -> set[str]:
         with self._lock:
@@ -142,12 +173,18 @@ class CallbackReceiver:
         with self._lock:
             return [c for c in self.calls if c.call_id == call_id]
 
+    def attempts_of(self, call_id: str) -> list[Callback]:
+        """Every callback of ``call_id`` that arrived, accepted or not."""
+        with self._lock:
+            return [c for c in self.attempts if c.call_id == call_id]
+
     def wait_all(self, call_ids: Iterable[str], timeout: float = 60) -> None:
         wanted = set(call_ids)
         wait_for(lambda: wanted <= self.ids(), timeout, interval=0.05,
                  what=f"callbacks for {len(wanted)} jobs (missing {len(wanted - self.ids())})")
 
     def close(self) -> None:
+        self._closing.set()  # callbacks held by HANG end now
         self.server.shutdown()
         self.server.server_close()
 

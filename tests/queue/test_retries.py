@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,20 +20,21 @@ from queue_fixture import (
     submit,
 )
 
-from platform_fixture import Platform, streamfaas_cmd, wait_for
+from platform_fixture import Platform, Signals, streamfaas_cmd, wait_for
 
 MAX_RETRIES = 3  # FAST_QUEUE's --queue-max-retries: 4 attempts in all
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, backend: str, nats_url: str | None) -> Iterator[Platform]:
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory, backend: str, nats_url: str | None, shared_signals: Signals
+) -> Iterator[Platform]:
     root = tmp_path_factory.mktemp("retries")
     p = Platform(root / "state", (*queue_args(backend, nats_url), *FAST_QUEUE)).start()
     try:
-        counts = root / "counts"
-        counts.mkdir()
-        p.deploy("flaky", p.write_function(root, "flaky", FLAKY), env={"COUNTS": str(counts)}, wait=False)
-        p.deploy("fixable", p.write_function(root, "fixable", FIXABLE), env={"BROKEN": str(root / "broken")}, wait=False)
+        signals = {"SIGNALS": shared_signals.url}  # marks and gates are per call id: both backends share it
+        p.deploy("flaky", p.write_function(root, "flaky", FLAKY), env=signals, wait=False)
+        p.deploy("fixable", p.write_function(root, "fixable", FIXABLE), env=signals, wait=False)
         p.deploy("echo", p.write_function(root, "echo", ECHO), wait=False)
         for name in ("flaky", "fixable", "echo"):
             p.wait_ready(name)
@@ -63,10 +63,8 @@ def test_function_failing_twice_is_retried_until_its_callback_arrives(gateway: P
 
 
 def test_always_failing_job_is_dead_lettered_and_retry_reruns_it(
-    gateway: Platform, receiver: CallbackReceiver, tmp_path: Path
+    gateway: Platform, receiver: CallbackReceiver, shared_signals: Signals
 ) -> None:
-    broken = Path(gateway.status("fixable")["envVars"]["BROKEN"])
-    broken.touch()
     call_id = submit(gateway, "fixable", b"", callback=receiver.url).headers["X-Call-Id"]
     job = wait_for(lambda: dead_letters(gateway).get(call_id), 30, what="the job to be dead-lettered")
     assert job["attempts"] == MAX_RETRIES + 1
@@ -75,7 +73,7 @@ def test_always_failing_job_is_dead_lettered_and_retry_reruns_it(
     table = cli(gateway, "queue", "list", "--failed").stdout
     assert call_id in table and "fixable" in table
 
-    broken.unlink()  # the function is fixed; the dead letter runs again on request
+    shared_signals.open(f"fixed-{call_id}")  # the function is fixed; the dead letter runs again on request
     assert "retried 1 job" in cli(gateway, "queue", "retry", call_id).stderr
     receiver.wait_all([call_id], timeout=30)
     assert receiver.of(call_id)[0].body == b"fixed"

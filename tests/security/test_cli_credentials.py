@@ -84,7 +84,7 @@ def test_deploy_to_a_stack_files_gateway_never_sends_the_local_password(
         "functions:\n  victim:\n    image: victim:latest\n    skip_build: true\n"
     )
     env = _cli_env(platform, tmp_path)
-    deployed = _cli(env, "deploy", "-f", str(stack))
+    deployed = _cli(env, "deploy", "-f", str(stack), "--no-wait")
     assert deployed.returncode == 0, deployed.stderr
     assert [(m, p) for m, p, _ in recorder.seen] == [("PUT", "/system/functions")]
     assert recorder.authorizations() == []

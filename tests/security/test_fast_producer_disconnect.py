@@ -10,13 +10,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from platform_fixture import Platform, wait_for
+from platform_fixture import Platform, Signals
 
 STREAMS = 64
 
-# Yields without ever pausing; its finally leaves a marker named after the request.
+# Yields without ever pausing; its finally marks "closed" with the request's tag.
 FIREHOSE = """
-import os
+import os, urllib.request
 from flask import Response, request
 
 CHUNK = b"x" * 16384
@@ -25,14 +25,14 @@ def handle(req):
     tag = request.args.get("tag")
     if tag is None:
         return "pong"
-    marks = os.environ["MARKS"]
+    signals = os.environ["SIGNALS"]
 
     def gen():
         try:
             while True:
                 yield CHUNK
         finally:
-            open(os.path.join(marks, tag), "w").close()
+            urllib.request.urlopen(signals + "/mark/closed", tag.encode()).read()
 
     return Response(gen(), mimetype="application/octet-stream")
 """
@@ -59,11 +59,9 @@ def _abort(sock: socket.socket) -> None:
     sock.close()
 
 
-def test_fast_producer_stops_when_its_clients_abort(platform: Platform, tmp_path: Path) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
+def test_fast_producer_stops_when_its_clients_abort(platform: Platform, signals: Signals, tmp_path: Path) -> None:
     handler = platform.write_function(tmp_path, "firehose", FIREHOSE)
-    platform.deploy("firehose", handler, env={"MARKS": str(marks), "threads": str(STREAMS)})
+    platform.deploy("firehose", handler, env={"SIGNALS": signals.url, "threads": str(STREAMS)})
     url = platform.function_url("firehose")
     socks = [_open_stream(url, i) for i in range(STREAMS)]
     try:
@@ -73,9 +71,10 @@ def test_fast_producer_stops_when_its_clients_abort(platform: Platform, tmp_path
         aborted = time.monotonic()
         for sock in socks:
             _abort(sock)
-    wait_for(lambda: len(list(marks.iterdir())) == STREAMS, 30, what="every generator's finally")
+    closed = signals.wait_marks("closed", STREAMS, timeout=30)  # every generator's finally ran
     elapsed = time.monotonic() - aborted
     assert elapsed < 1.0, f"the last generator stopped {elapsed:.1f}s after its client went away"
+    assert sorted(int(tag) for tag in closed) == list(range(STREAMS))  # each stream's, once
     # Every waitress thread is free again: a new request is served at once.
     started = time.monotonic()
     r = httpx.get(url, timeout=10)

@@ -5,33 +5,34 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
-from platform_fixture import Platform, wait_for
+from platform_fixture import Platform, Signals
 
 OpenBrowser = Callable[..., BrowserContext]
 SLOW_TOKENS = 30
 
 # What the prompt asks for decides the answer: "slow" streams 30 tokens 0.25 s apart (its
-# `finally` writes how many it sent, so the test sees the request end), "fail" sends a token
-# and then `event: error`, anything else echoes the prompt quickly and ends with `event: done`.
-# Every request is logged with its headers, so the test can check what the page sent.
+# `finally` marks "slow-closed" with how many it sent, so the test sees the request end), "fail"
+# sends a token and then `event: error`, anything else echoes the prompt quickly and ends with
+# `event: done`. Every request is marked "requests" with its headers, so the test can check what
+# the page sent.
 CHAT = """
-import json, os, time
+import json, os, time, urllib.request
 from flask import Response, request
 
 def content(text):
     return f"data: {json.dumps({'content': text})}\\n\\n"
 
+def mark(name, body):
+    urllib.request.urlopen(os.environ["SIGNALS"] + "/mark/" + name, body.encode()).read()
+
 def handle(req):
-    logs = os.environ["LOG_DIR"]
-    with open(os.path.join(logs, "requests.jsonl"), "a") as f:
-        entry = {"content_type": request.headers.get("Content-Type"), "accept": request.headers.get("Accept"), "body": req}
-        f.write(json.dumps(entry) + "\\n")
+    entry = {"content_type": request.headers.get("Content-Type"), "accept": request.headers.get("Accept"), "body": req}
+    mark("requests", json.dumps(entry))
     prompt = json.loads(req)["messages"][-1]["content"]
 
     def slow():
@@ -43,8 +44,7 @@ def handle(req):
                 time.sleep(0.25)
             yield "event: done\\ndata: {}\\n\\n"
         finally:
-            with open(os.path.join(logs, "slow-closed"), "w") as f:
-                f.write(str(sent))
+            mark("slow-closed", str(sent))
 
     def fail():
         yield content("partial ")
@@ -61,21 +61,21 @@ def handle(req):
 
 
 @pytest.fixture(scope="module")
-def chat_logs(shared_platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A test chat function deployed as `chat` (the page's default), and the folder it logs to."""
+def chat_signals(
+    shared_platform: Platform, shared_signals: Signals, tmp_path_factory: pytest.TempPathFactory
+) -> Signals:
+    """A test chat function deployed as `chat` (the page's default), and the signals it marks."""
     root = tmp_path_factory.mktemp("chat")
-    logs = root / "logs"
-    logs.mkdir()
     shared_platform.deploy(
         "chat",
         shared_platform.write_function(root, "chat", CHAT),
-        env={"LOG_DIR": str(logs), "TOKENS": str(SLOW_TOKENS)},
+        env={"SIGNALS": shared_signals.url, "TOKENS": str(SLOW_TOKENS)},
     )
-    return logs
+    return shared_signals
 
 
 @pytest.fixture
-def page(shared_platform: Platform, chat_logs: Path, open_browser: OpenBrowser) -> Iterator[Page]:
+def page(shared_platform: Platform, chat_signals: Signals, open_browser: OpenBrowser) -> Iterator[Page]:
     page = open_browser(("admin", shared_platform.password)).pages[0]
     page.goto(shared_platform.url + "/ui/chat")
     yield page
@@ -86,16 +86,14 @@ def send(page: Page, prompt: str) -> None:
     page.press("#prompt", "Enter")
 
 
-def requests(logs: Path) -> list[dict[str, Any]]:
-    path = logs / "requests.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def requests(signals: Signals) -> list[dict[str, Any]]:
+    return [json.loads(mark) for mark in signals.marks("requests")]
 
 
 def test_chat_renders_tokens_as_they_arrive_and_stop_ends_the_request(
-    page: Page, chat_logs: Path, screenshot: Callable[[BrowserContext, str], None]
+    page: Page, chat_signals: Signals, screenshot: Callable[[BrowserContext, str], None]
 ) -> None:
-    marker = chat_logs / "slow-closed"
-    marker.unlink(missing_ok=True)
+    closed_before = len(chat_signals.marks("slow-closed"))
     send(page, "go slow please")
     answer = page.locator(".turn.assistant .content").last
     state = page.locator(".turn.assistant .state").last
@@ -109,7 +107,7 @@ def test_chat_renders_tokens_as_they_arrive_and_stop_ends_the_request(
         lengths.append(len(answer.text_content() or ""))
     assert lengths == sorted(set(lengths)), lengths
     expect(state).to_have_text("streaming…")
-    assert not marker.exists()
+    assert len(chat_signals.marks("slow-closed")) == closed_before
     expect(page.locator(".turn.assistant .ttft").last).to_have_text(
         re.compile(r"^TTFT \d+(\.\d+)? m?s$")
     )
@@ -120,13 +118,7 @@ def test_chat_renders_tokens_as_they_arrive_and_stop_ends_the_request(
     expect(state).to_have_text("stopped")
     expect(page.locator("#stop")).to_be_disabled()
     # The abort reached the function: its generator's `finally` ran before all tokens were sent.
-    sent = int(
-        wait_for(
-            lambda: marker.exists() and marker.read_text(),
-            10,
-            what="the function's generator to close",
-        )
-    )
+    sent = int(chat_signals.wait_marks("slow-closed", closed_before + 1, timeout=10)[closed_before])
     assert sent < SLOW_TOKENS
     shown = answer.text_content() or ""
     assert shown.startswith("tok0 tok1 tok2 ") and "tok29" not in shown
@@ -136,9 +128,9 @@ def test_chat_renders_tokens_as_they_arrive_and_stop_ends_the_request(
 
 
 def test_chat_sends_the_conversation_as_json_and_keeps_prior_turns(
-    page: Page, chat_logs: Path, screenshot: Callable[[BrowserContext, str], None]
+    page: Page, chat_signals: Signals, screenshot: Callable[[BrowserContext, str], None]
 ) -> None:
-    before = len(requests(chat_logs))
+    before = len(requests(chat_signals))
     send(page, "hello there")
     first = page.locator(".turn.assistant").nth(0)
     expect(first.locator(".state")).to_have_text("done")
@@ -154,7 +146,7 @@ def test_chat_sends_the_conversation_as_json_and_keeps_prior_turns(
         ["you said: hello there ", "you said: and again "]
     )
 
-    sent = requests(chat_logs)[before:]
+    sent = requests(chat_signals)[before:]
     assert len(sent) == 2
     assert all(
         r["content_type"] == "application/json" and r["accept"] == "text/event-stream" for r in sent

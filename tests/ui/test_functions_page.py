@@ -8,24 +8,22 @@ from pathlib import Path
 
 from playwright.sync_api import BrowserContext, expect
 
-from platform_fixture import Platform
+from platform_fixture import Platform, Signals
 
 OpenBrowser = Callable[..., BrowserContext]
 
-# Sends its first line, then holds the stream open until the test creates the gate file. The
-# first line can only show up before the gate exists if the page renders chunks as they arrive.
+# Sends its first line, then holds the stream open until the test opens the gate. The first
+# line can only show up before the gate opens if the page renders chunks as they arrive.
 GATED = """
-import os, time
+import os, urllib.request
 from flask import Response
 
 def handle(req):
-    gate = os.environ["GATE"]
+    signals = os.environ["SIGNALS"]
 
     def lines():
         yield f"got: {req}\\n"
-        deadline = time.monotonic() + 30
-        while not os.path.exists(gate) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        urllib.request.urlopen(signals + "/wait/gate?timeout=30").read()
         yield "after the gate\\n"
 
     return Response(lines(), mimetype="text/plain")
@@ -34,13 +32,13 @@ def handle(req):
 
 def test_functions_page_lists_a_function_and_streams_its_output(
     platform: Platform,
+    signals: Signals,
     open_browser: OpenBrowser,
     tmp_path: Path,
     screenshot: Callable[[BrowserContext, str], None],
 ) -> None:
-    gate = tmp_path / "gate"
     platform.deploy(
-        "gated", platform.write_function(tmp_path / "fn", "gated", GATED), env={"GATE": str(gate)}
+        "gated", platform.write_function(tmp_path / "fn", "gated", GATED), env={"SIGNALS": signals.url}
     )
     context = open_browser(("admin", platform.password))
     page = context.pages[0]
@@ -58,10 +56,9 @@ def test_functions_page_lists_a_function_and_streams_its_output(
     expect(output).to_have_text("got: hello\n")
     expect(page.locator("#invoke-status")).to_contain_text("streaming")
     # The page shows the first line while the function still holds back the rest.
-    assert not gate.exists()
     screenshot(context, "functions-streaming")
 
-    gate.touch()
+    signals.open("gate")
     expect(output).to_have_text("got: hello\nafter the gate\n")
     expect(page.locator("#invoke-status")).to_contain_text(re.compile(r"HTTP 200 .* done in"))
     screenshot(context, "functions-done")

@@ -18,10 +18,15 @@ def _set_state_dir(ctx: click.Context, _param: click.Parameter, value: Path | No
         ctx.ensure_object(Context).state_dir = value.resolve()
 
 
+def _state_dir_option() -> click.Option:
+    return click.Option(
+        ["--state-dir"], type=click.Path(file_okay=False, path_type=Path), default=None, expose_value=False,
+        callback=_set_state_dir, is_eager=True, help="Local state (images, venvs, logs); default $STREAMFAAS_STATE_DIR.",
+    )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="streamfaas")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None, expose_value=False,
-              callback=_set_state_dir, is_eager=True, help="Local state (images, venvs, logs); default $STREAMFAAS_STATE_DIR.")
 def cli() -> None:
     """streamfaas: functions whose responses stream end to end."""
 
@@ -39,6 +44,19 @@ def _register_optional() -> None:
 
 
 _register_optional()
+
+
+def _accept_global_options(command: click.Command) -> None:
+    """The group's ``--state-dir`` after a subcommand too (``streamfaas list --state-dir X``),
+    as faas-cli takes its global flags anywhere. A command with its own keeps it (gateway)."""
+    if not any("--state-dir" in p.opts for p in command.params):
+        command.params.append(_state_dir_option())
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _accept_global_options(sub)
+
+
+_accept_global_options(cli)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,21 @@ from ..errors import BadRequest, FunctionNotFound, GatewayUnreachable, Streamfaa
 
 
 class APIError(StreamfaasError):
-    def __init__(self, status: int, message: str) -> None:
+    """The gateway's error: its first line as the message, and the whole text as ``detail``
+    (a failed deploy's lines after the first are the function's traceback)."""
+
+    def __init__(self, status: int, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.http_status = status
+        self.detail = detail or message
+
+
+def _with_counts(status: dict[str, Any]) -> dict[str, Any]:
+    """A function's status with its counts, which the API leaves out when 0 (omitempty, as
+    OpenFaaS's Go types do), filled in the way a Go client reads them."""
+    if not isinstance(status, dict):
+        raise APIError(502, "the gateway's answer is not a function status: is this an OpenFaaS gateway?")
+    return {"replicas": 0, "availableReplicas": 0, "invocationCount": 0, **status}
 
 
 class GatewayClient:
@@ -41,7 +53,7 @@ class GatewayClient:
             raise APIError(401, f"unauthorized at {self.url}: log in with `streamfaas login --gateway {self.url} --password-stdin`")
         if resp.status_code >= 400:
             message = resp.text.strip() or resp.reason_phrase
-            raise APIError(resp.status_code, message.splitlines()[0] if message else str(resp.status_code))
+            raise APIError(resp.status_code, message.splitlines()[0] if message else str(resp.status_code), message)
         return resp
 
     @contextmanager
@@ -69,7 +81,7 @@ class GatewayClient:
     # ---- the /system API ----
     def list_functions(self) -> list[dict[str, Any]]:
         data: list[dict[str, Any]] = self.request("GET", "/system/functions").json()
-        return data
+        return [_with_counts(f) for f in data]
 
     def get_function(self, name: str) -> dict[str, Any]:
         try:
@@ -78,7 +90,7 @@ class GatewayClient:
             if exc.http_status == 404:
                 raise FunctionNotFound(name) from None
             raise
-        return data
+        return _with_counts(data)
 
     def deploy(self, deployment: dict[str, Any]) -> None:
         # As faas-cli does: update with PUT, and create with POST when PUT says it is new.

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from ..config import default_state_dir
+from ..errors import ConfigError
 from ._client import GatewayClient
 from ._credentials import lookup
+from ._types import HTTP_URL
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,6 +47,15 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context, ensure=True)
 
 
+@contextmanager
+def flag_errors() -> Iterator[None]:
+    """Settings built from flags that each parsed but do not go together: a bad argument (exit 2)."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise click.UsageError(str(exc), click.get_current_context(silent=True)) from None
+
+
 def _set_gateway(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value:
         obj = ctx.ensure_object(Context)
@@ -54,7 +66,7 @@ def _set_gateway(ctx: click.Context, _param: click.Parameter, value: str | None)
 
 def gateway_option(f: F) -> F:
     return click.option(
-        "-g", "--gateway", default=None, expose_value=False, callback=_set_gateway, is_eager=True,
+        "-g", "--gateway", type=HTTP_URL, default=None, expose_value=False, callback=_set_gateway, is_eager=True,
         help=f"Gateway URL (default: $OPENFAAS_URL, stack.yaml's provider.gateway, or {DEFAULT_GATEWAY}).",
     )(f)
 

@@ -22,7 +22,8 @@ from ._sse import StreamFailed, print_deltas
 def chat(ctx: Context, function: str, token: str | None, stats: bool) -> None:
     """Chat with a function that streams {"content": ...} events; Ctrl-C stops an answer.
 
-    Ctrl-D (or Ctrl-C at the prompt) ends the chat.
+    Ctrl-D (or Ctrl-C at the prompt) ends the chat; it exits 1 if an answer failed, or at
+    once on an HTTP error.
     """
     client = ctx.client()
     messages: list[dict[str, str]] = []
@@ -30,11 +31,14 @@ def chat(ctx: Context, function: str, token: str | None, stats: bool) -> None:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     interactive = sys.stdin.isatty()
+    failed = 0  # answers that ended in an error: the chat then exits 1, for scripts
     while True:
         try:
             prompt = input("you> " if interactive else "")
         except (EOFError, KeyboardInterrupt):
             click.echo("", err=interactive)
+            if failed:
+                raise click.ClickException(f"{failed} answer{'s' if failed > 1 else ''} failed (see above)") from None
             return
         if not prompt.strip():
             continue
@@ -59,6 +63,7 @@ def chat(ctx: Context, function: str, token: str | None, stats: bool) -> None:
         except StreamFailed as exc:
             click.echo(f"\n[error] {exc}", err=True)
             messages.pop()
+            failed += 1
             continue
         except StreamfaasError:
             raise

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import ConfigError, StackError
+from ..errors import DeployError, StackError
 from ..provider.images import ImageStore
 from ..proxy import is_event_stream
 from ..stack import FunctionSpec, Stack, load_stack
+from ..templates import lay_for_faas_cli
+from ._client import APIError, GatewayClient
 from ._options import Context, gateway_option, pass_ctx, stack_option
 from ._sse import print_deltas
+from ._types import HEADER, HTTP_METHOD, HTTP_URL, KEY_VALUE, POSITIVE_DURATION, SINCE
 from .queue import invoke_async
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _load(ctx: Context, stack_file: str) -> Stack:
@@ -27,7 +35,10 @@ def _load(ctx: Context, stack_file: str) -> Stack:
 
 
 def _selected(stack: Stack, names: tuple[str, ...]) -> list[FunctionSpec]:
-    return list(stack.select(list(names) or None).values())
+    try:
+        return list(stack.select(list(names) or None).values())
+    except StackError as exc:  # a --filter that matches no function is a bad argument
+        raise click.BadParameter(str(exc), click.get_current_context(), param_hint="'--filter'") from None
 
 
 def deployment_for(fn: FunctionSpec) -> dict[str, Any]:
@@ -53,7 +64,10 @@ def deployment_for(fn: FunctionSpec) -> dict[str, Any]:
     return body
 
 
-def build_functions(ctx: Context, functions: list[FunctionSpec]) -> None:
+def build_functions(ctx: Context, functions: list[FunctionSpec], *, template_root: Path | None = None) -> None:
+    """Build each function's image; with ``template_root`` (the stack file's folder), also lay
+    each template used into ``template_root/template/LANG`` when nothing is there, for
+    ``faas-cli deploy -f``."""
     store = ImageStore(ctx.state_dir / "images")
     console = Console(stderr=True)
     for fn in functions:
@@ -65,15 +79,75 @@ def build_functions(ctx: Context, functions: list[FunctionSpec]) -> None:
         with console.status(f"building {fn.name} ({fn.lang}) …"):
             image = store.build(fn.image, fn.lang, fn.handler_path)
         console.print(f"[green]built[/green] {fn.name} → {image.image} ({image.digest[:19]})")
+        laid = lay_for_faas_cli(fn.lang, template_root) if template_root is not None else None
+        if laid is not None:
+            console.print(f"[dim]laid the template into {laid}/ for faas-cli[/dim]")
 
 
-def deploy_functions(ctx: Context, functions: list[FunctionSpec]) -> None:
+def deploy_functions(ctx: Context, functions: list[FunctionSpec], *, wait: bool = True, timeout: float = 120.0) -> None:
+    """Deploy, then (unless ``wait`` is off) wait until each function serves or fails to start.
+
+    The API answers 202 at once, as OpenFaaS's does; readiness is then polled, as
+    ``faas-cli ready`` does, on the function's status: ``availableReplicas``, or ``startError``
+    (why its replicas fail to start: the end of the function's traceback).
+    """
     client = ctx.client()
     console = Console(stderr=True)
+    failures: dict[str, str] = {}
+    deployed: list[str] = []
     for fn in functions:
         with console.status(f"deploying {fn.name} …"):
-            client.deploy(deployment_for(fn))
-        console.print(f"[green]deployed[/green] {fn.name}: {client.url}/function/{fn.name}")
+            try:
+                client.deploy(deployment_for(fn))
+            except APIError as exc:
+                if exc.http_status == 401:
+                    raise
+                # A bad setting (400), or an update whose new version did not start (500; the
+                # old version still serves): the others are deployed all the same.
+                failures[fn.name] = exc.detail
+                continue
+        deployed.append(fn.name)
+    if wait and deployed:
+        with console.status(f"waiting for {', '.join(deployed)} to be ready …"):
+            failures.update(_wait_ready(client, deployed, timeout))
+    for name in deployed:
+        if name not in failures:
+            console.print(f"[green]deployed[/green] {name}: {client.url}/function/{name}")
+    if failures:
+        raise DeployError("\n".join(f"{name}: {why}" for name, why in failures.items()))
+
+
+def _wait_ready(client: GatewayClient, names: list[str], timeout: float) -> dict[str, str]:
+    """Poll until every function has a ready replica (or is scaled to zero); why others failed."""
+    deadline = time.monotonic() + timeout
+    pending = list(names)
+    failures = {}
+    delay = 0.05
+    while pending:
+        for name in list(pending):
+            status = client.get_function(name)
+            if status["availableReplicas"] > 0 or status["replicas"] == 0:
+                pending.remove(name)
+            elif status.get("startError"):
+                pending.remove(name)
+                failures[name] = f"failed to start (`streamfaas logs {name}` has all its output):\n{status['startError']}"
+        if not pending:
+            break
+        left = deadline - time.monotonic()
+        if left <= 0:
+            failures.update((name, f"not ready after {timeout:g}s (see `streamfaas logs {name}`)") for name in pending)
+            break
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, 0.5)
+    return failures
+
+
+def wait_options(f: F) -> F:
+    """``--wait/--no-wait`` and ``--timeout``, for the commands that deploy."""
+    f = click.option("--timeout", type=POSITIVE_DURATION, default="2m", show_default=True,
+                     help="With --wait: the longest wait for a function to be ready.")(f)
+    return click.option("--wait/--no-wait", default=True, show_default=True,
+                        help="Wait until each function serves; exit 1 with its error if it fails to start.")(f)
 
 
 @click.command()
@@ -81,57 +155,54 @@ def deploy_functions(ctx: Context, functions: list[FunctionSpec]) -> None:
 @click.option("--filter", "names", multiple=True, help="Only these functions (names or globs).")
 @pass_ctx
 def build(ctx: Context, stack_file: str, names: tuple[str, ...]) -> None:
-    """Build local images (template + handler) for the functions in stack.yaml."""
-    build_functions(ctx, _selected(_load(ctx, stack_file), names))
+    """Build local images (template + handler) for the functions in stack.yaml.
+
+    Each template used is also laid into ./template/LANG next to stack.yaml, unless something
+    is there already, as faas-cli deploy -f needs it."""
+    stack = _load(ctx, stack_file)
+    build_functions(ctx, _selected(stack, names), template_root=stack.path.parent)
 
 
 @click.command()
 @stack_option
 @gateway_option
 @click.option("--filter", "names", multiple=True, help="Only these functions (names or globs).")
+@wait_options
 @pass_ctx
-def deploy(ctx: Context, stack_file: str, names: tuple[str, ...]) -> None:
+def deploy(ctx: Context, stack_file: str, names: tuple[str, ...], wait: bool, timeout: float) -> None:
     """Deploy the functions in stack.yaml (their images must be built)."""
-    deploy_functions(ctx, _selected(_load(ctx, stack_file), names))
+    deploy_functions(ctx, _selected(_load(ctx, stack_file), names), wait=wait, timeout=timeout)
 
 
 @click.command()
 @stack_option
 @gateway_option
 @click.option("--filter", "names", multiple=True, help="Only these functions (names or globs).")
+@wait_options
 @pass_ctx
-def up(ctx: Context, stack_file: str, names: tuple[str, ...]) -> None:
+def up(ctx: Context, stack_file: str, names: tuple[str, ...], wait: bool, timeout: float) -> None:
     """Build, then deploy, the functions in stack.yaml."""
-    functions = _selected(_load(ctx, stack_file), names)
-    build_functions(ctx, functions)
-    deploy_functions(ctx, functions)
-
-
-def _pairs(values: tuple[str, ...], what: str) -> list[tuple[str, str]]:
-    out = []
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
-        out.append((key, value))
-    return out
+    stack = _load(ctx, stack_file)
+    functions = _selected(stack, names)
+    build_functions(ctx, functions, template_root=stack.path.parent)
+    deploy_functions(ctx, functions, wait=wait, timeout=timeout)
 
 
 @click.command()
 @click.argument("name")
 @gateway_option
-@click.option("-H", "--header", "headers", multiple=True, help="A request header, KEY=VALUE.")
-@click.option("--query", "query", multiple=True, help="A query parameter, KEY=VALUE.")
-@click.option("-m", "--method", default="POST", show_default=True, help="HTTP method.")
+@click.option("-H", "--header", "headers", type=HEADER, multiple=True, help="A request header, NAME=VALUE.")
+@click.option("--query", "query", type=KEY_VALUE, multiple=True, help="A query parameter, KEY=VALUE.")
+@click.option("-m", "--method", type=HTTP_METHOD, default="POST", show_default=True, help="HTTP method.")
 @click.option("--content-type", default="text/plain", show_default=True)
 @click.option("--path", "subpath", default="", help="Path after /function/NAME/.")
 @click.option("--token", envvar="STREAMFAAS_FUNCTION_TOKEN", default=None, help="Bearer token of a private function.")
 @click.option("--async", "async_", is_flag=True, help="Queue it (POST /async-function/NAME); print the call id.")
-@click.option("--callback", default=None, help="With --async: POST the result to this URL.")
+@click.option("--callback", type=HTTP_URL, default=None, help="With --async: POST the result to this URL.")
 @click.option("--raw", is_flag=True, help="Print the bytes as they come, even for an event stream.")
 @pass_ctx
 def invoke(
-    ctx: Context, name: str, headers: tuple[str, ...], query: tuple[str, ...], method: str,
+    ctx: Context, name: str, headers: tuple[tuple[str, str], ...], query: tuple[tuple[str, str], ...], method: str,
     content_type: str, subpath: str, token: str | None, async_: bool, callback: str | None, raw: bool,
 ) -> None:
     """Invoke a function with stdin as the body; print the response as it streams.
@@ -139,10 +210,10 @@ def invoke(
     An event stream of {"content": ...} deltas (a chat function) prints as plain text.
     """
     body = b"" if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
-    hdrs = {"Content-Type": content_type, **dict(_pairs(headers, "header"))}
+    hdrs = {"Content-Type": content_type, **dict(headers)}
     if token:
         hdrs["Authorization"] = f"Bearer {token}"
-    params = _pairs(query, "query")
+    params = list(query)
     if callback and not async_:
         raise click.UsageError("--callback needs --async")
     if async_:
@@ -150,7 +221,7 @@ def invoke(
         return invoke_async(ctx, name, tail, body=body, headers=hdrs, params=params, callback=callback)
     path = f"/function/{name}" + (f"/{subpath.lstrip('/')}" if subpath else "")
     out = sys.stdout.buffer
-    with ctx.client().stream(method.upper(), path, content=body, headers=hdrs, params=params) as resp:
+    with ctx.client().stream(method, path, content=body, headers=hdrs, params=params) as resp:
         if resp.status_code >= 400:
             text = resp.read().decode(errors="replace").strip()
             raise click.ClickException(f"{name}: HTTP {resp.status_code}: {text.splitlines()[0] if text else ''}")
@@ -217,6 +288,8 @@ def describe(ctx: Context, name: str, as_json: bool) -> None:
         ("Secrets", ", ".join(f.get("secrets", []))),
         ("Created", f.get("createdAt", "")),
     ]
+    if f.get("startError"):  # why it does not start: the end of the function's traceback
+        rows.append(("Start Error", f["startError"].replace("\n", "\n" + " " * 20)))
     for key, value in rows:
         click.echo(f"{key + ':':<20}{value}")
 
@@ -243,8 +316,8 @@ def remove(ctx: Context, names: tuple[str, ...], stack_file: str | None) -> None
 @click.argument("name")
 @gateway_option
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines as they are written.")
-@click.option("--tail", default=-1, show_default=True, help="Only the last N lines (-1: all).")
-@click.option("--since", default=None, help="Only lines at or after this RFC 3339 time.")
+@click.option("--tail", type=click.IntRange(min=-1), default=-1, show_default=True, help="Only the last N lines (-1: all).")
+@click.option("--since", type=SINCE, default=None, help="Only lines at or after this RFC 3339 time, or from this long ago (10m).")
 @pass_ctx
 def logs(ctx: Context, name: str, follow: bool, tail: int, since: str | None) -> None:
     """Print a function's logs; --follow streams new lines."""
@@ -259,9 +332,14 @@ def logs(ctx: Context, name: str, follow: bool, tail: int, since: str | None) ->
 @gateway_option
 @pass_ctx
 def scale(ctx: Context, name: str, replicas: int) -> None:
-    """Scale a function (to zero, too: the next request starts it again)."""
-    ctx.client().scale(name, replicas)
-    click.echo(f"scaled {name} to {replicas}", err=True)
+    """Scale a function (to zero, too: the next request starts it again).
+
+    More than the function's com.openfaas.scale.max label allows gets that max."""
+    client = ctx.client()
+    client.scale(name, replicas)
+    got = client.get_function(name)["replicas"]
+    clamped = f" (its com.openfaas.scale.max; {replicas} were asked for)" if got < replicas else ""
+    click.echo(f"scaled {name} to {got}{clamped}", err=True)
 
 
 COMMANDS = [build, deploy, up, invoke, list_, describe, remove, logs, scale]

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..config import GatewayConfig, QueueConfig, parse_duration
-from ._options import Context, pass_ctx
+from ..config import GatewayConfig, QueueConfig
+from ._options import Context, flag_errors, pass_ctx
+from ._types import DURATION
 from .queue import queue_options
 
 
@@ -19,41 +20,54 @@ from .queue import queue_options
               help="Where functions, images, venvs and logs live (default: $STREAMFAAS_STATE_DIR or ~/.local/share/streamfaas).")
 @click.option("--port-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the port here once listening (useful with --port 0).")
-@click.option("--upstream-timeout", default="10m", show_default=True, help="Longest wait for a function's response headers.")
-@click.option("--cold-start-timeout", default="60s", show_default=True, help="Longest wait for a replica to start.")
-@click.option("--auth/--no-auth", default=True, show_default=True, help="Basic auth on /system and /ui.")
+@click.option("--upstream-timeout", type=DURATION, default="10m", show_default=True, help="Longest wait for a function's response headers.")
+@click.option("--cold-start-timeout", type=DURATION, default="60s", show_default=True, help="Longest wait for a replica to start.")
+@click.option("--auth", "auth_mode", type=click.Choice(["basic", "none"]), default=None, is_flag=False, flag_value="basic",
+              help="basic (the default): the admin's basic auth on /system and /ui. none: no auth at all, for a "
+                   "trusted machine: it listens on loopback only (unless --i-know-no-auth-is-public) and warns at start.")
+@click.option("--no-auth", is_flag=True, help="Same as --auth none.")
+@click.option("--i-know-no-auth-is-public", "public_without_auth", is_flag=True,
+              help="Let --auth none listen on a --host that other machines reach.")
+@click.option("--metrics-auth", is_flag=True, help="Put /metrics behind the admin's basic auth too (default: public).")
 @click.option("--basic-auth-user", default="admin", show_default=True)
 @click.option("--basic-auth-password-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Read the admin password from this file (default: generated into STATE/auth/admin-password).")
 @click.option("--sandbox/--no-sandbox", default=True, show_default=True, help="Run functions in bubblewrap when available.")
-@click.option("--header-timeout", default="10s", show_default=True,
+@click.option("--header-timeout", type=DURATION, default="10s", show_default=True,
               help="Close a client connection whose request head is not complete this long after it began (0: no limit).")
-@click.option("--keepalive-timeout", default="75s", show_default=True,
+@click.option("--keepalive-timeout", type=DURATION, default="75s", show_default=True,
               help="Close a client connection idle this long between requests (0: close after each response).")
 @queue_options(gateway=True)
 @pass_ctx
 def gateway(ctx: Context, host: str, port: int, state_dir: Path | None, port_file: Path | None,
-            upstream_timeout: str, cold_start_timeout: str, auth: bool, basic_auth_user: str,
-            basic_auth_password_file: Path | None, sandbox: bool, header_timeout: str, keepalive_timeout: str,
+            upstream_timeout: float, cold_start_timeout: float, auth_mode: str | None, no_auth: bool,
+            public_without_auth: bool, metrics_auth: bool, basic_auth_user: str,
+            basic_auth_password_file: Path | None, sandbox: bool, header_timeout: float, keepalive_timeout: float,
             queue_config: QueueConfig) -> None:
     """Run the platform (gateway + local provider) in the foreground."""
     from ..gateway import run
 
-    config = GatewayConfig(
-        host=host,
-        port=port,
-        state_dir=(state_dir or ctx.state_dir).resolve(),
-        upstream_timeout=parse_duration(upstream_timeout, name="--upstream-timeout"),
-        cold_start_timeout=parse_duration(cold_start_timeout, name="--cold-start-timeout"),
-        port_file=port_file,
-        auth=auth,
-        auth_user=basic_auth_user,
-        auth_password_file=basic_auth_password_file,
-        sandbox=sandbox,
-        header_timeout=parse_duration(header_timeout, name="--header-timeout"),
-        keepalive_timeout=parse_duration(keepalive_timeout, name="--keepalive-timeout"),
-        queue=queue_config,
-    )
+    if no_auth and auth_mode == "basic":
+        raise click.UsageError("--auth basic and --no-auth contradict each other")
+    auth = not no_auth and auth_mode != "none"
+    with flag_errors():
+        config = GatewayConfig(
+            host=host,
+            port=port,
+            state_dir=(state_dir or ctx.state_dir).resolve(),
+            upstream_timeout=upstream_timeout,
+            cold_start_timeout=cold_start_timeout,
+            port_file=port_file,
+            auth=auth,
+            auth_user=basic_auth_user,
+            auth_password_file=basic_auth_password_file,
+            public_without_auth=public_without_auth,
+            metrics_auth=metrics_auth,
+            sandbox=sandbox,
+            header_timeout=header_timeout,
+            keepalive_timeout=keepalive_timeout,
+            queue=queue_config,
+        )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     run(config)
 

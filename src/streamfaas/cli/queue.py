@@ -14,9 +14,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..config import QueueConfig, parse_duration, parse_size
+from ..config import QueueConfig
 from ._credentials import lookup
-from ._options import Context, gateway_option, pass_ctx
+from ._options import Context, flag_errors, gateway_option, pass_ctx
+from ._types import DURATION, POSITIVE_DURATION, SIZE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -33,20 +34,20 @@ _SHARED = [
                  help="Jobs of one function a worker runs at once."),
     click.option("--queue-max-retries", "q_max_retries", type=click.IntRange(0, 1000), default=5, show_default=True,
                  help="Failed attempts retried before a job is dead-lettered."),
-    click.option("--queue-backoff", "q_backoff", default="1s", show_default=True,
+    click.option("--queue-backoff", "q_backoff", type=DURATION, default="1s", show_default=True,
                  help="Delay before the first retry; doubled for each one after."),
-    click.option("--queue-backoff-max", "q_backoff_max", default="1m", show_default=True, help="Longest retry delay."),
-    click.option("--queue-lease", "q_lease", default="30s", show_default=True,
+    click.option("--queue-backoff-max", "q_backoff_max", type=DURATION, default="1m", show_default=True, help="Longest retry delay."),
+    click.option("--queue-lease", "q_lease", type=POSITIVE_DURATION, default="30s", show_default=True,
                  help="A job whose worker died runs again after this (a live worker renews it)."),
-    click.option("--queue-drain-timeout", "q_drain_timeout", default="30s", show_default=True,
+    click.option("--queue-drain-timeout", "q_drain_timeout", type=DURATION, default="30s", show_default=True,
                  help="On shutdown, in-flight jobs get this long to finish, then go back to the queue (0: at once)."),
-    click.option("--queue-invoke-timeout", "q_invoke_timeout", default="10m", show_default=True,
+    click.option("--queue-invoke-timeout", "q_invoke_timeout", type=DURATION, default="10m", show_default=True,
                  help="Longest run of one attempt."),
-    click.option("--queue-callback-timeout", "q_callback_timeout", default="30s", show_default=True,
+    click.option("--queue-callback-timeout", "q_callback_timeout", type=DURATION, default="30s", show_default=True,
                  help="Longest wait for a callback URL to answer."),
 ]
 _GATEWAY_ONLY = [
-    click.option("--max-async-body", "q_max_body", default="1MiB", show_default=True,
+    click.option("--max-async-body", "q_max_body", type=SIZE, default="1MiB", show_default=True,
                  help="Largest /async-function request body (bigger: 413)."),
     click.option("--queue-worker/--no-queue-worker", "q_worker", default=True, show_default=True,
                  help="Run a queue worker inside the gateway (off: run `streamfaas queue-worker`)."),
@@ -54,25 +55,24 @@ _GATEWAY_ONLY = [
 
 
 def queue_config(values: dict[str, Any]) -> QueueConfig:
-    def duration(key: str, flag: str) -> float:
-        return parse_duration(values[key], name=flag)
-
-    return QueueConfig(
-        backend=values["q_backend"],
-        sqlite_path=values["q_sqlite_path"].resolve() if values["q_sqlite_path"] else None,
-        nats_url=values["q_nats_url"],
-        nats_stream=values["q_nats_stream"],
-        max_body=parse_size(values.get("q_max_body", "1MiB"), name="--max-async-body"),
-        worker=values.get("q_worker", True),
-        concurrency=values["q_concurrency"],
-        max_retries=values["q_max_retries"],
-        backoff=duration("q_backoff", "--queue-backoff"),
-        backoff_max=duration("q_backoff_max", "--queue-backoff-max"),
-        lease=duration("q_lease", "--queue-lease"),
-        drain_timeout=duration("q_drain_timeout", "--queue-drain-timeout"),
-        invoke_timeout=duration("q_invoke_timeout", "--queue-invoke-timeout"),
-        callback_timeout=duration("q_callback_timeout", "--queue-callback-timeout"),
-    )
+    """The QueueConfig of the parsed queue flags (``q_*``), as click's types gave them."""
+    with flag_errors():
+        return QueueConfig(
+            backend=values["q_backend"],
+            sqlite_path=values["q_sqlite_path"].resolve() if values["q_sqlite_path"] else None,
+            nats_url=values["q_nats_url"],
+            nats_stream=values["q_nats_stream"],
+            max_body=values.get("q_max_body", QueueConfig.max_body),
+            worker=values.get("q_worker", True),
+            concurrency=values["q_concurrency"],
+            max_retries=values["q_max_retries"],
+            backoff=values["q_backoff"],
+            backoff_max=values["q_backoff_max"],
+            lease=values["q_lease"],
+            drain_timeout=values["q_drain_timeout"],
+            invoke_timeout=values["q_invoke_timeout"],
+            callback_timeout=values["q_callback_timeout"],
+        )
 
 
 def queue_options(*, gateway: bool) -> Callable[[F], F]:

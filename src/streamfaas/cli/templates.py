@@ -12,12 +12,13 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..stack import append_function
-from ..templates import get_template, list_templates
+from ..templates import get_template, lay_for_faas_cli, list_templates
+from ._types import TEMPLATE
 
 
 @click.command()
 @click.argument("name")
-@click.option("--lang", required=True, help="Template to start from (see `streamfaas template store list`).")
+@click.option("--lang", type=TEMPLATE, required=True, help="Template to start from (see `streamfaas template store list`).")
 @click.option("-a", "--append", "stack_file", default="stack.yaml", show_default=True, help="stack.yaml to add the function to.")
 @click.option("--handler", default=None, help="Folder for the handler (default: ./NAME).")
 @click.option("--image", default=None, help="Image name (default: NAME:latest).")
@@ -37,6 +38,9 @@ def new(name: str, lang: str, stack_file: str, handler: str | None, image: str |
             break
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     click.echo(f"created {folder}/ from {lang} and added {name} to {stack_path}")
+    laid = lay_for_faas_cli(lang, stack_path.parent)
+    if laid is not None:
+        click.echo(f"laid the template into {laid}/ (faas-cli deploy -f reads its template.yml)")
     if template.welcome_message:
         click.echo(template.welcome_message.rstrip())
 
@@ -69,7 +73,7 @@ def store_list(as_json: bool) -> None:
 
 
 @store.command(name="pull")
-@click.argument("name")
+@click.argument("name", type=TEMPLATE)
 @click.option("--dir", "dest", default="template", show_default=True, help="Folder to copy into.")
 def store_pull(name: str, dest: str) -> None:
     """Copy a template into ./template/NAME to read or customise it."""
@@ -77,10 +81,7 @@ def store_pull(name: str, dest: str) -> None:
     target = Path(dest) / name
     if target.exists():
         raise ConfigError(f"{target} already exists")
-    target.mkdir(parents=True)
-    t.copy_into(target, with_starter_function=True)
-    for layer in t.layers:
-        shutil.copy2(layer / "template.yml", target / "template.yml")
+    t.write_folder(target)
     click.echo(f"pulled {name} into {target}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -12,21 +13,41 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .._process import listening_socket
+from .._process import listen_backlog, listening_socket, open_files, raise_open_files_limit
 from ..config import GatewayConfig
 from ..provider import LocalProvider
 from ..ui import add_ui_routes
 from .async_invoke import ASYNC_KEY, add_async_routes, local_url
-from .auth import auth_middleware, forget_gateway_url, load_credentials, record_gateway_url
+from .auth import (
+    auth_middleware,
+    forget_gateway_url,
+    load_credentials,
+    record_gateway_url,
+    warn_no_auth,
+)
 from .connection_limits import GatewayRunner
 from .invoke import invoke_function
 from .metrics import metrics_endpoint
 from .state import STATE_KEY, GatewayState
 from .system import add_routes, system_errors
 
+# Descriptors a gateway holds besides its streams: listener, logs, the queue's database, each
+# replica's pipes and kept-alive connections. Each stream holds two (client, upstream).
+FD_MARGIN = 64
+OPEN_FILES_LIMIT = web.AppKey("open_files_limit", int)
+
+
+def stream_capacity(open_files_limit: int) -> int:
+    """About how many streams fit under the descriptor limit."""
+    return max((open_files_limit - FD_MARGIN) // 2, 0)
+
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.Response(text="OK\n")
+    if request.query.get("verbose") not in ("1", "true"):
+        return web.Response(text="OK\n")
+    limit = request.app.get(OPEN_FILES_LIMIT, 0)
+    body = {"status": "ok", "open_files_limit": limit, "open_files": open_files(), "streams_max": stream_capacity(limit)}
+    return web.Response(text=json.dumps(body) + "\n", content_type="application/json")
 
 
 def create_app(config: GatewayConfig, provider: LocalProvider | None = None) -> web.Application:
@@ -37,7 +58,8 @@ def create_app(config: GatewayConfig, provider: LocalProvider | None = None) -> 
     if config.auth:
         credentials, password_file = load_credentials(config.state_dir, config.auth_user, config.auth_password_file)
         print(f"streamfaas gateway: basic auth on /system and /ui, user {config.auth_user!r}, password in {password_file}", flush=True)
-    app = web.Application(client_max_size=0, middlewares=[auth_middleware(credentials), system_errors])
+    middlewares = [auth_middleware(credentials, metrics_auth=config.metrics_auth), system_errors]
+    app = web.Application(client_max_size=0, middlewares=middlewares)
     state = GatewayState(config=config, provider=provider, credentials=credentials)
     app[STATE_KEY] = state
 
@@ -81,7 +103,9 @@ async def serve(config: GatewayConfig) -> None:
     # Everything the gateway writes (queue, logs, deployments, credentials) is its own alone;
     # images and venvs, which function uids must read, are opened up explicitly.
     os.umask(0o077)
+    nofile = raise_open_files_limit()
     app = create_app(config)
+    app[OPEN_FILES_LIMIT] = nofile
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -98,14 +122,18 @@ async def serve(config: GatewayConfig) -> None:
     await runner.setup()
     own_url = ""
     try:
-        await web.SockSite(runner, sock, shutdown_timeout=5).start()
+        # SockSite listens again, with its own backlog (128 unless told).
+        await web.SockSite(runner, sock, shutdown_timeout=5, backlog=listen_backlog()).start()
         url = f"http://{config.host}:{port}"
+        if not config.auth:
+            warn_no_auth(url)  # before the port file, so whoever waits on that sees it written
         # Before the port file: whoever waits on it may run the CLI, which reads this record.
         own_url = local_url(config.host, port)
         record_gateway_url(config.state_dir, own_url)
         if config.port_file is not None:
             config.port_file.write_text(f"{port}\n")
         print(f"streamfaas gateway listening on {url} (state: {config.state_dir})", flush=True)
+        print(f"streamfaas gateway: {nofile:,} open files allowed: about {stream_capacity(nofile):,} concurrent streams", flush=True)
         app[ASYNC_KEY].start_worker(local_url(config.host, port))
         await stop.wait()
         print("streamfaas gateway stopping", file=sys.stderr, flush=True)

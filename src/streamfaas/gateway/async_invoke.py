@@ -33,6 +33,7 @@ from ..queue import (
     open_queue,
 )
 from .auth import check_function_access, is_private
+from .invoke import check_namespace, split_name
 from .state import STATE_KEY, GatewayState, state_of
 from .system import json_body
 
@@ -173,7 +174,8 @@ def _check_private(state: GatewayState, request: web.Request, name: str) -> None
 async def submit_async(request: web.Request) -> web.Response:
     state = state_of(request)
     invocations = request.app[ASYNC_KEY]
-    name = request.match_info["name"]
+    name, namespace = split_name(request.match_info["name"])
+    check_namespace(name, namespace)
     if not state.provider.has(name):
         raise FunctionNotFound(name)
     _check_private(state, request, name)

@@ -15,6 +15,7 @@ import binascii
 import hmac
 import os
 import secrets
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,10 +193,28 @@ def cross_site_reason(request: web.Request) -> str | None:
     return f"refused a request from origin {origin.strip()!r} to the admin API of {request.host!r}"
 
 
-def auth_middleware(credentials: Credentials | None) -> Middleware:
+# Form bodies, which a cross-site HTML form can send, and which clients such as Airflow's
+# OpenFaaS hook (``requests.post(url, dict)``) send by accident.
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def _not_json(content_type: str) -> web.Response:
+    text = f"send the body as JSON, with 'Content-Type: application/json' (got {content_type!r})"
+    if content_type in _FORM_TYPES:
+        text += ": a form-encoded body is not read; in Python, requests.post(url, json=body), not data=body"
+    return web.Response(status=415, text=text + "\n")
+
+
+def auth_middleware(credentials: Credentials | None, *, metrics_auth: bool = False) -> Middleware:
+    """``credentials`` None: ``--auth none``, no password asked (the cross-site and JSON checks
+    stay). ``metrics_auth``: ``/metrics`` needs the admin's basic auth too."""
+
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not is_admin_path(request.path):
+            if metrics_auth and request.path == "/metrics" and credentials is not None \
+                    and not credentials.matches(request.headers.get("Authorization")):
+                return unauthorized()
             return await handler(request)
         changes_state = request.method not in _SAFE_METHODS
         # Before the password check, so a cross-site page cannot make the browser ask for it.
@@ -208,7 +227,22 @@ def auth_middleware(credentials: Credentials | None) -> Middleware:
         # forms and no-cors fetches, whose bodies need no CORS preflight.
         routed = request.match_info.http_exception is None
         if changes_state and routed and request.body_exists and request.content_type != "application/json":
-            return web.Response(status=415, text="send the body as JSON, with 'Content-Type: application/json'\n")
+            return _not_json(request.content_type)
         return await handler(request)
 
     return check
+
+
+def warn_no_auth(url: str) -> None:
+    """``--auth none``: say so, loudly, on stderr, where an operator's terminal or log shows it."""
+    bar = "!" * 78
+    print(
+        f"{bar}\n"
+        f"streamfaas gateway: WARNING: --auth none: NO AUTHENTICATION on {url}\n"
+        "Anyone who can reach this address can deploy, run and remove functions, read their\n"
+        "logs and set secrets, through /system and /ui. Use it only on a machine or network you\n"
+        "trust (Airflow's OpenFaaS hook, which sends no credentials, needs it).\n"
+        f"{bar}",
+        file=sys.stderr,
+        flush=True,
+    )

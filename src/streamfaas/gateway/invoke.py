@@ -11,7 +11,14 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from ..config import BodyLimits
-from ..errors import PayloadTooLarge, RequestTimeout, StreamfaasError, Unauthorized
+from ..errors import (
+    NamespaceNotFound,
+    PayloadTooLarge,
+    RequestTimeout,
+    StreamfaasError,
+    Unauthorized,
+)
+from ..provider.models import DEFAULT_NAMESPACE
 from ..proxy import (
     StreamLimits,
     UpstreamUnreachable,
@@ -32,6 +39,21 @@ FUNCTION_CSP = {"Content-Security-Policy": "sandbox allow-scripts allow-forms al
 CONNECT_ATTEMPTS = 8
 
 
+def split_name(raw: str) -> tuple[str, str]:
+    """``(NAME, NAMESPACE)`` from ``NAME.NAMESPACE``, as the Go SDK (so faas-cli and the
+    certifier) names a function in a path, or from a bare ``NAME``, in the default namespace.
+    A function name holds no ".", so the first one divides the two."""
+    name, dot, namespace = raw.partition(".")
+    return name, namespace if dot else DEFAULT_NAMESPACE
+
+
+def check_namespace(name: str, namespace: str) -> None:
+    if namespace != DEFAULT_NAMESPACE:
+        raise NamespaceNotFound(
+            f"function {name!r} not found in namespace {namespace!r}: the only namespace is {DEFAULT_NAMESPACE!r}"
+        )
+
+
 def _call_headers(request: web.Request) -> tuple[str, str]:
     call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
     return call_id, str(time.time_ns())
@@ -39,15 +61,16 @@ def _call_headers(request: web.Request) -> tuple[str, str]:
 
 async def invoke_function(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
-    name = request.match_info["name"]
+    name, namespace = split_name(request.match_info["name"])
     call_id, start_time = _call_headers(request)
     reply_headers = CIMultiDict({"X-Call-Id": call_id, "X-Start-Time": start_time, **FUNCTION_CSP})
-    known = state.provider.has(name)
+    known = namespace == DEFAULT_NAMESPACE and state.provider.has(name)
     if known:
         state.metrics.started.labels(function_name=name).inc()
     began = time.perf_counter()
     code = 499  # the client went away before an answer (nginx's convention)
     try:
+        check_namespace(name, namespace)
         resp = await _proxy(state, request, name, call_id, start_time, reply_headers)
         code = resp.status
     except StreamfaasError as exc:

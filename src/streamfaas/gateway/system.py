@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
 import json
 import platform
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,8 +17,10 @@ from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 
 from .. import __version__
-from ..errors import BadRequest, FunctionNotFound, StreamfaasError
-from ..provider.logs import line_time
+from .._build import build_sha
+from ..config import parse_duration
+from ..errors import BadRequest, ConfigError, FunctionNotFound, StreamfaasError
+from ..provider.logs import LogLine
 from ..provider.models import (
     DEFAULT_NAMESPACE,
     DeleteFunctionRequest,
@@ -24,6 +28,7 @@ from ..provider.models import (
     ScaleServiceRequest,
     Secret,
     SecretName,
+    go_time,
 )
 from .state import state_of
 
@@ -81,13 +86,14 @@ def _check_namespace(value: str | None) -> None:
 
 async def list_functions(request: web.Request) -> web.Response:
     _check_namespace(request.query.get("namespace"))
-    items = [s.model_dump(mode="json") for s in state_of(request).provider.statuses()]
+    items = [s.to_json() for s in state_of(request).provider.statuses()]
     return web.json_response(items)
 
 
 async def deploy_function(request: web.Request) -> web.Response:
     deployment = await _body(request, FunctionDeployment)
     _check_namespace(deployment.namespace)
+    deployment.scaling()  # a bad com.openfaas.scale.* label is a 400 that names it
     provider = state_of(request).provider
     if request.method == "PUT" and not provider.has(deployment.service):
         raise FunctionNotFound(deployment.service)
@@ -105,11 +111,12 @@ async def delete_function(request: web.Request) -> web.Response:
 async def get_function(request: web.Request) -> web.Response:
     _check_namespace(request.query.get("namespace"))
     status = state_of(request).provider.status(request.match_info["name"])
-    return web.json_response(status.model_dump(mode="json"))
+    return web.json_response(status.to_json())
 
 
 async def scale_function(request: web.Request) -> web.Response:
     body = await _body(request, ScaleServiceRequest)
+    _check_namespace(body.namespace)
     name = request.match_info["name"]
     if body.serviceName and body.serviceName != name:
         raise BadRequest(f"serviceName {body.serviceName!r} does not match the path's {name!r}")
@@ -118,14 +125,13 @@ async def scale_function(request: web.Request) -> web.Response:
 
 
 async def system_info(request: web.Request) -> web.Response:
+    # The gateway and the local provider are one package, so one build and one sha
+    # (commit_message is omitempty in faas-provider's VersionInfo, and we have none).
+    version = {"release": __version__, "sha": await asyncio.to_thread(build_sha)}
     return web.json_response(
         {
-            "provider": {
-                "provider": "streamfaas-local",
-                "orchestration": "local",
-                "version": {"release": __version__, "sha": "", "commit_message": ""},
-            },
-            "version": {"release": __version__, "sha": "", "commit_message": ""},
+            "provider": {"provider": "streamfaas-local", "orchestration": "local", "version": version},
+            "version": version,
             "arch": platform.machine(),
         }
     )
@@ -136,55 +142,74 @@ async def list_namespaces(request: web.Request) -> web.Response:
 
 
 def _parse_since(raw: str | None) -> float | None:
+    """An RFC 3339 time (what faas-cli and the Go SDK send), or a duration back from now."""
     if not raw:
         return None
     try:
-        return dt.datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+        # The CLI's Timestamp type parses the same way: a time it lets through is taken here.
+        t = dt.datetime.fromisoformat(raw)
     except ValueError:
-        raise BadRequest(f"since: expected an RFC 3339 time, got {raw!r}") from None
+        pass
+    else:
+        return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
+    try:
+        return time.time() - parse_duration(raw, name="since")
+    except ConfigError:
+        raise BadRequest(
+            f"since: expected an RFC 3339 time (2024-05-01T12:00:00Z) or a duration (10m), got {raw!r}"
+        ) from None
+
+
+# What Go's strconv.ParseBool takes: faas-cli sends true/false, the Go SDK 1/0.
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def _parse_follow(raw: str | None) -> bool:
+    if raw is None or raw in _FALSE:
+        return False
+    if raw in _TRUE:
+        return True
+    raise BadRequest(f"follow: expected true or false, got {raw!r}")
 
 
 async def function_logs(request: web.Request) -> web.StreamResponse:
-    """Newline-delimited JSON log messages, streamed as the lines are written."""
+    """Newline-delimited JSON log messages (faas-provider's ``logs.Message``), streamed as the
+    lines are written. ``tail`` keeps the last N lines (all when negative or absent)."""
     q = request.query
     name = q.get("name", "")
     if not name:
         raise BadRequest("name: the function whose logs to read is required")
+    _check_namespace(q.get("namespace"))
     try:
         tail = int(q.get("tail", "-1"))
     except ValueError:
         raise BadRequest(f"tail: expected an integer, got {q.get('tail')!r}") from None
-    follow = q.get("follow", "false").lower() in {"1", "true", "yes"}
+    follow = _parse_follow(q.get("follow"))
     since = _parse_since(q.get("since"))
+    instance = q.get("instance", "")
     provider = state_of(request).provider
     provider.record(name)  # 404 before the 200 goes out
     lines = provider.logs(name, tail=tail, since=since, follow=follow)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
     async for line in lines:
+        if instance and line.instance != instance:
+            continue
         await resp.write(json.dumps(_log_message(name, line)).encode() + b"\n")
     await resp.write_eof()
     return resp
 
 
-def _log_message(name: str, line: str) -> dict[str, str]:
-    stamp = line_time(line)
-    instance = ""
-    text = line
-    parts = line.split(" ", 2)
-    if stamp is not None and len(parts) == 3:
-        instance = parts[1].rstrip(":")
-        text = parts[2]
-        timestamp = dt.datetime.fromtimestamp(stamp, dt.UTC).isoformat().replace("+00:00", "Z")
-    else:
-        timestamp = ""
-    return {"name": name, "namespace": DEFAULT_NAMESPACE, "instance": instance, "timestamp": timestamp, "text": text}
+def _log_message(name: str, line: LogLine) -> dict[str, str]:
+    timestamp = go_time(dt.datetime.fromtimestamp(line.time, dt.UTC))
+    return {"name": name, "namespace": DEFAULT_NAMESPACE, "instance": line.instance, "timestamp": timestamp, "text": line.text}
 
 
 def _secret_value(body: Secret) -> bytes:
-    if body.rawValue is not None and body.value is not None:
-        raise BadRequest("give either value or rawValue, not both")
-    if body.rawValue is not None:
+    # faas-cli's --from-file sends the file both as rawValue (base64: the bytes exactly) and
+    # as value (the bytes forced into a JSON string, which mangles what is not UTF-8).
+    if body.rawValue:
         try:
             return base64.b64decode(body.rawValue, validate=True)
         except (binascii.Error, ValueError):
@@ -219,7 +244,7 @@ async def delete_secret(request: web.Request) -> web.Response:
     _check_namespace(body.namespace)
     provider = state_of(request).provider
     provider.secrets.delete(body.name, provider.secret_users(body.name))
-    return web.Response(status=204)
+    return web.Response(status=200)  # faas-cli takes only 200 or 202 as success
 
 
 async def function_token(request: web.Request) -> web.Response:

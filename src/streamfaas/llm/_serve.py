@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .._process import listening_socket
+from .._process import listen_backlog, listening_socket
 from ._app import create_app, stop_generations
 from ._settings import LLMSettings
 
@@ -36,7 +36,7 @@ async def serve_async(settings: LLMSettings, stop: asyncio.Event | None = None) 
     handled: list[signal.Signals] = []
     try:
         sock = listening_socket(settings.host, settings.port)
-        site = web.SockSite(runner, sock, shutdown_timeout=_SHUTDOWN_TIMEOUT)
+        site = web.SockSite(runner, sock, shutdown_timeout=_SHUTDOWN_TIMEOUT, backlog=listen_backlog())
         await site.start()
         port = int(sock.getsockname()[1])
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -116,6 +116,9 @@ def llm_command(
             threads=threads,
             port_file=port_file,
         )
+    except ConfigError as exc:  # flags that each parsed but do not go together: a bad argument
+        raise click.UsageError(str(exc), click.get_current_context()) from None
+    try:
         serve(settings)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ..config import BodyLimits, parse_bool, parse_duration
+from ..config import BodyLimits, parse_bool, parse_duration, watchdog_setting_errors
 from ..errors import BadRequest, ConfigError, DeployError, FunctionNotFound, FunctionNotReady
 from ..sandbox import (
     SECRETS_MOUNT,
@@ -30,15 +30,16 @@ from ..sandbox import (
     warn_unsandboxed,
 )
 from .images import ImageStore, LocalImage
-from .logs import follow_log
-from .models import DEFAULT_NAMESPACE, FunctionDeployment, FunctionStatus
-from .replica import Replica, ReplicaSpec
+from .logs import LogLine, follow_log
+from .models import DEFAULT_NAMESPACE, FunctionDeployment, FunctionStatus, ScaleLabels
+from .replica import Replica, ReplicaSpec, error_summary
 from .secrets import SecretStore, private_dir, write_private
 from .venvs import VenvCache
 
 # The few variables a function process needs from the platform's environment; nothing else
 # (no credentials) leaks from the gateway into functions.
 _INHERITED_ENV = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
+COUNTS_SAVE_INTERVAL = 10.0  # seconds between saves of the invocation counts, when they changed
 # The watchdog's own environment: the platform's, fixed; never the function's.
 _WATCHDOG_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
@@ -69,6 +70,10 @@ class FunctionRecord:
         # Read once here, not on every request of the hot path.
         self.buffer_body = _flag(deployment.envVars.get("buffer_body"))
         self.body_limits = BodyLimits.from_env(deployment.envVars)
+        try:
+            self.scaling = deployment.scaling()
+        except BadRequest:  # refused at deploy; only a function saved before that check is here
+            self.scaling = ScaleLabels()
 
     @property
     def name(self) -> str:
@@ -94,10 +99,18 @@ class FunctionRecord:
     def next_id(self) -> str:
         return str(next(self._ids))
 
+    def start_error(self) -> str:
+        """Why the function does not start: the first replica's start report, when none is
+        ready and every one failed its last start (crash-looping); else ""."""
+        if not self.replicas or any(r.ready.is_set() or not r.failed.is_set() for r in self.replicas):
+            return ""
+        return self.replicas[0].error
+
 
 class LocalProvider:
     def __init__(self, state_dir: Path, *, cold_start_timeout: float = 60.0, sandbox: bool = True) -> None:
         self.state_dir = state_dir
+        self.sandbox_wanted = sandbox
         self.bwrap = bwrap_path() if sandbox else None
         # A root platform runs each sandboxed function as its own unprivileged uid, which then
         # owns that function's secret copies (and nothing else).
@@ -111,6 +124,11 @@ class LocalProvider:
         self.cold_start_timeout = cold_start_timeout
         self.functions: dict[str, FunctionRecord] = {}
         self._deploy_lock = asyncio.Lock()
+        # Invocation counts outlive the gateway: saved now and then and on close, never per
+        # request (a SIGKILL loses at most the last COUNTS_SAVE_INTERVAL's counts).
+        self.counts_file = state_dir / "invocations.json"
+        self._saved_counts: dict[str, int] = {}
+        self._counts_saver: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     def function_uid(self, name: str) -> int | None:
@@ -139,18 +157,29 @@ class LocalProvider:
                 await self._apply(deployment, replicas=int(saved["replicas"]), created_at=saved["createdAt"])
             except Exception as exc:  # one broken function must not keep the others down
                 print(f"streamfaas: cannot restore {path.name}: {exc}", file=sys.stderr, flush=True)
+        self._restore_counts()
+        self._counts_saver = asyncio.create_task(self._save_counts_periodically())
 
     async def close(self) -> None:
+        if self._counts_saver is not None:
+            self._counts_saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._counts_saver
         records = list(self.functions.values())
         await asyncio.gather(*(self._stop_replicas(r, list(r.replicas)) for r in records))
+        self._save_counts()  # after the replicas: the requests they served are counted
         shutil.rmtree(self.sockets_dir, ignore_errors=True)
 
     # ---- the provider interface ---------------------------------------------------------
     async def deploy(self, deployment: FunctionDeployment) -> bool:
         """Create or update (rolling) a function; True when it was new."""
+        bad = watchdog_setting_errors(deployment.envVars)
+        if bad:  # refused now, not left to a replica that would crash-loop on it
+            raise ConfigError("; ".join(f"envVars.{key}: {why}" for key, why in bad))
         async with self._deploy_lock:
             existing = self.functions.get(deployment.service)
-            replicas = existing.desired if existing else deployment.initial_replicas()
+            # An update keeps the replicas it had, within a new com.openfaas.scale.max.
+            replicas = deployment.scaling().clamp(existing.desired) if existing else deployment.initial_replicas()
             created = existing.created_at if existing else dt.datetime.now(dt.UTC).isoformat()
             await self._apply(deployment, replicas=replicas, created_at=created)
             return existing is None
@@ -177,11 +206,14 @@ class LocalProvider:
     def secret_users(self, secret: str) -> list[str]:
         return [n for n, r in self.functions.items() if secret in r.deployment.secrets]
 
-    async def scale(self, name: str, replicas: int) -> None:
+    async def scale(self, name: str, replicas: int) -> int:
+        """Set the replicas wanted, at most the function's ``com.openfaas.scale.max``; returns
+        what was set."""
         record = self._get(name)
-        record.desired = replicas
+        record.desired = record.scaling.clamp(replicas)
         self._save(record)
         await self._reconcile(record)
+        return record.desired
 
     def statuses(self) -> list[FunctionStatus]:
         return [self.status(name) for name in sorted(self.functions)]
@@ -206,6 +238,7 @@ class LocalProvider:
             replicas=record.desired,
             availableReplicas=len(record.ready_replicas()),
             createdAt=record.created_at,
+            startError=record.start_error(),
         )
 
     def has(self, name: str) -> bool:
@@ -220,16 +253,23 @@ class LocalProvider:
         replica = record.pick()
         if replica is not None:
             return replica
-        if record.desired == 0:
-            await self.scale(name, 1)
         deadline = asyncio.get_running_loop().time() + self.cold_start_timeout
         while True:
             replica = record.pick()
             if replica is not None:
                 return replica
+            if record.desired == 0:
+                # Scaled to zero, before this request or while it waited for a start: start it
+                # (to com.openfaas.scale.min), as a request arriving now would.
+                await self.scale(name, record.scaling.wake)
             if not record.replicas:
                 raise FunctionNotReady(f"function {name!r} has no replicas")
+            error = record.start_error()
+            if error:  # crash-looping: say why now rather than wait out the cold start
+                raise FunctionNotReady(f"function {name!r} is failing to start: {error_summary(error)}")
             waits = [asyncio.ensure_future(r.ready.wait()) for r in record.replicas]
+            # A replica whose start fails wakes us too (one already failing is restarting).
+            waits += [asyncio.ensure_future(r.failed.wait()) for r in record.replicas if not r.failed.is_set()]
             waits.append(asyncio.ensure_future(record.changed.wait()))
             timeout = deadline - asyncio.get_running_loop().time()
             try:
@@ -241,9 +281,9 @@ class LocalProvider:
                     w.cancel()
             record = self._get(name)  # it may have been updated or removed meanwhile
 
-    async def logs(self, name: str, *, tail: int, since: float | None, follow: bool) -> AsyncIterator[str]:
+    async def logs(self, name: str, *, tail: int, since: float | None, follow: bool) -> AsyncIterator[LogLine]:
         self._get(name)
-        async for line in follow_log(self.logs_dir / f"{name}.log", tail=tail, since=since, follow=follow, alive=lambda: name in self.functions):
+        async for line in follow_log(self.logs_dir / f"{name}.log", name, tail=tail, since=since, follow=follow, alive=lambda: name in self.functions):
             yield line
 
     # ---- internals --------------------------------------------------------------------------
@@ -252,6 +292,34 @@ class LocalProvider:
             return self.functions[name]
         except KeyError:
             raise FunctionNotFound(name) from None
+
+    def _restore_counts(self) -> None:
+        try:
+            saved = json.loads(self.counts_file.read_text())
+        except (OSError, ValueError):
+            return  # none yet (or unreadable): counts start from 0, as they did before
+        if not isinstance(saved, dict):
+            return
+        for name, count in saved.items():
+            if name in self.functions and isinstance(count, int) and count >= 0:
+                self.functions[name].invocations = max(self.functions[name].invocations, count)
+        self._saved_counts = {n: r.invocations for n, r in self.functions.items()}
+
+    def _save_counts(self) -> None:
+        counts = {n: r.invocations for n, r in self.functions.items()}
+        if counts == self._saved_counts:
+            return
+        try:
+            write_private(self.counts_file, json.dumps(counts).encode(), 0o600)
+        except OSError as exc:
+            print(f"streamfaas: cannot save invocation counts: {exc}", file=sys.stderr, flush=True)
+            return
+        self._saved_counts = counts
+
+    async def _save_counts_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(COUNTS_SAVE_INTERVAL)
+            self._save_counts()
 
     def _save(self, record: FunctionRecord) -> None:
         data = {"deployment": record.deployment.model_dump(), "replicas": record.desired, "createdAt": record.created_at}
@@ -286,7 +354,7 @@ class LocalProvider:
             watchdog_env.update(spec_env(spec))
             env["STREAMFAAS_SECRETS_DIR"] = SECRETS_MOUNT
         else:
-            warn_unsandboxed()
+            warn_unsandboxed(asked=not self.sandbox_wanted)
             env["STREAMFAAS_SECRETS_DIR"] = str(secrets_dir)
         watchdog_env["STREAMFAAS_FUNCTION_ENV"] = json.dumps(env)
         drain = d.envVars.get("drain_timeout", "30s")
@@ -316,9 +384,11 @@ class LocalProvider:
         if replicas > 0:
             await self._reconcile(record, wait=True)
             if not record.ready_replicas():
+                error = record.start_error()
                 await self._stop_replicas(record, list(record.replicas))
                 self._save(old)
-                raise DeployError(f"update of {record.name!r} failed: the new version did not become ready; the old one keeps serving")
+                why = f"it failed to start:\n{error}" if error else f"it was not ready within {self.cold_start_timeout:g}s"
+                raise DeployError(f"update of {record.name!r} failed, the old version keeps serving; {why}")
         self.functions[record.name] = record
         old.changed.set()
         await self._stop_replicas(old, list(old.replicas))

@@ -1,49 +1,101 @@
-"""Per-function log files: every replica's watchdog appends prefixed lines to one file."""
+"""Per-function log files: every replica's watchdog appends prefixed lines to one file.
+
+A function's output arrives stamped, ``2026-01-02T03:04:05Z NAME[REPLICA] stdout: text``.
+Other lines (the watchdog's own, pip's while a venv is built, a traceback) carry no stamp;
+OpenFaaS clients decode every line's timestamp as a Go ``time.Time`` and stop at the first
+that is not one, so each line is given a time and an instance here, when it is read.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 POLL_INTERVAL = 0.1
 
 
-def line_time(line: str) -> float | None:
-    """The Unix time at the start of a log line (``2026-01-02T03:04:05Z …``), if any."""
-    stamp = line.split(" ", 1)[0]
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    time: float  # Unix seconds
+    instance: str  # NAME[REPLICA], or the function's name for a line no replica claimed
+    text: str
+
+
+def parse_stamp(token: str) -> float | None:
+    """The Unix time of an RFC 3339 token such as ``2026-01-02T03:04:05Z``, else None."""
+    if len(token) < 20 or token[10:11] != "T":
+        return None
     try:
-        return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+        t = dt.datetime.fromisoformat(token)
     except ValueError:
         return None
+    return None if t.tzinfo is None else t.timestamp()
+
+
+def split_line(line: str) -> tuple[float | None, str, str]:
+    """``(time, instance, text)`` of a log line; time None and instance "" where it has none."""
+    stamp_token, _, rest = line.partition(" ")
+    stamp = parse_stamp(stamp_token)
+    if stamp is None:
+        return None, "", line
+    instance, _, text = rest.partition(" ")
+    instance = instance.rstrip(":")
+    if instance.endswith("]") and "[" in instance:
+        return stamp, instance, text
+    return stamp, "", rest
+
+
+def read_history(path: Path, function: str, *, whole: bool) -> tuple[list[LogLine], int, bytes]:
+    """The lines of ``path`` as ``LogLine``s, the offset read up to, and the start of a last line
+    still being written, which is left out unless ``whole``. A line without a stamp takes the
+    last stamp before it (the first one after it for lines at the top, the file's last change
+    if no line has one)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+            changed = os.fstat(f.fileno()).st_mtime
+    except FileNotFoundError:
+        return [], 0, b""
+    cut = len(data) if whole else data.rfind(b"\n") + 1
+    raw_lines = data[:cut].decode(errors="replace").split("\n")  # not splitlines: pip writes \r
+    if raw_lines[-1] == "":
+        raw_lines.pop()
+    parsed = [split_line(raw) for raw in raw_lines]
+    last = next((t for t, _, _ in parsed if t is not None), changed)
+    out: list[LogLine] = []
+    for stamp, instance, text in parsed:
+        if stamp is None:
+            stamp = last
+        else:
+            last = stamp
+        out.append(LogLine(stamp, instance or function, text))
+    return out, len(data), data[cut:]
 
 
 async def follow_log(
     path: Path,
+    function: str,
     *,
     tail: int,
     since: float | None,
     follow: bool,
     alive: Callable[[], bool],
-) -> AsyncIterator[str]:
+) -> AsyncIterator[LogLine]:
     """Yield the last ``tail`` lines (all if negative) at or after ``since``, then, with
     ``follow``, new lines as they are written, until the function goes away."""
-    position = 0
-    if path.exists():
-        with open(path, "rb") as f:
-            data = f.read()
-            position = f.tell()
-        lines = data.decode(errors="replace").splitlines()
-        if since is not None:
-            lines = [ln for ln in lines if (t := line_time(ln)) is None or t >= since]
-        kept = deque(lines, maxlen=tail) if tail >= 0 else lines
-        for line in kept:
-            yield line
+    history, position, partial = read_history(path, function, whole=not follow)
+    if since is not None:
+        history = [ln for ln in history if ln.time >= since]
+    for line in deque(history, maxlen=tail) if tail >= 0 else history:
+        yield line
     if not follow:
         return
-    partial = b""
     while alive():
         try:
             with open(path, "rb") as f:
@@ -52,10 +104,14 @@ async def follow_log(
                 position = f.tell()
         except FileNotFoundError:
             chunk = b""
-        if chunk:
-            partial += chunk
-            *complete, partial = partial.split(b"\n")
-            for raw in complete:
-                yield raw.decode(errors="replace")
-        else:
+        if not chunk:
             await asyncio.sleep(POLL_INTERVAL)
+            continue
+        partial += chunk
+        *complete, partial = partial.split(b"\n")
+        now = time.time()  # a line without a stamp was written since the last read: about now
+        for raw in complete:
+            stamp, instance, text = split_line(raw.decode(errors="replace"))
+            line = LogLine(stamp if stamp is not None else now, instance or function, text)
+            if since is None or line.time >= since:
+                yield line

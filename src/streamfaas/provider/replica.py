@@ -1,13 +1,16 @@
 """One replica of a function: a watchdog process (which runs the function server), supervised.
 
 A replica that exits on its own is restarted with exponential backoff; one that stays up for a
-while is considered healthy again and its backoff resets.
+while is considered healthy again and its backoff resets. A start that fails leaves its reason
+in ``error`` (the watchdog's start report: its reason, then the end of the function's
+traceback), until a later start succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -18,12 +21,26 @@ from pathlib import Path
 
 import aiohttp
 
-from .._process import die_with_parent, kill_group
+from .._process import die_with_parent, kill_group, listen_backlog
 from ..proxy import client_session
+from ..watchdog.start_report import FAILED, READY, REPORT_LIMIT
 
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0
+_FRAME = re.compile(r'\s*File "([^"]*)", line (\d+)')
+
+
+def error_summary(error: str) -> str:
+    """One line from a start report: its last line (the exception), and where it was raised."""
+    lines = [line for line in error.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    summary = lines[-1].strip()
+    frames = [m for m in map(_FRAME.match, lines) if m]
+    if frames:
+        summary += f" ({frames[-1].group(1)}, line {frames[-1].group(2)})"
+    return summary
 
 
 @dataclass(frozen=True)
@@ -34,12 +51,12 @@ class ReplicaSpec:
     drain_timeout: float = 30.0
 
 
-def unix_listening_socket(path: Path, backlog: int = 4096) -> socket.socket:
+def unix_listening_socket(path: Path) -> socket.socket:
     path.unlink(missing_ok=True)  # left by this replica's previous run
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
-        sock.listen(backlog)
+        sock.listen(listen_backlog())  # the watchdog's SockSite listens again with the same
     except OSError:
         sock.close()
         raise
@@ -59,7 +76,8 @@ class Replica:
         # Every stream to this replica holds one of its connections for its whole life.
         self.session: aiohttp.ClientSession = client_session(aiohttp.UnixConnector(path=str(socket_path), limit=0, keepalive_timeout=30))
         self.ready = asyncio.Event()
-        self.failed = asyncio.Event()  # set when a start attempt did not become ready
+        self.failed = asyncio.Event()  # set when a start attempt did not become ready; cleared when one does
+        self.error = ""  # why the last start attempt failed (multi-line); "" once one succeeds
         self.inflight = 0
         self.restarts = 0
         self.pid: int | None = None
@@ -93,8 +111,7 @@ class Replica:
         try:
             sock = unix_listening_socket(self.socket_path)
         except OSError as exc:
-            self._note(f"cannot listen on {self.socket_path}: {exc.strerror}")
-            self.failed.set()
+            self._start_failed(f"cannot listen on {self.socket_path}: {exc.strerror}")
             return None
         ready_r, ready_w = os.pipe()
         env = dict(self.spec.env)
@@ -122,8 +139,7 @@ class Replica:
                 preexec_fn=die_with_parent,
             )
         except OSError as exc:
-            self._note(f"cannot start watchdog: {exc.strerror}")
-            self.failed.set()
+            self._start_failed(f"cannot start watchdog: {exc.strerror}")
             return None
         finally:
             sock.close()
@@ -136,18 +152,29 @@ class Replica:
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(ready_r, "rb", buffering=0)
         )
         try:
-            # The watchdog writes one byte once its function answers; EOF means it died first.
-            if await reader.read(1):
-                self.failed.clear()
-                self.ready.set()
-            else:
-                self.failed.set()
+            # The watchdog writes READY once its function answers, or FAILED and why it did not
+            # start (watchdog/start_report.py); EOF alone means it died without a word.
+            first = await reader.read(1)
+            report = b"" if first == READY else await reader.read(-1)
         finally:
             transport.close()
+        if first == READY:
+            self.error = ""
+            self.failed.clear()
+            self.ready.set()
+            code = await self._proc.wait()
+            self.ready.clear()
+            return code
         code = await self._proc.wait()
-        self.ready.clear()
-        self.failed.set()
+        text = report[:REPORT_LIMIT].decode(errors="replace").strip() if first == FAILED else ""
+        self._start_failed(text or f"the watchdog exited with code {code} before it was ready", note=False)
         return code
+
+    def _start_failed(self, error: str, *, note: bool = True) -> None:
+        if note:  # the watchdog logs its own failures; the provider's are noted here
+            self._note(error)
+        self.error = error
+        self.failed.set()
 
     async def stop(self) -> None:
         """Drain and stop: the caller has already taken this replica out of rotation."""

@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from .._process import listening_socket
+from .._process import listen_backlog, listening_socket
 from ..config import QueueConfig
 from ..gateway.auth import is_private
 from . import open_queue
@@ -97,7 +97,7 @@ async def _serve_metrics(registry: CollectorRegistry, host: str, port: int) -> t
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     sock = listening_socket(host, port)
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, backlog=listen_backlog()).start()
     return runner, sock.getsockname()[1]
 
 

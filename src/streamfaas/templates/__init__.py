@@ -44,8 +44,27 @@ class Template:
             if item.is_file() and item.suffix == ".py":
                 shutil.copy2(item, dest / item.name)
 
+    def write_folder(self, target: Path) -> None:
+        """The template as a folder of its own, as ``faas-cli template pull`` leaves one: its
+        files, its starter function and its ``template.yml``."""
+        target.mkdir(parents=True)
+        self.copy_into(target, with_starter_function=True)
+        for layer in self.layers:  # the template's own template.yml last, over its bases'
+            shutil.copy2(layer / "template.yml", target / "template.yml")
+
 
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def lay_for_faas_cli(name: str, root: Path) -> Path | None:
+    """Put template ``name`` at ``root/template/NAME``, where ``faas-cli deploy -f`` reads its
+    ``template.yml`` (for the fprocess) before it sends anything. Something already there is
+    the user's and stays as it is. Returns the folder when it was laid."""
+    target = root / "template" / name
+    if target.exists() or target.is_symlink():
+        return None
+    get_template(name).write_folder(target)
+    return target
 
 
 def _read_yml(path: Path) -> dict[str, object]:

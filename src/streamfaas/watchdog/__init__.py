@@ -1,7 +1,9 @@
 """The watchdog: one per function replica, in front of the function's own server.
 
 ``main`` starts the function server first and only then imports the HTTP machinery, so the
-two processes warm up in parallel (most of a cold start).
+two processes warm up in parallel (most of a cold start). In of-watchdog's other modes there
+is no function server: ``streaming`` and ``serializing`` start ``fprocess`` per request,
+``static`` serves a folder.
 """
 
 from __future__ import annotations
@@ -11,19 +13,19 @@ import os
 import sys
 from collections.abc import Mapping
 
-from ..config import WatchdogConfig
+from .._process import raise_open_files_limit
+from ..config import WATCHDOG_PLATFORM_ONLY, WatchdogConfig
 from ..errors import ConfigError, StreamfaasError
-from .spawn import spawn_function
+from .spawn import RequestCommand, Spawned, request_command, spawn_function
+from .start_report import report_failure
 
 # Set by the local provider: the function's environment, as JSON. The watchdog's own process
 # runs with a fixed environment the platform chose; the function's (PYTHONPATH, LD_PRELOAD …)
 # is applied to the function process only.
 FUNCTION_ENV = "STREAMFAAS_FUNCTION_ENV"
-# Settings only the platform gives a provider-run watchdog; a function's environment cannot
-# set or override them (e.g. point the watchdog at another upstream).
-PLATFORM_ONLY = ("STREAMFAAS_LISTEN_FD", "STREAMFAAS_READY_FD", "STREAMFAAS_REPLICA", "STREAMFAAS_FUNCTION",
-                 "STREAMFAAS_SANDBOX", "STREAMFAAS_FUNCTION_SOCKET", "upstream_url", "port",
-                 "STREAMFAAS_WATCHDOG_HOST")
+# Settings only the platform gives a provider-run watchdog (the list lives beside the parser,
+# which the gateway's deploy-time check shares).
+PLATFORM_ONLY = WATCHDOG_PLATFORM_ONLY
 
 
 def split_environment(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -44,17 +46,35 @@ def split_environment(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str,
 __all__ = ["main"]
 
 
+def _report(reason: str) -> None:
+    """A start that failed before the settings were read: tell the provider, on the pipe it
+    gave us (its number is the platform's, in our own environment, never the function's)."""
+    fd = os.environ.get("STREAMFAAS_READY_FD", "")
+    report_failure(int(fd) if fd.isdigit() else None, reason)
+
+
 def main() -> int:
     """Entry point: settings come from the environment, as with of-watchdog."""
+    raise_open_files_limit()  # two descriptors a stream; the function server inherits it too
     try:
         settings, function_env = split_environment(os.environ)
         config = WatchdogConfig.from_env(settings)
-        spawned = spawn_function(config, function_env, settings)
+        backend: Spawned | RequestCommand | str
+        if config.mode == "http":
+            backend = spawn_function(config, function_env, settings)
+        elif config.mode == "static":
+            from .static import static_root
+
+            backend = static_root(config, settings)
+        else:
+            backend = request_command(config, function_env, settings)
     except ConfigError as exc:
         print(f"watchdog: {exc}", file=sys.stderr)
+        _report(f"watchdog: {exc}")
         return 2
     except StreamfaasError as exc:
         print(f"watchdog: {exc}", file=sys.stderr)
+        _report(f"watchdog: {exc}")
         return 1
     import asyncio
 
@@ -67,11 +87,11 @@ def main() -> int:
     else:
         runner = uvloop.run
     try:
-        return runner(run(config, spawned))
+        return runner(run(config, backend))
     except StreamfaasError as exc:
         print(f"watchdog: {exc}", file=sys.stderr)
         return 2
     finally:
-        if spawned.popen.poll() is None:  # never leave the function server behind
-            spawned.popen.kill()
-            spawned.popen.wait()
+        if isinstance(backend, Spawned) and backend.popen.poll() is None:  # never leave the function server behind
+            backend.popen.kill()
+            backend.popen.wait()

@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 
 import aiohttp
 
@@ -14,8 +16,49 @@ from .._process import kill_group
 from ..config import WatchdogConfig
 from ..errors import DeployError
 from .spawn import Spawned
+from .start_report import TAIL_LINES
 
 HEALTH_PATH = "/_/health"
+
+
+def log_prefix(config: WatchdogConfig, stream_name: str) -> bytes:
+    return f"{config.function_name}[{config.replica_id}] {stream_name}: ".encode()
+
+
+async def pump_output(stream: asyncio.StreamReader, prefix: bytes, on_line: Callable[[bytes], None] | None = None) -> None:
+    """Copy a process's output into the function's log, line by line, stamped and prefixed."""
+    out = sys.stdout.buffer
+    while True:
+        try:
+            line = await stream.readline()
+        except ValueError:  # a line longer than the reader's limit: pass it on in pieces
+            line = await stream.read(65536)
+        if not line:
+            return
+        if on_line is not None:
+            on_line(line)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()).encode()
+        out.write(stamp + prefix + line if line.endswith(b"\n") else stamp + prefix + line + b"\n")
+        out.flush()
+
+
+async def process_exit(pid: int) -> None:
+    """Return once child ``pid`` has exited; it is left unreaped (its id still reserved)."""
+    # A pidfd turns readable when the process exits: no polling, no SIGCHLD handler.
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    pidfd = os.pidfd_open(pid)
+    loop.add_reader(pidfd, on_exit)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
 
 
 class FunctionProcess:
@@ -28,6 +71,8 @@ class FunctionProcess:
         self.upstream_url = spawned.upstream_url
         self.exited = asyncio.Event()
         self.returncode: int | None = None
+        # The end of its stderr: where a failed start's traceback is, for the start report.
+        self.stderr_tail: deque[bytes] = deque(maxlen=TAIL_LINES)
         self._pumps: list[asyncio.Task[None]] = []
         self._waiter: asyncio.Task[None] | None = None
 
@@ -58,35 +103,11 @@ class FunctionProcess:
         self._waiter = asyncio.create_task(self._wait())
 
     async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
-        prefix = f"{self.config.function_name}[{self.config.replica_id}] {name}: ".encode()
-        out = sys.stdout.buffer
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # a line longer than the reader's limit: pass it on in pieces
-                line = await stream.read(65536)
-            if not line:
-                return
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()).encode()
-            out.write(stamp + prefix + line if line.endswith(b"\n") else stamp + prefix + line + b"\n")
-            out.flush()
+        keep = self.stderr_tail.append if name == "stderr" else None
+        await pump_output(stream, log_prefix(self.config, name), keep)
 
     async def _wait(self) -> None:
-        # A pidfd turns readable when the process exits: no polling, no SIGCHLD handler.
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def on_exit() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        pidfd = os.pidfd_open(self.pid)
-        loop.add_reader(pidfd, on_exit)
-        try:
-            await exited
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
+        await process_exit(self.pid)
         self.returncode = self.spawned.popen.wait()
         await asyncio.gather(*self._pumps, return_exceptions=True)
         self.exited.set()

@@ -1,4 +1,5 @@
-"""Start the function server (``fprocess``) before anything heavy is imported.
+"""Start the function server (``fprocess``) before anything heavy is imported, or, in the
+per-request modes, the command that each request starts.
 
 The watchdog's own start-up (aiohttp, uvloop) then overlaps with the function's (Flask), which
 is most of a cold start. Only the standard library is used here.
@@ -17,10 +18,10 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .._process import die_with_parent
+from .._process import die_with_parent, listen_backlog
 from ..config import WatchdogConfig
 from ..errors import ConfigError, DeployError
-from ..sandbox import sandbox_command, spec_from_env
+from ..sandbox import SandboxSpec, sandbox_command, spec_from_env
 
 # Where the provider wants the function server's socket (a folder of its own).
 FUNCTION_SOCKET = "STREAMFAAS_FUNCTION_SOCKET"
@@ -70,7 +71,7 @@ def _function_socket(path: str | None) -> tuple[socket.socket, str, str | None]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(4096)
+        sock.listen(listen_backlog())  # the function server may listen again (waitress: its `backlog`)
     except OSError:
         sock.close()
         if folder is not None:
@@ -124,3 +125,56 @@ def spawn_function(config: WatchdogConfig, env: Mapping[str, str], settings: Map
     os.set_blocking(popen.stdout.fileno(), False)  # type: ignore[union-attr]
     os.set_blocking(popen.stderr.fileno(), False)  # type: ignore[union-attr]
     return Spawned(popen, url, socket_path, socket_dir)
+
+
+@dataclass(frozen=True)
+class RequestCommand:
+    """``fprocess`` as the streaming and serializing modes run it: once per request, sandboxed
+    exactly as the HTTP mode's function server is, with the function's environment plus the
+    request's CGI variables (applied inside the sandbox, never to the watchdog)."""
+
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    sandbox: SandboxSpec | None
+
+    def start(self, request_env: Mapping[str, str]) -> subprocess.Popen[bytes]:
+        """Start one process in a new process group, its stdio on pipes, killed if we die.
+
+        Called on the event loop's thread: the kernel's parent-death signal follows the thread
+        that forked, so a worker thread's exit would kill the process.
+        """
+        env = {**self.env, **request_env}
+        argv: list[str] = list(self.argv)
+        extra_fds: list[int] = []
+        if self.sandbox is not None:
+            argv, extra_fds = sandbox_command(self.sandbox, argv, env)
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                pass_fds=tuple(extra_fds),
+                start_new_session=True,
+                preexec_fn=lambda: die_with_parent(signal.SIGKILL),
+            )
+        except OSError as exc:
+            raise DeployError(f"cannot start fprocess {argv[0]!r}: {exc.strerror}") from None
+        finally:
+            for fd in extra_fds:
+                os.close(fd)
+        for pipe in (popen.stdin, popen.stdout, popen.stderr):
+            os.set_blocking(pipe.fileno(), False)  # type: ignore[union-attr]
+        return popen
+
+
+def request_command(config: WatchdogConfig, env: Mapping[str, str], settings: Mapping[str, str] | None = None) -> RequestCommand:
+    """The per-request command of the streaming and serializing modes; no process starts yet."""
+    argv = shlex.split(config.fprocess) if config.fprocess else []
+    if not argv:
+        raise ConfigError(f"fprocess is not set: name the command that each request runs in {config.mode} mode")
+    child = {k: v for k, v in env.items() if k not in _WATCHDOG_ONLY}
+    child.setdefault("PYTHONUNBUFFERED", "1")  # a Python command's prints then stream as written
+    return RequestCommand(tuple(argv), child, spec_from_env(settings or {}))

@@ -4,11 +4,12 @@ response, including Response(generator) for a stream."""
 import os
 
 from flask import Flask, request
-from streamfaas_serve import serve_app
+from streamfaas_serve import serve_app, text_errors
 
 from function import handler
 
 app = Flask(__name__)
+text_errors(app)  # a handler's exception: 500 with one line of text
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 RAW_BODY = os.environ.get("RAW_BODY", "false").lower() in ("1", "true", "yes")
 

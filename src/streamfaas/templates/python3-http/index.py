@@ -4,11 +4,12 @@ Response (which may stream)."""
 import os
 
 from flask import Flask, Response, request
-from streamfaas_serve import serve_app
+from streamfaas_serve import serve_app, text_errors
 
 from function import handler
 
 app = Flask(__name__)
+text_errors(app)  # a handler's exception: 500 with one line of text
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"]
 
 

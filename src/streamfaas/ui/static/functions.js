@@ -28,8 +28,11 @@ function render(functions) {
   const body = table.tBodies[0];
   body.replaceChildren(
     ...functions.map((fn) => {
-      const ready = fn.availableReplicas >= Math.max(1, fn.replicas);
-      const replicas = el("span", { class: ready ? "pill ok" : "pill warn" }, `${fn.availableReplicas}/${fn.replicas}`);
+      // Counts of 0 are left out of the JSON (omitempty, as in OpenFaaS).
+      const available = fn.availableReplicas ?? 0;
+      const desired = fn.replicas ?? 0;
+      const ready = available >= Math.max(1, desired);
+      const replicas = el("span", { class: ready ? "pill ok" : "pill warn" }, `${available}/${desired}`);
       const pick = el("button", { type: "button", class: "secondary small", textContent: "Invoke" });
       pick.addEventListener("click", () => {
         select.value = fn.name;
