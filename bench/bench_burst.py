@@ -1,21 +1,14 @@
 #!/usr/bin/env python3
-"""Connection bursts: many streams opened at once, through the whole stack and directly.
+"""Connection bursts: many streams opened at the same instant, through the stack and directly.
 
     python bench/bench_burst.py [--quick] [--levels N ...] [--rounds N] [--wait-quiet S]
                                 [--no-sandbox] [--keep-state] [--out PATH]
 
-Starts a gateway on 127.0.0.1 and deploys a python3-flask (waitress) function whose handler
-streams ``EVENTS`` events ``INTERVAL`` apart, each carrying its send time (CLOCK_MONOTONIC, so
-the client can subtract it). For each level N, it opens N streams at the same instant, directly
-on the function server's Unix socket and through client → gateway → watchdog → function, in
-interleaved rounds (the order alternates). Per level and path: TTFB p50/p99 (request → first
-event), per-event delay p50/p99 (receive − send) of each stream's first 3 events and of the
-rest, TCP listen overflows (TcpExt ListenOverflows, a system-wide counter: its delta per round),
-errors, and the gateway's, watchdog's and function server's CPU and peak RSS. Also the idle
-footprint (RSS and private memory) and every listener's effective backlog (``ss``).
-
-Prints a table and writes bench/results/burst.json; see bench/README.md. Every load loop is
-bounded and every process is stopped in ``finally`` (process groups).
+A gateway on 127.0.0.1 and a python3-flask (waitress) function streaming 10 timestamped events
+100 ms apart; N streams opened at once, on the function server's Unix socket (direct) and
+through gateway → watchdog → function, in interleaved rounds. Prints a table and writes
+bench/results/burst.json; bench/README.md says what each figure means. Every load loop is
+bounded; every process is stopped in ``finally``.
 """
 
 from __future__ import annotations
@@ -24,7 +17,6 @@ import argparse
 import asyncio
 import gc
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,9 +45,11 @@ from benchlib import (  # noqa: E402
     describe_code,
     fd_count,
     function_pids,
+    listen_backlogs,
     listening_unix_sockets,
+    memory,
     pct,
-    private_kb,
+    platform_options,
     raise_fd_limit,
     rss_kb,
     step,
@@ -66,26 +60,28 @@ from benchlib import (  # noqa: E402
 from cpuwatch import CpuWatch, wait_quiet  # noqa: E402
 
 FN = "sfburst"
-HANDLER = '''import time
-
+# The first event at once (TTFB), the others INTERVAL apart at a random phase, so that the
+# streams of a burst do not all tick at the same instant.
+HANDLER = """import random
+import time
 from flask import Response, request
-
 
 def handle(req):
     count = int(request.args.get("count", "10"))
     interval = float(request.args.get("interval", "0.1"))
 
     def events():
-        start = time.monotonic()
+        phase = time.monotonic() - interval * random.random()
         for seq in range(1, count + 1):
-            delay = start + (seq - 1) * interval - time.monotonic()
-            if delay > 0:
+            delay = phase + (seq - 1) * interval - time.monotonic()
+            if seq > 1 and delay > 0:
                 time.sleep(delay)
             yield f"data: {time.monotonic_ns()} {seq}\\n\\n"
-
     return Response(events(), mimetype="text/event-stream")
-'''
-FIRST = 3  # "first events": while the burst's connections are still being opened
+"""
+FIRST = 3  # a stream's first events: sent while the burst's connections are still opening
+SAMPLES = ("ttfb_ms", "first_ms", "rest_ms")
+PATHS = ("direct", "through")
 
 
 @dataclass(frozen=True)
@@ -97,38 +93,32 @@ class Plan:
     settle: float = 0.5
 
 
-def procs(gw: Gateway) -> dict[str, list[int]]:
-    fn = [p for p in function_pids(gw.pid, FN) if cmdline(p).startswith(b"python\0index.py")]
-    return {"gateway": [gw.pid], "watchdog": watchdog_pids(gw.pid, FN), "function": fn}
-
-
-async def burst_round(endpoint: Endpoint, n: int, plan: Plan, pids: dict[str, list[int]]) -> dict[str, Any]:
-    """``n`` streams opened at once; every one reads all its events (bounded by a timeout)."""
+async def burst_round(
+    endpoint: Endpoint, n: int, plan: Plan, pids: dict[str, list[int]]
+) -> dict[str, Any]:
+    """``n`` streams started together; each reads all its events (bounded by a timeout)."""
     session, base = endpoint
     url = f"{base}/?count={plan.events}&interval={plan.interval}"
-    ttfb: list[int] = []
-    first: list[int] = []
-    rest: list[int] = []
+    samples: dict[str, list[float]] = {k: [] for k in SAMPLES}
+    ttfb, first, rest = (samples[k] for k in SAMPLES)
     errors: dict[str, int] = {}
     go = asyncio.Event()
 
     async def one() -> None:
         await go.wait()
-        began = time.monotonic_ns()
-        seen = 0
+        began, seen, carry = time.monotonic_ns(), 0, b""
         try:
             async with session.get(url) as resp:
                 if resp.status != 200:
                     raise RuntimeError(f"status {resp.status}")
-                carry = b""
                 while chunk := await resp.content.readany():
                     now = time.monotonic_ns()
                     if not seen:
-                        ttfb.append(now - began)
+                        ttfb.append((now - began) / 1e6)
                     *events, carry = (carry + chunk).split(b"\n\n")
                     for event in events:
                         sent, seq = event[6:].split(b" ")
-                        (first if int(seq) <= FIRST else rest).append(now - int(sent))
+                        (first if int(seq) <= FIRST else rest).append((now - int(sent)) / 1e6)
                         seen += 1
             if seen != plan.events:
                 raise RuntimeError(f"{seen} of {plan.events} events")
@@ -136,153 +126,148 @@ async def burst_round(endpoint: Endpoint, n: int, plan: Plan, pids: dict[str, li
             errors[exc.__class__.__name__] = errors.get(exc.__class__.__name__, 0) + 1
 
     tasks = [asyncio.create_task(one()) for _ in range(n)]
-    await asyncio.sleep(0.05)  # every task waits on `go`: the n requests start together
+    await asyncio.sleep(0.05)  # every task now waits on `go`
     overflows = tcp_ext("ListenOverflows")["ListenOverflows"]
     cpu = {k: sum(map(cpu_seconds, v)) for k, v in pids.items()}
-    peak = dict.fromkeys(pids, 0)
-    started = time.monotonic()
+    peak, busiest, last = dict.fromkeys(pids, 0), dict.fromkeys(pids, 0.0), dict(cpu)
+    started = tick = time.monotonic()
     gc.disable()  # the client's own collections would show up as delay
     go.set()
     try:
         async with asyncio.timeout(plan.events * plan.interval + 60):
             while not all(t.done() for t in tasks):
+                await asyncio.wait(tasks, timeout=0.1)
+                now = time.monotonic()
                 for k, v in pids.items():
                     peak[k] = max(peak[k], sum(map(rss_kb, v)))
-                await asyncio.wait(tasks, timeout=0.1)
+                    used = sum(map(cpu_seconds, v))
+                    busiest[k] = max(busiest[k], 100 * (used - last[k]) / (now - tick))  # 1 core
+                    last[k] = used
+                tick = now
     finally:
         gc.enable()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    wall = time.monotonic() - started
-    ms = 1e6
     return {
         "streams": n,
-        "wall_s": round(wall, 3),
-        "ttfb_ms": [v / ms for v in ttfb],
-        "first_ms": [v / ms for v in first],
-        "rest_ms": [v / ms for v in rest],
+        "wall_s": round(time.monotonic() - started, 3),
+        **samples,
         "errors": errors,
         "listen_overflows": tcp_ext("ListenOverflows")["ListenOverflows"] - overflows,
         "cpu_s": {k: round(sum(map(cpu_seconds, v)) - cpu[k], 3) for k, v in pids.items()},
         "rss_peak_kb": peak,
+        "cpu_peak_pct": {k: round(v) for k, v in busiest.items()},  # busiest ~0.1 s, one core
+        # Kept-alive connections stay open after the round: client side + function side.
         "watchdog_fds_after": sum(fd_count(p) for p in pids["watchdog"]),
     }
 
 
+def percentiles(values: list[float]) -> dict[str, float]:
+    return {"n": len(values), "p50": pct(values, 50), "p99": pct(values, 99)}
+
+
 def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """Every round's samples of one path and level together, and their totals."""
-    out: dict[str, Any] = {"rounds": len(rounds)}
-    for key in ("ttfb_ms", "first_ms", "rest_ms", "all_ms"):
-        values = [v for r in rounds for v in (r[key] if key != "all_ms" else r["first_ms"] + r["rest_ms"])]
-        out[key] = {"n": len(values), "p50": pct(values, 50), "p99": pct(values, 99)}
+    out: dict[str, Any] = {k: percentiles([v for r in rounds for v in r[k]]) for k in SAMPLES}
+    out["all_ms"] = percentiles([v for r in rounds for v in r["first_ms"] + r["rest_ms"]])
     out["listen_overflows"] = sum(r["listen_overflows"] for r in rounds)
     out["errors"] = sum(sum(r["errors"].values()) for r in rounds)
-    out["cpu_s_per_round"] = {k: round(sum(r["cpu_s"][k] for r in rounds) / len(rounds), 3) for k in rounds[0]["cpu_s"]}
-    out["rss_peak_kb"] = {k: max(r["rss_peak_kb"][k] for r in rounds) for k in rounds[0]["rss_peak_kb"]}
+    roles = rounds[0]["cpu_s"]
+    out["cpu_s_per_round"] = {k: sum(r["cpu_s"][k] for r in rounds) / len(rounds) for k in roles}
+    out["rss_peak_kb"] = {k: max(r["rss_peak_kb"][k] for r in rounds) for k in roles}
+    out["cpu_peak_pct"] = {k: max(r["cpu_peak_pct"][k] for r in rounds) for k in roles}
     return out
 
 
-def backlogs(gw: Gateway, sockets: list[str]) -> dict[str, int]:
-    """Each listener's effective backlog: ``ss`` shows it as a listening socket's Send-Q."""
-    port = gw.url.rsplit(":", 1)[1]
-    out = {}
-    for name, args in [("gateway", ["-ltn", f"sport = :{port}"])] + [(s, ["-lx", f"src {s}"]) for s in sockets]:
-        lines = subprocess.run(["ss", "-H", *args], capture_output=True, text=True).stdout.split("\n")
-        cols = lines[0].split()
-        out[name] = int(cols[3 if args[0] == "-lx" else 2]) if cols else -1
-    return out
-
-
-def footprint(pids: dict[str, list[int]]) -> dict[str, Any]:
-    return {
-        k: {"rss_kb": sum(map(rss_kb, v)), "private_kb": sum(map(private_kb, v)), "processes": len(v)}
-        for k, v in pids.items()
-    }
+def per_round(r: dict[str, Any]) -> dict[str, Any]:
+    """One round for the JSON: its percentiles instead of its samples."""
+    return {k: (percentiles(v) if k in SAMPLES else v) for k, v in r.items()}
 
 
 async def run_bench(gw: Gateway, work: Path, plan: Plan) -> dict[str, Any]:
-    folder = work / FN
-    folder.mkdir()
-    (folder / "handler.py").write_text(HANDLER)
-    build_image(gw, FN, folder)
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-    async with client_session(connector) as session:
+    (work / FN).mkdir()
+    (work / FN / "handler.py").write_text(HANDLER)
+    build_image(gw, FN, work / FN)
+    async with client_session() as session:
         servers = FunctionServers(session, gw, FN)
         try:
-            api = Api(session, gw)
             # A waitress thread per stream: every stream of a level is served at once.
             env = {"threads": str(max(plan.levels) + 16), "drain_timeout": "2s"}
-            await api.deploy({"service": FN, "image": f"{FN}:latest", "envVars": env})
-            await api.wait_ready(FN)
+            await Api(session, gw).deploy({"service": FN, "image": f"{FN}:latest", "envVars": env})
+            await Api(session, gw).wait_ready(FN)
             paths = {
                 "direct": (await servers.live(probe="/_/health"))[0],
                 "through": (session, gw.function_url(FN)),
             }
-            pids = procs(gw)
+            pids = {"gateway": [gw.pid], "watchdog": watchdog_pids(gw.pid, FN)}
+            pids["function"] = [  # python index.py, not the watchdog nor bwrap
+                p for p in function_pids(gw.pid, FN)
+                if p not in pids["watchdog"] and b"python" in cmdline(p).split(b"\0")[0]
+            ]  # fmt: skip
             await asyncio.sleep(1.0)
-            out: dict[str, Any] = {"idle": footprint(pids)}
-            out["backlogs"] = backlogs(gw, [s for p in pids["watchdog"] + pids["function"] for s in listening_unix_sockets(p)])
-            for path in ("direct", "through"):  # warm-up: imports, first connections
+            out: dict[str, Any] = {"processes": {k: len(v) for k, v in pids.items()}}
+            out["idle"] = {k: memory(v) for k, v in pids.items()}
+            unix = [
+                s for p in pids["watchdog"] + pids["function"] for s in listening_unix_sockets(p)
+            ]
+            out["backlogs"] = listen_backlogs(int(gw.url.rsplit(":", 1)[1]), unix)
+            for path in PATHS:  # warm-up: imports, first connections
                 await burst_round(paths[path], min(plan.levels), plan, pids)
             watch = CpuWatch()
             for n in plan.levels:
                 step(f"{n} streams at once, {plan.rounds} round(s) each way")
-                rounds: dict[str, list[dict[str, Any]]] = {"direct": [], "through": []}
+                rounds: dict[str, list[dict[str, Any]]] = {p: [] for p in PATHS}
                 watch.mark(f"level_{n}")
                 for r in range(plan.rounds):
-                    for path in ("direct", "through") if r % 2 == 0 else ("through", "direct"):
+                    for path in PATHS if r % 2 == 0 else PATHS[::-1]:
                         gc.collect()
                         await asyncio.sleep(plan.settle)
                         rounds[path].append(await burst_round(paths[path], n, plan, pids))
                 watch.mark("between")
                 out[f"level_{n}"] = {
                     "pooled": {p: pooled(rs) for p, rs in rounds.items()},
-                    "rounds": {
-                        p: [{k: v for k, v in r.items() if not k.endswith("_ms")} | {
-                            f"{k}_p50_p99": [pct(r[k], 50), pct(r[k], 99)] for k in ("ttfb_ms", "first_ms", "rest_ms")
-                        } for r in rs] for p, rs in rounds.items()
-                    },
+                    "rounds": {p: [per_round(r) for r in rs] for p, rs in rounds.items()},
                     "other_cpu_pct": watch.other_pct(f"level_{n}"),
                 }
-            out["after"] = footprint(pids)
+            out["after"] = {k: memory(v) for k, v in pids.items()}
             return out
         finally:
             await servers.close()
 
 
-def ratio(r: dict[str, Any], key: str, q: str) -> float:
-    return float(r["through"][key][q] / r["direct"][key][q])
+def ratio(level: dict[str, Any], key: str, q: str) -> float:
+    return float(level["through"][key][q] / level["direct"][key][q])
 
 
 def report(results: dict[str, Any], plan: Plan) -> Targets:
-    rows = [("streams", "path", "TTFB p50/p99 ms", "first 3 p50/p99", "rest p50/p99", "overfl.", "err",
-             "CPU s gw/wd/fn", "peak RSS MiB gw/wd")]
+    head = ("streams", "path", "TTFB p50/p99 ms", "first 3 events", "the rest", "overflows")
+    rows = [(*head, "errors", "CPU s (peak %) gw/wd/fn", "peak RSS MiB gw/wd")]
     t = Targets()
     for n in plan.levels:
-        lvl = results[f"level_{n}"]["pooled"]
-        for path in ("direct", "through"):
-            p = lvl[path]
+        level = results[f"level_{n}"]["pooled"]
+        for path in PATHS:
+            p = level[path]
             cpu, rss = p["cpu_s_per_round"], p["rss_peak_kb"]
             rows.append((
-                f"{n:,}", path, *(f"{p[k]['p50']:.1f} / {p[k]['p99']:.1f}" for k in ("ttfb_ms", "first_ms", "rest_ms")),
+                f"{n:,}", path, *(f"{p[k]['p50']:.1f} / {p[k]['p99']:.1f}" for k in SAMPLES),
                 str(p["listen_overflows"]), str(p["errors"]),
-                f"{cpu['gateway']:.2f}/{cpu['watchdog']:.2f}/{cpu['function']:.2f}",
+                "/".join(f"{cpu[k]:.2f} ({p['cpu_peak_pct'][k]})" for k in ("gateway", "watchdog", "function")),
                 f"{rss['gateway'] / 1024:.0f}/{rss['watchdog'] / 1024:.0f}",
-            ))
-        rows.append((f"{n:,}", "ratio", *(f"{ratio(lvl, k, 'p50'):.2f}× / {ratio(lvl, k, 'p99'):.2f}×"
-                                          for k in ("ttfb_ms", "first_ms", "rest_ms")), "", "", "", ""))
+            ))  # fmt: skip
+        rows.append((f"{n:,}", "ratio", *(
+            f"{ratio(level, k, 'p50'):.2f}× / {ratio(level, k, 'p99'):.2f}×" for k in SAMPLES
+        ), "", "", "", ""))  # fmt: skip
         for q in ("p50", "p99"):
-            v = ratio(lvl, "ttfb_ms", q)
+            v = ratio(level, "ttfb_ms", q)
             t.add(f"TTFB {q} through/direct @ {n:,}", v, "×", "<= 2.2×", v <= 2.2)
-        overflows = lvl["through"]["listen_overflows"] + lvl["direct"]["listen_overflows"]
+        overflows = sum(level[p]["listen_overflows"] for p in PATHS)
         t.add(f"listen overflows @ {n:,}", overflows, "", "= 0", overflows == 0)
     if 100 in plan.levels:
         v = ratio(results["level_100"]["pooled"], "all_ms", "p99")
         t.add("per-event p99 through/direct @ 100", v, "×", "<= 2.5×", v <= 2.5)
-    idle = results["idle"]["watchdog"]
-    t.add("watchdog idle RSS", idle["rss_kb"] / 1024 / max(idle["processes"], 1), "MiB", "<= 30 MiB",
-          idle["rss_kb"] / 1024 / max(idle["processes"], 1) <= 30)
+    mib = results["idle"]["watchdog"]["rss_kb"] / 1024 / max(results["processes"]["watchdog"], 1)
+    t.add("watchdog idle RSS", mib, "MiB", "<= 30 MiB", mib <= 30)
     print()
     table(rows)
     return t
@@ -290,19 +275,13 @@ def report(results: dict[str, Any], plan: Plan) -> Targets:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="100 and 300 streams, 2 rounds each way")
-    parser.add_argument("--levels", type=int, nargs="+", help="streams opened at once (default 100 1000)")
-    parser.add_argument("--rounds", type=int, help="rounds per path and level (default 3)")
-    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
-                        help="first wait up to SECONDS until other processes use <10%% of the CPUs")
-    parser.add_argument("--keep-state", action="store_true", help="keep the state directory (logs)")
-    parser.add_argument("--no-sandbox", action="store_true", help="start the gateway with --no-sandbox")
-    parser.add_argument("--out", type=Path, default=BENCH / "results" / "burst.json")
+    parser.add_argument("--quick", action="store_true", help="100 and 300 streams, 2 rounds")
+    parser.add_argument("--levels", type=int, nargs="+", help="streams at once (100 1000)")
+    parser.add_argument("--rounds", type=int, help="rounds per path and level (3)")
+    platform_options(parser, BENCH / "results" / "burst.json")
     args = parser.parse_args()
-    plan = Plan(
-        levels=tuple(args.levels or ((100, 300) if args.quick else (100, 1000))),
-        rounds=args.rounds or (2 if args.quick else 3),
-    )
+    levels = args.levels or ((100, 300) if args.quick else (100, 1000))
+    plan = Plan(levels=tuple(levels), rounds=args.rounds or (2 if args.quick else 3))
     nofile = raise_fd_limit()  # the client holds a socket per stream; the gateway inherits it
     other_at_start = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     run = Run()
@@ -310,7 +289,7 @@ def main() -> int:
     gw = Gateway(tmp / "state", *(["--no-sandbox"] if args.no_sandbox else []))
     try:
         gw.start()
-        print(f"bench_burst: gateway {gw.url}, streamfaas from {describe_code(run.code)}", file=sys.stderr)
+        print(f"bench_burst: gateway {gw.url}, code {describe_code(run.code)}", file=sys.stderr)
         results = uvloop.run(run_bench(gw, tmp, plan))
     finally:
         gw.stop()
@@ -320,15 +299,15 @@ def main() -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     targets = report(results, plan)
     targets.print()
-    idle = results["idle"]
-    print("\nidle: " + ", ".join(
-        f"{k} RSS {v['rss_kb'] / 1024:.1f} MiB (private {v['private_kb'] / 1024:.1f})" for k, v in idle.items()))
-    print(f"listen backlogs: {results['backlogs']}")
+    idle = (
+        f"{k} {v['rss_kb'] >> 10} ({v['private_kb'] >> 10})" for k, v in results["idle"].items()
+    )
+    print(f"\nidle RSS (private) MiB: {', '.join(idle)}; listen backlogs: {results['backlogs']}")
     others = {n: results[f"level_{n}"]["other_cpu_pct"] for n in plan.levels}
     if max(others.values()) > 10:
-        print(f"WARNING: other processes used {others} % of the CPUs: compare ratios, not values", file=sys.stderr)
-    body = {"plan": asdict(plan), "rlimit_nofile": nofile, "other_cpu_pct_at_start": other_at_start,
-            "orphans": len(gw.orphans), "targets": targets.rows, "results": results}
+        print(f"WARNING: other processes used {others} % of the CPUs", file=sys.stderr)
+    body = dict(plan=asdict(plan), rlimit_nofile=nofile, other_cpu_pct_at_start=other_at_start)
+    body |= dict(orphans=len(gw.orphans), targets=targets.rows, results=results)
     run.write(args.out, body, aiohttp=aiohttp.__version__, uvloop=version("uvloop"))
     return 0
 

@@ -4,6 +4,7 @@ it, /proc readings, CPU used by other processes, percentiles and the table of ta
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime as dt
 import json
@@ -186,6 +187,24 @@ def tcp_ext(*names: str) -> dict[str, int]:
         lines = [ln.split() for ln in f if ln.startswith("TcpExt:")]
     values = dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
     return {name: values.get(name, 0) for name in names}
+
+
+def memory(pids: list[int]) -> dict[str, int]:
+    """RSS and private memory of ``pids`` together, in KiB."""
+    return {"rss_kb": sum(map(rss_kb, pids)), "private_kb": sum(map(private_kb, pids))}
+
+
+def listen_backlogs(tcp_port: int | None, unix_paths: Sequence[str]) -> dict[str, int]:
+    """The effective backlog of each listener (``ss`` shows it as a listening socket's
+    Send-Q): what the process asked for, capped by ``net.core.somaxconn``. -1: not found."""
+    queries = [(str(p), ["-lx", f"src {p}"], 3) for p in unix_paths]
+    if tcp_port is not None:
+        queries.insert(0, (f"tcp:{tcp_port}", ["-ltn", f"sport = :{tcp_port}"], 2))
+    out = {}
+    for name, args, column in queries:
+        ss = subprocess.run(["ss", "-H", *args], capture_output=True, text=True).stdout.split()
+        out[name] = int(ss[column]) if len(ss) > column else -1
+    return out
 
 
 def raise_fd_limit() -> int:
@@ -386,6 +405,24 @@ class Api:
             return await self.available(name) >= replicas
 
         await poll(ready, timeout, f"{name} to have {replicas} ready replica(s)")
+
+
+def platform_options(parser: argparse.ArgumentParser, out: Path) -> None:
+    """The options of a bench that starts its own gateway."""
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS until other processes use <10%% of the CPUs",
+    )
+    parser.add_argument(
+        "--keep-state", action="store_true", help="keep the state directory (logs) afterwards"
+    )
+    parser.add_argument(
+        "--no-sandbox", action="store_true", help="start the gateway with --no-sandbox"
+    )
+    parser.add_argument("--out", type=Path, default=out, help="default: %(default)s")
 
 
 def client_session(connector: aiohttp.BaseConnector | None = None) -> aiohttp.ClientSession:

@@ -129,7 +129,8 @@ def serve_app(app):
     # MultiSocketServer, which the platform never asks for; those keep waitress's behaviour).
     if isinstance(server, BaseWSGIServer):
         server.channel_class = KeepAliveChannel
-        accept_in_batches(server)
+        if hasattr(server, "_map"):  # waitress's private socket map: where its channels live
+            accept_in_batches(server)
     logging.basicConfig()  # as waitress.serve does: its warnings reach the function's log
     server.print_listen("Serving on http://{}:{}")
     server.run()
