@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -33,7 +34,6 @@ sys.path.insert(0, str(BENCH))
 
 from benchlib import (  # noqa: E402
     Api,
-    Endpoint,
     FunctionServers,
     Gateway,
     Run,
@@ -82,6 +82,7 @@ def handle(req):
 FIRST = 3  # a stream's first events: sent while the burst's connections are still opening
 SAMPLES = ("ttfb_ms", "first_ms", "rest_ms")
 PATHS = ("direct", "through")
+Target = tuple[Callable[[], aiohttp.BaseConnector], str]  # new connections, and the base URL
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,12 @@ class Plan:
 
 
 async def burst_round(
-    endpoint: Endpoint, n: int, plan: Plan, pids: dict[str, list[int]]
+    target: Target, n: int, plan: Plan, pids: dict[str, list[int]]
 ) -> dict[str, Any]:
-    """``n`` streams started together; each reads all its events (bounded by a timeout)."""
-    session, base = endpoint
+    """``n`` streams started together, each on a new connection (a new session every round);
+    each reads all its events (bounded by a timeout)."""
+    connector, base = target
+    session = client_session(connector())
     url = f"{base}/?count={plan.events}&interval={plan.interval}"
     samples: dict[str, list[float]] = {k: [] for k in SAMPLES}
     ttfb, first, rest = (samples[k] for k in SAMPLES)
@@ -149,6 +152,7 @@ async def burst_round(
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await session.close()
     return {
         "streams": n,
         "wall_s": round(time.monotonic() - started, 3),
@@ -196,9 +200,10 @@ async def run_bench(gw: Gateway, work: Path, plan: Plan) -> dict[str, Any]:
             env = {"threads": str(max(plan.levels) + 16), "drain_timeout": "2s"}
             await Api(session, gw).deploy({"service": FN, "image": f"{FN}:latest", "envVars": env})
             await Api(session, gw).wait_ready(FN)
-            paths = {
-                "direct": (await servers.live(probe="/_/health"))[0],
-                "through": (session, gw.function_url(FN)),
+            socket = servers.addresses()[-1].removeprefix("unix:")  # the one replica's
+            paths: dict[str, Target] = {
+                "direct": (lambda: aiohttp.UnixConnector(socket, limit=0), "http://localhost"),
+                "through": (lambda: aiohttp.TCPConnector(limit=0), gw.function_url(FN)),
             }
             pids = {"gateway": [gw.pid], "watchdog": watchdog_pids(gw.pid, FN)}
             pids["function"] = [  # python index.py, not the watchdog nor bwrap

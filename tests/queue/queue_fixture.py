@@ -68,14 +68,14 @@ def handle(req):
 class NatsServer:
     """``nats-server -js`` on a free 127.0.0.1 port, storing in its own folder."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *extra: str) -> None:
         assert NATS_SERVER is not None
         self.root = root
         ports = root / "ports"
         ports.mkdir(parents=True)
         self.log = open(root / "nats.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [NATS_SERVER, "-js", "-sd", str(root / "store"), "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(ports)],
+            [NATS_SERVER, "-js", "-sd", str(root / "store"), "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(ports), *extra],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         found = wait_for(lambda: list(ports.glob("*.ports")), 20, what="nats-server's ports file")

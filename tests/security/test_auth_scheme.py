@@ -35,3 +35,15 @@ def test_bearer_scheme_in_any_case_reaches_a_private_function(shared_platform: P
         r = httpx.post(url, content=b"x", headers={"Authorization": f"{scheme} {token}"}, timeout=30)
         assert (r.status_code, r.text) == (200, "ok"), scheme
     assert httpx.post(url, content=b"x", headers={"Authorization": "bearer wrong"}, timeout=30).status_code == 401
+
+
+def test_private_function_needs_its_token_under_its_namespaced_name_too(platform: Platform, tmp_path: Path) -> None:
+    """`/function/NAME.openfaas-fn` (the Go SDK's form) is the same function: the same door."""
+    p = platform
+    p.deploy("nsprivate", p.write_function(tmp_path, "nsprivate", "def handle(req):\n    return 'inside'\n"),
+             labels={"streamfaas.auth/private": "true"})
+    token = p.http.get(f"{p.url}/system/function-token/nsprivate").json()["token"]
+    for path in ("/function/nsprivate.openfaas-fn", "/function/nsprivate.openfaas-fn/sub", "/async-function/nsprivate.openfaas-fn"):
+        assert httpx.post(p.url + path, content=b"x", timeout=30).status_code == 401, path
+    r = httpx.post(p.url + "/function/nsprivate.openfaas-fn", content=b"x", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200 and r.text == "inside"

@@ -72,6 +72,19 @@ def _tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
+def _check_links(handler: Path) -> None:
+    """A handler's symlinks must stay inside it: the build copies what a link points to, and a
+    link to ``~/.openfaas/config.yml`` would put the builder's credentials into the image."""
+    root = handler.resolve()
+    for folder, dirs, files in os.walk(handler):
+        for name in (*dirs, *files):
+            path = Path(folder, name)
+            if path.is_symlink():
+                target = path.resolve()
+                if target != root and root not in target.parents:
+                    raise ConfigError(f"{path}: a symlink out of the handler folder (to {target}); copy the file in instead")
+
+
 class ImageStore:
     """Images under ``<state>/images``: ``blobs/<digest>/`` (files) and ``tags/<image>.json``."""
 
@@ -86,6 +99,7 @@ class ImageStore:
     def build(self, image: str, lang: str, handler: Path) -> LocalImage:
         if not handler.is_dir():
             raise ConfigError(f"handler folder {str(handler)!r} does not exist")
+        _check_links(handler)
         template = get_template(lang)
         self.blobs.mkdir(parents=True, exist_ok=True)
         self.tags.mkdir(parents=True, exist_ok=True)

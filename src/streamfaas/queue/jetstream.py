@@ -73,12 +73,27 @@ class NatsLease(Lease):
         await self._msg.in_progress()
 
 
+def redact_url(urls: str) -> str:
+    """NATS URLs as they may be shown: ``nats://user:***@host:4222`` for each of a list."""
+    shown = []
+    for url in urls.split(","):
+        scheme, sep, rest = url.strip().partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        if at and sep:
+            user = userinfo.split(":", 1)[0]
+            shown.append(f"{scheme}://{user + ':' if ':' in userinfo else ''}***@{host}")
+        else:
+            shown.append(url.strip())
+    return ",".join(shown)
+
+
 class NatsQueue(JobQueue):
     name = "nats"
 
     def __init__(self, url: str, *, stream: str = "STREAMFAAS_ASYNC", lease: float = 30.0, fetch_wait: float = 1.0,
                  discover_interval: float = 1.0) -> None:
         self.url = url
+        self.shown_url = redact_url(url)  # for messages and logs: never a password
         self.stream = stream
         self.failed_stream = f"{stream}_FAILED"
         prefix = stream.lower()
@@ -111,31 +126,31 @@ class NatsQueue(JobQueue):
                     disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
                 )
         except TimeoutError:
-            raise QueueUnavailable(f"cannot connect to NATS at {self.url} within {_FIRST_CONNECT:g}s") from None
+            raise QueueUnavailable(f"cannot connect to NATS at {self.shown_url} within {_FIRST_CONNECT:g}s") from None
         except (OSError, nats.errors.Error) as exc:
-            raise QueueUnavailable(f"cannot connect to NATS at {self.url}: {exc or exc.__class__.__name__}") from None
+            raise QueueUnavailable(f"cannot connect to NATS at {self.shown_url}: {exc or exc.__class__.__name__}") from None
         js = self.js
         try:
             await self._ensure_stream(js, self.stream, f"{self.jobs_prefix}.*", RetentionPolicy.WORK_QUEUE)
             await self._ensure_stream(js, self.failed_stream, f"{self.failed_prefix}.*", RetentionPolicy.LIMITS)
         except nats.errors.Error as exc:
             await self.close()
-            raise QueueUnavailable(f"NATS at {self.url}: cannot create stream {self.stream} (is JetStream on? `nats-server -js`): {exc}") from None
+            raise QueueUnavailable(f"NATS at {self.shown_url}: cannot create stream {self.stream} (is JetStream on? `nats-server -js`): {exc}") from None
 
     # nats-py's own handlers print a traceback for every failed reconnect: one line instead.
     async def _on_error(self, exc: Exception) -> None:
         message = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
         if self._nc is not None and message != self._last_error:
-            log.warning("queue: NATS at %s: %s", self.url, message)
+            log.warning("queue: NATS at %s: %s", self.shown_url, message)
         self._last_error = message
 
     async def _on_disconnected(self) -> None:
         if self._nc is not None:
-            log.warning("queue: disconnected from NATS at %s; reconnecting", self.url)
+            log.warning("queue: disconnected from NATS at %s; reconnecting", self.shown_url)
 
     async def _on_reconnected(self) -> None:
         self._last_error = ""
-        log.warning("queue: reconnected to NATS at %s", self.url)
+        log.warning("queue: reconnected to NATS at %s", self.shown_url)
 
     @staticmethod
     async def _ensure_stream(js: JetStreamContext, name: str, subject: str, retention: RetentionPolicy) -> None:
@@ -196,7 +211,7 @@ class NatsQueue(JobQueue):
                 await self._ensure_consumer(job.function)
             await self.js.publish(f"{prefix}.{job.function}", job.body, stream=stream, headers={JOB_HEADER: meta})
         except nats.errors.Error as exc:
-            raise QueueUnavailable(f"NATS at {self.url} did not store the job: {exc or exc.__class__.__name__}") from None
+            raise QueueUnavailable(f"NATS at {self.shown_url} did not store the job: {exc or exc.__class__.__name__}") from None
 
     async def submit(self, job: Job) -> None:
         await self.publish(job)
@@ -281,7 +296,7 @@ class NatsQueue(JobQueue):
             jobs = await self.js.stream_info(self.stream)
             failed = await self.js.stream_info(self.failed_stream)
         except nats.errors.Error as exc:
-            raise QueueUnavailable(f"NATS at {self.url}: {exc}") from None
+            raise QueueUnavailable(f"NATS at {self.shown_url}: {exc}") from None
         return QueueDepth(pending=jobs.state.messages, failed=failed.state.messages)
 
     async def _scan(self, failed: bool, limit: int) -> list[tuple[int, Job]]:
@@ -295,7 +310,7 @@ class NatsQueue(JobQueue):
             except nats.js.errors.NotFoundError:
                 break
             except nats.errors.Error as exc:
-                raise QueueUnavailable(f"NATS at {self.url}: {exc}") from None
+                raise QueueUnavailable(f"NATS at {self.shown_url}: {exc}") from None
             assert raw.seq is not None
             seq = raw.seq + 1
             try:
@@ -324,5 +339,5 @@ class NatsQueue(JobQueue):
             before = (await self.js.stream_info(stream)).state.messages
             await self.js.purge_stream(stream)
         except nats.errors.Error as exc:
-            raise QueueUnavailable(f"NATS at {self.url}: {exc}") from None
+            raise QueueUnavailable(f"NATS at {self.shown_url}: {exc}") from None
         return before

@@ -85,7 +85,8 @@ def get_template(name: str, root: Path = TEMPLATES_DIR) -> Template:
     current: str | None = name
     while current:
         folder = root / current
-        if not (folder / "template.yml").is_file():
+        # Only the templates shipped here: a name is never a path ("../x" or "/x").
+        if current not in template_names(root) or not (folder / "template.yml").is_file():
             known = ", ".join(template_names(root))
             if current == name:
                 raise ConfigError(f"unknown template {name!r}; available: {known}")
