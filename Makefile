@@ -15,6 +15,7 @@ lint:
 
 bench:
 	$(PY) bench/bench_core.py
+	$(PY) bench/bench_burst.py
 	$(PY) bench/bench_llm.py
 	$(PY) bench/bench_chat.py
 	$(PY) bench/bench_queue.py

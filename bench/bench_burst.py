@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import shutil
 import sys
 import tempfile
@@ -194,51 +195,45 @@ async def run_bench(gw: Gateway, work: Path, plan: Plan) -> dict[str, Any]:
     (work / FN / "handler.py").write_text(HANDLER)
     build_image(gw, FN, work / FN)
     async with client_session() as session:
-        servers = FunctionServers(session, gw, FN)
-        try:
-            # A waitress thread per stream: every stream of a level is served at once.
-            env = {"threads": str(max(plan.levels) + 16), "drain_timeout": "2s"}
-            await Api(session, gw).deploy({"service": FN, "image": f"{FN}:latest", "envVars": env})
-            await Api(session, gw).wait_ready(FN)
-            socket = servers.addresses()[-1].removeprefix("unix:")  # the one replica's
-            paths: dict[str, Target] = {
-                "direct": (lambda: aiohttp.UnixConnector(socket, limit=0), "http://localhost"),
-                "through": (lambda: aiohttp.TCPConnector(limit=0), gw.function_url(FN)),
-            }
-            pids = {"gateway": [gw.pid], "watchdog": watchdog_pids(gw.pid, FN)}
-            pids["function"] = [  # python index.py, not the watchdog nor bwrap
-                p for p in function_pids(gw.pid, FN)
-                if p not in pids["watchdog"] and b"python" in cmdline(p).split(b"\0")[0]
-            ]  # fmt: skip
-            await asyncio.sleep(1.0)
-            out: dict[str, Any] = {"processes": {k: len(v) for k, v in pids.items()}}
-            out["idle"] = {k: memory(v) for k, v in pids.items()}
-            unix = [
-                s for p in pids["watchdog"] + pids["function"] for s in listening_unix_sockets(p)
-            ]
-            out["backlogs"] = listen_backlogs(int(gw.url.rsplit(":", 1)[1]), unix)
-            for path in PATHS:  # warm-up: imports, first connections
-                await burst_round(paths[path], min(plan.levels), plan, pids)
-            watch = CpuWatch()
-            for n in plan.levels:
-                step(f"{n} streams at once, {plan.rounds} round(s) each way")
-                rounds: dict[str, list[dict[str, Any]]] = {p: [] for p in PATHS}
-                watch.mark(f"level_{n}")
-                for r in range(plan.rounds):
-                    for path in PATHS if r % 2 == 0 else PATHS[::-1]:
-                        gc.collect()
-                        await asyncio.sleep(plan.settle)
-                        rounds[path].append(await burst_round(paths[path], n, plan, pids))
-                watch.mark("between")
-                out[f"level_{n}"] = {
-                    "pooled": {p: pooled(rs) for p, rs in rounds.items()},
-                    "rounds": {p: [per_round(r) for r in rs] for p, rs in rounds.items()},
-                    "other_cpu_pct": watch.other_pct(f"level_{n}"),
-                }
-            out["after"] = {k: memory(v) for k, v in pids.items()}
-            return out
-        finally:
-            await servers.close()
+        # A waitress thread per stream: every stream of a level is served at once.
+        env = {"threads": str(max(plan.levels) + 16), "drain_timeout": "2s"}
+        await Api(session, gw).deploy({"service": FN, "image": f"{FN}:latest", "envVars": env})
+        await Api(session, gw).wait_ready(FN)
+    # The one replica's function server (no session is opened on it here: each round opens its own).
+    socket = FunctionServers(session, gw, FN).addresses()[-1].removeprefix("unix:")
+    paths: dict[str, Target] = {
+        "direct": (lambda: aiohttp.UnixConnector(socket, limit=0), "http://localhost"),
+        "through": (lambda: aiohttp.TCPConnector(limit=0), gw.function_url(FN)),
+    }
+    wd = watchdog_pids(gw.pid, FN)
+    argv0 = {p: cmdline(p).split(b"\0")[0] for p in function_pids(gw.pid, FN)}
+    fn = [p for p, a in argv0.items() if p not in wd and b"python" in a]  # not bwrap's
+    pids = {"client": [os.getpid()], "gateway": [gw.pid], "watchdog": wd, "function": fn}
+    await asyncio.sleep(1.0)
+    out: dict[str, Any] = {"processes": {k: len(v) for k, v in pids.items()}}
+    out["idle"] = {k: memory(v) for k, v in pids.items()}
+    unix = [path for p in wd + fn for path in listening_unix_sockets(p)]
+    out["backlogs"] = listen_backlogs(int(gw.url.rsplit(":", 1)[1]), unix)
+    for path in PATHS:  # warm-up: imports, first connections
+        await burst_round(paths[path], min(plan.levels), plan, pids)
+    watch = CpuWatch()
+    for n in plan.levels:
+        step(f"{n} streams at once, {plan.rounds} round(s) each way")
+        rounds: dict[str, list[dict[str, Any]]] = {p: [] for p in PATHS}
+        watch.mark(f"level_{n}")
+        for r in range(plan.rounds):
+            for path in PATHS if r % 2 == 0 else PATHS[::-1]:
+                gc.collect()
+                await asyncio.sleep(plan.settle)
+                rounds[path].append(await burst_round(paths[path], n, plan, pids))
+        watch.mark("between")
+        out[f"level_{n}"] = {
+            "pooled": {p: pooled(rs) for p, rs in rounds.items()},
+            "rounds": {p: [per_round(r) for r in rs] for p, rs in rounds.items()},
+            "other_cpu_pct": watch.other_pct(f"level_{n}"),
+        }
+    out["after"] = {k: memory(v) for k, v in pids.items()}
+    return out
 
 
 def ratio(level: dict[str, Any], key: str, q: str) -> float:

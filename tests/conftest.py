@@ -14,6 +14,9 @@ os.environ["PIP_NO_INDEX"] = "1"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "llm"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "queue"))
+
+from queue_fixture import CallbackReceiver  # noqa: E402
 
 from platform_fixture import Platform, Signals  # noqa: E402
 
@@ -36,6 +39,16 @@ def shared_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platfo
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[CallbackReceiver]:
+    """An HTTP server that records the async callbacks it gets."""
+    r = CallbackReceiver()
+    try:
+        yield r
+    finally:
+        r.close()
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import httpx
+
 from platform_fixture import Platform, streamfaas_cmd, wait_for
 
 ECHO_REQUEST = """
@@ -75,3 +77,29 @@ def test_template_store_pull_copies_the_template(tmp_path: Path) -> None:
     assert again.returncode == 1 and "already exists" in again.stderr
     unknown = cli(None, "template", "store", "pull", "no-such-template", cwd=tmp_path)
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
+
+
+def test_token_prints_the_token_a_private_function_takes(shared_platform: Platform, tmp_path: Path) -> None:
+    p = shared_platform
+    p.deploy("privtok", p.write_function(tmp_path, "privtok", "def handle(req):\n    return 'opened'\n"),
+             labels={"streamfaas.auth/private": "true"})
+    r = cli(p, "token", "privtok")
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert httpx.get(p.function_url("privtok"), timeout=30).status_code == 401
+    opened = httpx.get(p.function_url("privtok"), headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert (opened.status_code, opened.text) == (200, "opened")
+    assert json.loads(cli(p, "namespace", "list", "--json").stdout) == ["openfaas-fn"]
+
+
+def test_logs_tail_keeps_the_last_n_lines(shared_platform: Platform, tmp_path: Path) -> None:
+    p = shared_platform
+    code = "def handle(req):\n    print('tail line ' + req, flush=True)\n    return 'ok'\n"
+    p.deploy("tailfn", p.write_function(tmp_path, "tailfn", code))
+    for word in ("a", "b", "c"):
+        assert cli(p, "invoke", "tailfn", stdin=word.encode()).returncode == 0
+    wait_for(lambda: "tail line c" in cli(p, "logs", "tailfn").stdout, what="the last line", interval=0.2)
+    everything = cli(p, "logs", "tailfn").stdout.splitlines()
+    last_two = cli(p, "logs", "tailfn", "--tail", "2").stdout.splitlines()
+    assert len(everything) > 3
+    assert last_two == everything[-2:]

@@ -4,11 +4,12 @@ shutdown, never per request."""
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import httpx
 
-from platform_fixture import Platform
+from platform_fixture import Platform, wait_for
 
 HELLO = "def handle(req):\n    return 'hello'\n"
 
@@ -38,3 +39,16 @@ def test_a_removed_functions_count_is_not_restored(platform: Platform, tmp_path:
     platform.start()
     platform.deploy("gone", folder)
     assert platform.status("gone")["invocationCount"] == 0
+
+
+def test_counts_are_saved_every_10s_so_a_killed_gateway_keeps_them(platform: Platform, tmp_path: Path) -> None:
+    platform.deploy("killed", platform.write_function(tmp_path, "killed", "def handle(req):\n    return 'ok'\n"))
+    for _ in range(2):
+        assert httpx.post(platform.function_url("killed"), content=b"x", timeout=30).status_code == 200
+    saved = platform.state_dir / "invocations.json"
+    # Saved while the gateway runs (every 10 s when they changed), not only at shutdown …
+    wait_for(lambda: saved.exists() and json.loads(saved.read_text()) == {"killed": 2}, timeout=15, what="the periodic save")
+    platform.stop(signal.SIGKILL)  # … so a SIGKILL, which runs no shutdown, keeps them.
+    platform.start()
+    platform.wait_ready("killed")
+    assert platform.status("killed")["invocationCount"] == 2

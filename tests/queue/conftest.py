@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from queue_fixture import NATS_SERVER, CallbackReceiver, NatsServer  # noqa: E402
+from queue_fixture import NATS_SERVER, NatsServer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +22,6 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
         yield server
     finally:
         server.stop()
-
-
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    r = CallbackReceiver()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "nats"])

@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-
 from queue_fixture import ECHO, CallbackReceiver, NatsServer, Worker, submit
 
 from platform_fixture import Platform
@@ -34,8 +33,8 @@ def test_standalone_worker_serves_its_metrics_and_shares_the_wal_queue_file(tmp_
         assert submit(p, "echo", b"x", callback=receiver.url, call_id=call_id).status_code == 202
         receiver.wait_all([call_id], timeout=60)  # run by the standalone worker: the gateway has none
         text = httpx.get(found.group(1), timeout=10).text
-        assert 'streamfaas_queue_completed_total{code="200"} 1.0' in text, text
-        assert "streamfaas_queue_done_seconds_count 1.0" in text
+        assert 'streamfaas_queue_completed_total{code="200",function_name="echo"} 1.0' in text, text
+        assert 'streamfaas_queue_done_seconds_count{function_name="echo"} 1.0' in text
     finally:
         if worker is not None:
             worker.stop()

@@ -5,18 +5,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from queue_fixture import FAST_QUEUE, CallbackReceiver
 
 from platform_fixture import Platform
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "queue"))
-
-from queue_fixture import FAST_QUEUE, CallbackReceiver  # noqa: E402
 
 # Answers with the request line's target, exactly as the function's server got it.
 REQUEST_ECHO = """
@@ -56,15 +51,6 @@ def raw_request(platform: Platform, method: str, target: str, body: bytes = b"",
         return resp.status, resp.read().decode(errors="replace"), resp.headers
     finally:
         conn.close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    r = CallbackReceiver()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,13 @@ never appear in a log or an error message."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from queue_fixture import NATS_SERVER, CallbackReceiver, NatsServer, submit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "queue"))
-
-from platform_fixture import Platform, descendants, streamfaas_cmd  # noqa: E402
-from queue_fixture import NATS_SERVER, CallbackReceiver, NatsServer, submit  # noqa: E402
+from platform_fixture import Platform, descendants, streamfaas_cmd
 
 PASSWORD = "nats-SECRET-pw-31337"
 

@@ -4,18 +4,12 @@ signalled made every wait return at once: ~300 SQLite transactions a second, for
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from platform_fixture import Platform, wait_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "queue"))
-
-from queue_fixture import (  # noqa: E402
+from queue_fixture import (
     ECHO,
     FAST_QUEUE,
     NATS_SERVER,
@@ -24,6 +18,8 @@ from queue_fixture import (  # noqa: E402
     queue_args,
     submit,
 )
+
+from platform_fixture import Platform, wait_for
 
 WINDOW = 10.0  # seconds of idleness measured
 MOST_CPU = 0.02  # of one core

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,12 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from queue_fixture import ECHO, FAST_QUEUE, CallbackReceiver, submit
 
 from platform_fixture import Platform, streamfaas_cmd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "queue"))
-
-from queue_fixture import ECHO, FAST_QUEUE, CallbackReceiver, submit  # noqa: E402
 
 _NOT_FORWARDED = {"host", "content-length", "connection", "transfer-encoding", "keep-alive"}
 
@@ -71,15 +67,6 @@ class RecordingProxy:
         self.server.shutdown()
         self.server.server_close()
         self._http.close()
-
-
-@pytest.fixture
-def receiver() -> Iterator[CallbackReceiver]:
-    r = CallbackReceiver()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture
