@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 
@@ -202,6 +203,20 @@ async def _read_body(request: web.Request, config: WatchdogConfig) -> bytes:
         raise _RequestTimeout(f"request body not received within {config.read_timeout:g}s") from None
 
 
+def _log_request(config: WatchdogConfig, text: str) -> None:
+    """One of the two lines OpenFaaS's classic watchdog logs per request, ``Forking fprocess.``
+    and ``Wrote N Bytes - Duration: S seconds``: the certifier's Test_FunctionLogs looks for
+    them. Stamped and prefixed as the process's own lines are, so they carry its replica."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()).encode()
+    out = sys.stdout.buffer
+    out.write(stamp + f"{config.function_name}[{config.replica_id}] {text}\n".encode())
+    out.flush()
+
+
+def _log_wrote(config: WatchdogConfig, size: int, started: float) -> None:
+    _log_request(config, f"Wrote {size} Bytes - Duration: {time.monotonic() - started:f} seconds")
+
+
 class _RequestTimeout(StreamfaasError):
     http_status = 408
 
@@ -219,6 +234,7 @@ async def invoke_streaming(request: web.Request, config: WatchdogConfig, command
     body: bytes | aiohttp.StreamReader | None = request.content if request.body_exists else None
     if config.buffer_body:
         body = await _read_body(request, config)
+    _log_request(config, "Forking fprocess.")
     process = await RequestProcess.start(command, cgi_environment(request), config)
     feeder = asyncio.create_task(process.feed(body))
     try:
@@ -233,6 +249,7 @@ async def invoke_streaming(request: web.Request, config: WatchdogConfig, command
         if not first:
             if code != 0:
                 return error_response(process.failure(code), 500)
+            _log_wrote(config, 0, started)
             return web.Response(body=b"", headers={hdrs.CONTENT_TYPE: config.content_type})
         return await _stream(request, config, process, first, started)
     finally:
@@ -251,6 +268,7 @@ async def _stream(
     resp = web.StreamResponse(headers=headers)  # unsized: chunked
     await resp.prepare(request)
     await resp.write(first)
+    written = len(first)
     total = config.exec_timeout
     remaining = max(total - (time.monotonic() - started), 0.001) if total else 0.0
     try:
@@ -261,6 +279,7 @@ async def _stream(
                 write = resp.write
                 while chunk := await read(READ_SIZE):
                     await write(chunk)
+                    written += len(chunk)
                     idle.chunks += 1
                 code = await process.wait()
             finally:
@@ -279,6 +298,7 @@ async def _stream(
         await _fail_after_headers(request, resp, sse, failure, None)
         return resp
     await resp.write_eof()
+    _log_wrote(config, written, started)
     return resp
 
 
@@ -287,6 +307,7 @@ async def invoke_serializing(request: web.Request, config: WatchdogConfig, comma
     response (500 with stderr's last line if the process failed)."""
     started = time.monotonic()
     body = await _read_body(request, config)
+    _log_request(config, "Forking fprocess.")
     process = await RequestProcess.start(command, cgi_environment(request), config)
     feeder = asyncio.create_task(process.feed(body))
     try:
@@ -299,6 +320,7 @@ async def invoke_serializing(request: web.Request, config: WatchdogConfig, comma
             return error_response(f"function did not finish within {limit:g}s", 504)
         if code != 0:
             return error_response(process.failure(code), 500)
+        _log_wrote(config, len(output), started)
         return web.Response(
             body=output,
             headers={hdrs.CONTENT_TYPE: config.content_type, "X-Duration-Seconds": f"{time.monotonic() - started:.6f}"},
