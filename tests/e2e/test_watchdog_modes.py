@@ -346,7 +346,7 @@ def static_watchdog(tmp_path: Path) -> Iterator[str]:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
-        assert line.startswith("watchdog listening on "), line
+        assert " watchdog: watchdog listening on " in line, line
         threading.Thread(target=proc.stdout.read, daemon=True).start()
         yield line.split()[-1]
     finally:

@@ -53,7 +53,7 @@ def watchdog(tmp_path: Path) -> Iterator[Watchdog]:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().decode()
-        assert line.startswith("watchdog listening on "), line
+        assert " watchdog: watchdog listening on " in line, line
         url = line.split()[-1]
         wait_for(lambda: httpx.get(url + "/_/ready").status_code == 200, what="the watchdog to be ready")
         yield Watchdog(proc, url)

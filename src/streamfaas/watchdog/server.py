@@ -184,7 +184,7 @@ async def run(config: WatchdogConfig, backend: Backend) -> int:
     site = web.SockSite(runner, sock, backlog=listen_backlog())  # it listens again: 128 unless told
     await site.start()
     where = f"unix:{address}" if isinstance(address, str) else f"http://{config.host}:{address[1]}"
-    print(f"watchdog listening on {where}", flush=True)
+    note(config, f"watchdog listening on {where}")
 
     code = 0
     try:
@@ -193,7 +193,7 @@ async def run(config: WatchdogConfig, backend: Backend) -> int:
         else:
             # Nothing to wait for: each request starts its own process, or reads a file.
             state.ready = True
-            print(f"function {config.function_name} ready ({config.mode} mode)", flush=True)
+            note(config, f"function {config.function_name} ready ({config.mode} mode)")
             _signal_ready(config.ready_fd)
             await stop.wait()
             state.draining = True
@@ -201,9 +201,9 @@ async def run(config: WatchdogConfig, backend: Backend) -> int:
         try:
             await asyncio.wait_for(state.idle.wait(), config.drain_timeout or None)
         except TimeoutError:
-            print(f"drain timeout: {state.inflight} request(s) still in flight", file=sys.stderr, flush=True)
+            note(config, f"drain timeout: {state.inflight} request(s) still in flight", error=True)
     except StreamfaasError as exc:
-        print(f"watchdog: {exc}", file=sys.stderr, flush=True)
+        note(config, str(exc), error=True)
         if not state.ready:  # a failed start: tell the provider why (the pipe is still open)
             report_failure(config.ready_fd, str(exc), function.stderr_tail if function is not None else ())
         code = 1
@@ -238,7 +238,7 @@ async def _run_function_server(state: WatchdogState, function: FunctionProcess, 
             state.ready = True
             spawned = function.spawned
             where = f"unix:{spawned.socket_path}" if spawned.socket_path else function.upstream_url
-            print(f"function {config.function_name} ready at {where}", flush=True)
+            note(config, f"function {config.function_name} ready at {where}")
             _signal_ready(config.ready_fd)
             prober = asyncio.create_task(probe_health(state))
             try:
@@ -258,9 +258,17 @@ async def _run_function_server(state: WatchdogState, function: FunctionProcess, 
         # Refuse new connections at once so the gateway sends them to a live replica;
         # requests already here still get their answer (or their error event).
         await site.stop()
-        print(f"function process exited with code {function.returncode}", file=sys.stderr, flush=True)
+        note(config, f"function process exited with code {function.returncode}", error=True)
         return 1
     return 0
+
+
+def note(config: WatchdogConfig, text: str, *, error: bool = False) -> None:
+    """One line of the watchdog's own, stamped and named like the function's output lines,
+    so `logs --since` and log readers place it in time."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    stream = sys.stderr if error else sys.stdout
+    print(f"{stamp} {config.function_name}[{config.replica_id}] watchdog: {text}", file=stream, flush=True)
 
 
 def _signal_ready(fd: int | None) -> None:
