@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import zipfile
 from pathlib import Path
@@ -19,8 +20,31 @@ def handle(req):
 
 
 def _replica_pids(platform: Platform) -> set[int]:
+    """Watchdogs and function servers below the gateway (the fork server is not a replica)."""
     assert platform.proc is not None
-    return descendants(platform.proc.pid)
+    return descendants(platform.proc.pid) - set(_fork_servers(platform))
+
+
+def _fork_servers(platform: Platform) -> list[int]:
+    assert platform.proc is not None
+    gateway = platform.proc.pid
+    return [pid for pid in descendants(gateway) if _parent(pid) == gateway and _cmdline(pid).endswith(b"streamfaas.watchdog.fork_server")]
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().rstrip(b"\0").rsplit(b"\0", 1)[0]
+    except OSError:
+        return b""
 
 
 def test_scale_to_zero_and_back_on_first_request(platform: Platform, tmp_path: Path) -> None:
@@ -188,3 +212,52 @@ def test_function_with_requirements_gets_its_own_venv_cached_by_their_hash(platf
     # The function's package is in its own venv only.
     [deps] = with_deps
     assert list((platform.state_dir / "venvs" / deps / "lib").glob("python*/site-packages/sftinydep"))
+
+
+def _smaps_rollup(pid: int) -> dict[str, int]:
+    """kB figures from /proc/PID/smaps_rollup (Rss, Pss, Private_Clean …)."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                out[parts[0].rstrip(":")] = int(parts[1])
+    return out
+
+
+def test_watchdog_is_forked_by_the_fork_server_and_shares_its_pages(platform: Platform, tmp_path: Path) -> None:
+    handler = platform.write_function(tmp_path, "shared", VERSIONED)
+    platform.deploy("shared", handler, env={"VERSION": "v1"})
+    platform.deploy("shared2", handler, env={"VERSION": "v1"})
+    [server] = _fork_servers(platform)
+    watchdogs = [pid for pid in descendants(server) if _parent(pid) == server]
+    assert len(watchdogs) == 2
+    for pid in watchdogs:
+        memory = _smaps_rollup(pid)
+        private = memory["Private_Clean"] + memory["Private_Dirty"]
+        # A watchdog spawned with `python -I` holds ~24 MiB of private pages (its imports);
+        # a forked one shares those with the fork server and its siblings.
+        assert private < 12 * 1024, memory
+        assert memory["Pss"] < memory["Rss"] * 0.7, memory
+
+
+def test_killed_fork_server_leaves_no_orphans_and_replicas_come_back(platform: Platform, tmp_path: Path) -> None:
+    import signal
+
+    handler = platform.write_function(tmp_path, "phoenix", VERSIONED)
+    platform.deploy("phoenix", handler, env={"VERSION": "v1"})
+    before = _replica_pids(platform)
+    assert len(before) >= 2  # watchdog + function server
+    [server] = _fork_servers(platform)
+    os.kill(server, signal.SIGKILL)
+    # Its watchdogs die with it (their parent-death signal), and their functions with them:
+    # nothing is left running outside the gateway's tree.
+    wait_for(lambda: not any(alive(p) for p in before), 15, what="the old replica's processes to exit")
+    # The provider restarts the fork server and the replica, which serves again.
+    wait_for(lambda: len(_fork_servers(platform)) == 1 and _fork_servers(platform) != [server], what="a new fork server")
+    platform.wait_ready("phoenix")
+    assert httpx.get(platform.function_url("phoenix"), timeout=30).text.startswith("v1:")
+    after = _replica_pids(platform)
+    assert after and not after & before
+    [server] = _fork_servers(platform)
+    assert any(_parent(pid) == server for pid in after)  # forked again, not spawned directly

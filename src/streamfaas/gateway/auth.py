@@ -210,10 +210,16 @@ def auth_middleware(credentials: Credentials | None, *, metrics_auth: bool = Fal
     stay). ``metrics_auth``: ``/metrics`` needs the admin's basic auth too."""
 
     @web.middleware
-    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def check(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+        if is_admin_path(request.path) or request.path == "/metrics":
+            return guarded(request, handler)
+        # Returned, not awaited: a function's stream (hours, maybe) holds no frame of this
+        # middleware for its whole life.
+        return handler(request)
+
+    async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not is_admin_path(request.path):
-            if metrics_auth and request.path == "/metrics" and credentials is not None \
-                    and not credentials.matches(request.headers.get("Authorization")):
+            if metrics_auth and credentials is not None and not credentials.matches(request.headers.get("Authorization")):
                 return unauthorized()
             return await handler(request)
         changes_state = request.method not in _SAFE_METHODS

@@ -9,6 +9,7 @@ import datetime as dt
 import json
 import platform
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,8 +41,16 @@ def _json_error(exc: StreamfaasError) -> web.Response:
 
 
 @web.middleware
-async def system_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+def system_errors(request: web.Request, handler: Any) -> Awaitable[web.StreamResponse]:
     """Map streamfaas errors to statuses with a one-line message, in one place."""
+    if request.path.startswith("/function/"):
+        # invoke_function maps its own errors. Returned, not awaited, so that a stream holds no
+        # frame of this middleware for its whole life.
+        return handler(request)  # type: ignore[no-any-return]
+    return _mapped_errors(request, handler)
+
+
+async def _mapped_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         resp: web.StreamResponse = await handler(request)
         return resp

@@ -30,6 +30,7 @@ from ..sandbox import (
     warn_unsandboxed,
 )
 from .images import ImageStore, LocalImage
+from .launcher import ForkServer, ForkServerUnavailable
 from .logs import LogLine, follow_log
 from .models import DEFAULT_NAMESPACE, FunctionDeployment, FunctionStatus, ScaleLabels
 from .replica import Replica, ReplicaSpec, error_summary
@@ -129,6 +130,7 @@ class LocalProvider:
         self.counts_file = state_dir / "invocations.json"
         self._saved_counts: dict[str, int] = {}
         self._counts_saver: asyncio.Task[None] | None = None
+        self.fork_server: ForkServer | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
     def function_uid(self, name: str) -> int | None:
@@ -150,6 +152,15 @@ class LocalProvider:
         self.sockets_dir = Path(tempfile.mkdtemp(prefix="streamfaas-"))
         write_private(record, f"{self.sockets_dir}\n".encode(), 0o600)
         self._socket_ids = itertools.count(1)
+        # One process that has imported the watchdog's modules forks every replica's watchdog:
+        # they share those pages. Started with the platform's fixed environment, never a
+        # function's; without it, replicas spawn their watchdogs directly.
+        self.fork_server = ForkServer({k: os.environ[k] for k in _WATCHDOG_ENV if k in os.environ})
+        try:
+            await self.fork_server.start()
+        except ForkServerUnavailable as exc:
+            print(f"streamfaas: {exc}; watchdogs are started directly", file=sys.stderr, flush=True)
+            self.fork_server = None
         for path in sorted(self.functions_dir.glob("*.json")):
             try:
                 saved = json.loads(path.read_text())
@@ -168,6 +179,8 @@ class LocalProvider:
         records = list(self.functions.values())
         await asyncio.gather(*(self._stop_replicas(r, list(r.replicas)) for r in records))
         self._save_counts()  # after the replicas: the requests they served are counted
+        if self.fork_server is not None:
+            await self.fork_server.close()
         shutil.rmtree(self.sockets_dir, ignore_errors=True)
 
     # ---- the provider interface ---------------------------------------------------------
@@ -362,7 +375,8 @@ class LocalProvider:
             drain_s = parse_duration(drain, name="drain_timeout")
         except ConfigError:
             drain_s = 30.0
-        return ReplicaSpec(env=watchdog_env, cwd=record.image.path, log=self.logs_dir / f"{d.service}.log", drain_timeout=drain_s)
+        return ReplicaSpec(env=watchdog_env, cwd=record.image.path, log=self.logs_dir / f"{d.service}.log", drain_timeout=drain_s,
+                           fork_server=self.fork_server)
 
     async def _apply(self, deployment: FunctionDeployment, *, replicas: int, created_at: str) -> None:
         missing = self.secrets.missing(deployment.secrets)

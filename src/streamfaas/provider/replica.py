@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import socket
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,9 +20,10 @@ from pathlib import Path
 
 import aiohttp
 
-from .._process import die_with_parent, kill_group, listen_backlog
+from .._process import kill_group, listen_backlog
 from ..proxy import client_session
 from ..watchdog.start_report import FAILED, READY, REPORT_LIMIT
+from .launcher import ForkServer, ForkServerUnavailable, WatchdogProcess, spawn_direct
 
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 30.0
@@ -49,6 +49,7 @@ class ReplicaSpec:
     cwd: Path
     log: Path
     drain_timeout: float = 30.0
+    fork_server: ForkServer | None = None  # forks the watchdog; None: spawned directly
 
 
 def unix_listening_socket(path: Path) -> socket.socket:
@@ -82,7 +83,7 @@ class Replica:
         self.restarts = 0
         self.pid: int | None = None
         self._stopping = False
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: WatchdogProcess | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -115,31 +116,15 @@ class Replica:
             return None
         ready_r, ready_w = os.pipe()
         env = dict(self.spec.env)
-        env["STREAMFAAS_LISTEN_FD"] = str(sock.fileno())
-        env["STREAMFAAS_READY_FD"] = str(ready_w)
         env["STREAMFAAS_REPLICA"] = self.id
         env["STREAMFAAS_FUNCTION_SOCKET"] = str(self.socket_path.with_suffix(".fn.sock"))
         self.spec.log.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.spec.log, "ab")  # noqa: SIM115 - the child holds it; closed below
         try:
-            # -I: the watchdog ignores PYTHON* variables, the user site and its working
-            # directory (the function's image); its environment is the platform's own anyway.
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-I",
-                "-m",
-                "streamfaas.watchdog",
-                cwd=self.spec.cwd,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                pass_fds=(sock.fileno(), ready_w),
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+            self._proc = await self._launch(env, sock.fileno(), ready_w, log.fileno())
         except OSError as exc:
             self._start_failed(f"cannot start watchdog: {exc.strerror}")
+            os.close(ready_r)
             return None
         finally:
             sock.close()
@@ -169,6 +154,17 @@ class Replica:
         text = report[:REPORT_LIMIT].decode(errors="replace").strip() if first == FAILED else ""
         self._start_failed(text or f"the watchdog exited with code {code} before it was ready", note=False)
         return code
+
+    async def _launch(self, env: dict[str, str], listen: int, ready: int, log: int) -> WatchdogProcess:
+        """Forked by the fork server when there is one; spawned directly when it is gone and
+        cannot be restarted."""
+        fork_server = self.spec.fork_server
+        if fork_server is not None:
+            try:
+                return await fork_server.spawn(env, self.spec.cwd, listen, ready, log)
+            except ForkServerUnavailable as exc:
+                self._note(f"{exc}; starting the watchdog directly")
+        return await spawn_direct(env, self.spec.cwd, listen, ready, log)
 
     def _start_failed(self, error: str, *, note: bool = True) -> None:
         if note:  # the watchdog logs its own failures; the provider's are noted here
