@@ -176,7 +176,7 @@ def _args_fd(args: Sequence[str]) -> int:
     return fd
 
 
-_NAMESPACES = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--new-session", "--die-with-parent"]
+_NAMESPACES = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try", "--die-with-parent"]
 _NO_PRIVILEGE = ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
 
 
@@ -185,7 +185,7 @@ def sandbox_command(spec: SandboxSpec, argv: Sequence[str], env: Mapping[str, st
     (the caller closes them once the child started)."""
     mounts = _mount_args(spec)
     if spec.uid is None:
-        fd = _args_fd([*_NO_PRIVILEGE, *_NAMESPACES, *mounts, "--chdir", spec.chdir, *_env_args(env)])
+        fd = _args_fd([*_NO_PRIVILEGE, *_NAMESPACES, "--new-session", *mounts, "--chdir", spec.chdir, *_env_args(env)])
         return [spec.bwrap, "--args", str(fd), "--", *argv], [fd]
     # The inner bwrap sees the outer's mounts as they are (/tmp stays writable); binding them
     # again in its user namespace locks them: nothing it does can make them writable. A dev-bind,
@@ -193,6 +193,9 @@ def sandbox_command(spec: SandboxSpec, argv: Sequence[str], env: Mapping[str, st
     # `>/dev/null` or `cmd &` would fail); every other mount there is nodev already, and stays so.
     inner = _args_fd([*_NO_PRIVILEGE, "--dev-bind", "/", "/", "--die-with-parent", "--new-session",
                       "--chdir", spec.chdir, *_env_args(env)])
+    # No --new-session here (the inner bwrap gives the function its own session): the outer
+    # sandbox's init stays in the process group the watchdog signals, so stopping the group
+    # ends the whole PID namespace even if --die-with-parent lost its race with a dying parent.
     outer = _args_fd([*_NAMESPACES, *mounts, "--clearenv"])
     drop = [spec.setpriv, "--reuid", str(spec.uid), "--regid", str(spec.uid), "--clear-groups",
             "--inh-caps", "-all", "--bounding-set", "-all", "--no-new-privs", "--"]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Mapping
 
-from .._process import raise_open_files_limit
+from .._process import kill_group, raise_open_files_limit
 from ..config import WATCHDOG_PLATFORM_ONLY, WatchdogConfig
 from ..errors import ConfigError, StreamfaasError
 from .spawn import RequestCommand, Spawned, request_command, spawn_function
@@ -93,5 +94,5 @@ def main() -> int:
         return 2
     finally:
         if isinstance(backend, Spawned) and backend.popen.poll() is None:  # never leave the function server behind
-            backend.popen.kill()
+            kill_group(backend.popen.pid, signal.SIGKILL)  # its group holds the sandbox's init too
             backend.popen.wait()
