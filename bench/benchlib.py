@@ -231,16 +231,39 @@ def environ(pid: int) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
 
 
+def parent_pid(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def function_pids(gateway_pid: int, name: str) -> list[int]:
-    """One function's watchdogs (found by their environment) and every process below them."""
-    watchdogs = [
-        p for p in descendants(gateway_pid) if environ(p).get("STREAMFAAS_FUNCTION") == name
-    ]
+    """One function's watchdogs and every process below them. The function's own processes
+    carry STREAMFAAS_FUNCTION in their environment; its watchdog is their ancestor that the
+    gateway, or the gateway's watchdog fork server, started (a forked watchdog's
+    /proc/PID/environ is the fork server's)."""
+    below = descendants(gateway_pid)
+    spawners = _spawners(gateway_pid, below)
+    watchdogs = set()
+    for pid in below:
+        if environ(pid).get("STREAMFAAS_FUNCTION") != name:
+            continue
+        while pid and parent_pid(pid) not in spawners and parent_pid(pid) in below:
+            pid = parent_pid(pid)
+        if parent_pid(pid) in spawners:
+            watchdogs.add(pid)
     return sorted({*watchdogs, *(c for w in watchdogs for c in descendants(w))})
 
 
 def watchdog_pids(gateway_pid: int, name: str) -> list[int]:
-    return [p for p in function_pids(gateway_pid, name) if b"streamfaas.watchdog" in cmdline(p)]
+    spawners = _spawners(gateway_pid, descendants(gateway_pid))
+    return [p for p in function_pids(gateway_pid, name) if parent_pid(p) in spawners]
+
+
+def _spawners(gateway_pid: int, below: set[int]) -> set[int]:
+    """The gateway and its watchdog fork server (whose forked watchdogs share its cmdline)."""
+    return {gateway_pid} | {p for p in below if parent_pid(p) == gateway_pid and b"fork_server" in cmdline(p)}
 
 
 def listening_unix_sockets(pid: int) -> list[str]:

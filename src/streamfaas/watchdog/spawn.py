@@ -54,6 +54,7 @@ def _environment(env: Mapping[str, str], config: WatchdogConfig, listen_fd: int 
         child["STREAMFAAS_LISTEN_FD"] = str(listen_fd)
     child.setdefault("PYTHONUNBUFFERED", "1")
     child["threads"] = str(config.threads)
+    child["STREAMFAAS_FUNCTION"] = config.function_name  # the function's own name, set by the platform
     return child
 
 
