@@ -48,6 +48,7 @@ from benchlib import (  # noqa: E402
     cmdline,
     descendants,
     describe_code,
+    platform_options,
     raise_fd_limit,
     step,
 )
@@ -219,20 +220,7 @@ def main() -> int:
         action="store_true",
         help="smaller run (under a minute): 1,000 streams only, fewer rounds",
     )
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="first wait up to SECONDS until other processes use <10%% of the CPUs",
-    )
-    parser.add_argument(
-        "--keep-state", action="store_true", help="keep the state directory (logs) afterwards"
-    )
-    parser.add_argument(
-        "--no-sandbox", action="store_true", help="start the gateway with --no-sandbox"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="default: %(default)s")
+    platform_options(parser, RESULTS)
     args = parser.parse_args()
     plan = Plan.make(args.quick)
     nofile = raise_fd_limit()  # the gateway and its replicas inherit it

@@ -81,6 +81,35 @@ def _function_socket(path: str | None) -> tuple[socket.socket, str, str | None]:
     return sock, path, folder
 
 
+def _start_function_process(
+    argv: list[str], env: Mapping[str, str], spec: SandboxSpec | None, *, stdin: int, keep_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Start a function's process (sandboxed when ``spec`` says so) in a new process group, its
+    output on pipes, killed if the watchdog dies."""
+    extra_fds: list[int] = []
+    if spec is not None:
+        # The sandbox applies the function's environment itself, after dropping privileges;
+        # bwrap and setpriv run with none of it.
+        argv, extra_fds = sandbox_command(spec, argv, env)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            pass_fds=keep_fds + tuple(extra_fds),
+            start_new_session=True,
+            preexec_fn=lambda: die_with_parent(signal.SIGKILL),
+        )
+    except OSError as exc:
+        raise DeployError(f"cannot start fprocess {argv[0]!r}: {exc.strerror}") from None
+    finally:
+        for fd in extra_fds:
+            os.close(fd)
+
+
 def spawn_function(config: WatchdogConfig, env: Mapping[str, str], settings: Mapping[str, str] | None = None) -> Spawned:
     """Start ``fprocess`` in its own process group (sandboxed when the provider says so), its
     output on pipes, killed if we die."""
@@ -97,32 +126,15 @@ def spawn_function(config: WatchdogConfig, env: Mapping[str, str], settings: Map
         sock, socket_path, socket_dir = _function_socket((settings or {}).get(FUNCTION_SOCKET))
         url = "http://localhost"
     child_env = _environment(env, config, sock.fileno() if sock else None)
-    spec = spec_from_env(settings or {})
-    extra_fds: list[int] = []
-    if spec is not None:
-        # The sandbox applies the function's environment itself, after dropping privileges;
-        # bwrap and setpriv run with none of it.
-        argv, extra_fds = sandbox_command(spec, argv, child_env)
-        child_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     try:
-        popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=child_env,
-            pass_fds=((sock.fileno(),) if sock else ()) + tuple(extra_fds),
-            start_new_session=True,
-            preexec_fn=lambda: die_with_parent(signal.SIGKILL),
-        )
-    except OSError as exc:
+        popen = _start_function_process(argv, child_env, spec_from_env(settings or {}), stdin=subprocess.DEVNULL,
+                                        keep_fds=(sock.fileno(),) if sock else ())
+    except DeployError:
         _remove_socket(socket_path, socket_dir)
-        raise DeployError(f"cannot start fprocess {argv[0]!r}: {exc.strerror}") from None
+        raise
     finally:
         if sock is not None:
             sock.close()
-        for fd in extra_fds:
-            os.close(fd)
     os.set_blocking(popen.stdout.fileno(), False)  # type: ignore[union-attr]
     os.set_blocking(popen.stderr.fileno(), False)  # type: ignore[union-attr]
     return Spawned(popen, url, socket_path, socket_dir)
@@ -144,28 +156,7 @@ class RequestCommand:
         Called on the event loop's thread: the kernel's parent-death signal follows the thread
         that forked, so a worker thread's exit would kill the process.
         """
-        env = {**self.env, **request_env}
-        argv: list[str] = list(self.argv)
-        extra_fds: list[int] = []
-        if self.sandbox is not None:
-            argv, extra_fds = sandbox_command(self.sandbox, argv, env)
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-        try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                pass_fds=tuple(extra_fds),
-                start_new_session=True,
-                preexec_fn=lambda: die_with_parent(signal.SIGKILL),
-            )
-        except OSError as exc:
-            raise DeployError(f"cannot start fprocess {argv[0]!r}: {exc.strerror}") from None
-        finally:
-            for fd in extra_fds:
-                os.close(fd)
+        popen = _start_function_process(list(self.argv), {**self.env, **request_env}, self.sandbox, stdin=subprocess.PIPE)
         for pipe in (popen.stdin, popen.stdout, popen.stderr):
             os.set_blocking(pipe.fileno(), False)  # type: ignore[union-attr]
         return popen
