@@ -18,6 +18,9 @@ MODEL = os.environ.get("OPENAI_MODEL", "smollm2-135m-instruct")
 KEY_SECRET = os.environ.get("OPENAI_API_KEY_SECRET", "openai-api-key")
 MAX_TOKENS = int(os.environ.get("MAX_TOKENS", "256"))
 SYSTEM_PROMPT = os.environ.get("SYSTEM_PROMPT", "You are a helpful assistant. Answer briefly.")
+# Sampling: unset leaves the endpoint's default; 0 asks for the same answer every time.
+TEMPERATURE = os.environ.get("TEMPERATURE", "").strip()
+SAMPLING = {"temperature": float(TEMPERATURE)} if TEMPERATURE else {}
 
 
 def read_api_key():
@@ -74,7 +77,7 @@ def handle(req):
         stream = None
         try:
             stream = client.chat.completions.create(
-                model=MODEL, messages=messages, stream=True, max_tokens=MAX_TOKENS
+                model=MODEL, messages=messages, stream=True, max_tokens=MAX_TOKENS, **SAMPLING
             )
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
