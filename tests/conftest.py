@@ -90,6 +90,16 @@ def _prerequisites() -> list[str]:
         missing.append("/usr/bin/chromium (apt-get install chromium chromium-driver)")
     if bwrap_path() is None:
         missing.append("a working bwrap (apt-get install bubblewrap; user namespaces allowed)")
+    # tests/oci: OCI images built, pushed to a loopback registry and run (the base image comes
+    # from scripts/oci-base-image.sh, cached).
+    missing += [f"{tool} (apt-get install buildah skopeo docker-registry mmdebstrap)"
+                for tool in ("buildah", "skopeo", "docker-registry", "mmdebstrap") if shutil.which(tool) is None]
+    # tests/e2e/test_local_oci_images.py: the local provider unpacks OCI images with umoci, and
+    # its test image is a FROM-scratch busybox.
+    if shutil.which("umoci") is None:
+        missing.append("umoci (apt-get install umoci)")
+    if not Path("/bin/busybox").is_file():
+        missing.append("/bin/busybox (apt-get install busybox-static)")
     return missing
 
 

@@ -251,6 +251,10 @@ class QueueConfig:
             raise ConfigError("queue lease: must be more than 0")
 
 
+PROVIDERS = ("local", "kubernetes")
+_NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     """Settings of the gateway process (and the embedded local provider)."""
@@ -271,8 +275,20 @@ class GatewayConfig:
     sandbox: bool = True
     header_timeout: float = 10.0  # a connection's request head must arrive within this; 0: no limit
     keepalive_timeout: float = 75.0  # an idle kept-alive connection is closed after this
+    provider: str = "local"  # "local" (processes here) or "kubernetes"
+    # The kubernetes provider's cluster: this kubeconfig; None: the in-cluster service account
+    # when running in a pod, else $KUBECONFIG or ~/.kube/config.
+    kubeconfig: Path | None = None
+    namespace: str = "openfaas-fn"  # the kubernetes provider's functions namespace
 
     def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ConfigError(f"--provider: expected one of {', '.join(PROVIDERS)}, got {self.provider!r}")
+        if not _NAMESPACE_RE.fullmatch(self.namespace):
+            raise ConfigError(
+                f"--namespace: {self.namespace!r} is not a Kubernetes namespace name "
+                "(lowercase letters, digits and '-', at most 63)"
+            )
         if not self.auth and not self.public_without_auth and not is_loopback(self.host):
             raise ConfigError(
                 f"--auth none on --host {self.host!r}, which is not a loopback address: anyone who "

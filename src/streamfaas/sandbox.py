@@ -16,6 +16,12 @@ It never holds a capability and never runs as root:
 - **gateway as a normal user**: one bwrap, in an unprivileged user namespace, same uid as the
   gateway, every capability dropped, user namespaces disabled inside.
 
+An OCI image (``provider/oci_rootfs.py``) is shown differently: its unpacked rootfs is the
+function's ``/`` (read-only), with ``/proc``, a minimal ``/dev``, an empty ``/tmp`` and its secrets
+mounted on top, and nothing of the host. For a root gateway the outer bwrap keeps the host's
+system view (setpriv and the inner bwrap run from it) and holds the rootfs at ``ROOTFS_STAGE``;
+the inner bwrap, already unprivileged, makes that its ``/``.
+
 The function's environment (``envVars``) is applied by the last bwrap, right before the
 function itself: no process that runs with more rights (bwrap as root, setpriv) ever sees
 ``LD_PRELOAD``, ``PYTHONPATH`` and the like. Arguments travel through memfds (``--args``), so
@@ -39,6 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SECRETS_MOUNT = "/var/openfaas/secrets"
+# Where a root gateway's outer sandbox holds an OCI rootfs before the inner one pivots into it.
+ROOTFS_STAGE = "/.streamfaas-rootfs"
+# What an OCI rootfs must hold as real directories (not links) before it is mounted on: bwrap
+# creates and mounts these paths, following links, while it still sees the host
+# (``oci_rootfs.py`` makes them at unpack).
+ROOTFS_MOUNT_POINTS = ("proc", "dev", "tmp", "var", "var/openfaas", "var/openfaas/secrets")
 # Functions of a root gateway run as uid/gid FUNCTION_UID_BASE + (crc32(name) % FUNCTION_UID_SPAN):
 # far above any distribution's user range, stable across restarts, one per function.
 FUNCTION_UID_BASE = 1_000_000
@@ -66,11 +78,12 @@ class SandboxSpec:
     uid: int | None = None  # set when the platform runs as root: drop to this uid
     setpriv: str = ""
     symlinks: tuple[tuple[str, str], ...] = field(default=())  # (target, link)
+    root: str = ""  # an OCI image's rootfs on the host: the function's / (empty: the system view)
 
     def to_json(self) -> str:
         return json.dumps({
             "bwrap": self.bwrap, "binds": self.binds, "chdir": self.chdir, "uid": self.uid,
-            "setpriv": self.setpriv, "symlinks": self.symlinks,
+            "setpriv": self.setpriv, "symlinks": self.symlinks, "root": self.root,
         })
 
     @classmethod
@@ -83,6 +96,7 @@ class SandboxSpec:
             uid=None if data.get("uid") is None else int(data["uid"]),
             setpriv=str(data.get("setpriv", "")),
             symlinks=tuple((str(t), str(link)) for t, link in data.get("symlinks", ())),
+            root=str(data.get("root", "")),
         )
 
 
@@ -138,6 +152,19 @@ def build_spec(*, bwrap: str, image_dir: Path, venv_dir: Path, secrets_dir: Path
     )
 
 
+def build_rootfs_spec(*, bwrap: str, rootfs: Path, chdir: str, secrets_dir: Path, uid: int | None) -> SandboxSpec:
+    """An OCI image's sandbox: ``rootfs`` (with ``ROOTFS_MOUNT_POINTS`` made) as ``/``."""
+    binds: list[tuple[str, str]] = [(str(secrets_dir), SECRETS_MOUNT)]
+    links: list[tuple[str, str]] = []
+    if uid is not None:  # the outer sandbox runs setpriv and bwrap from the host's system view
+        system, links = _system_view()
+        binds = [*system, *binds, (str(rootfs), ROOTFS_STAGE)]
+    return SandboxSpec(
+        bwrap=bwrap, binds=tuple(binds), chdir=chdir or "/", uid=uid,
+        setpriv=(shutil.which("setpriv") or "") if uid is not None else "", symlinks=tuple(links), root=str(rootfs),
+    )
+
+
 # ---- running it (watchdog side) --------------------------------------------------------------
 def _mount_args(spec: SandboxSpec) -> list[str]:
     # /tmp first: the state directory (images, venvs) may itself live below /tmp.
@@ -185,14 +212,19 @@ def sandbox_command(spec: SandboxSpec, argv: Sequence[str], env: Mapping[str, st
     (the caller closes them once the child started)."""
     mounts = _mount_args(spec)
     if spec.uid is None:
-        fd = _args_fd([*_NO_PRIVILEGE, *_NAMESPACES, "--new-session", *mounts, "--chdir", spec.chdir, *_env_args(env)])
+        # An OCI rootfs goes first: everything else is mounted on top of it.
+        root = ["--ro-bind", spec.root, "/"] if spec.root else []
+        fd = _args_fd([*_NO_PRIVILEGE, *_NAMESPACES, "--new-session", *root, *mounts, "--chdir", spec.chdir, *_env_args(env)])
         return [spec.bwrap, "--args", str(fd), "--", *argv], [fd]
     # The inner bwrap sees the outer's mounts as they are (/tmp stays writable); binding them
     # again in its user namespace locks them: nothing it does can make them writable. A dev-bind,
     # since a plain bind would add nodev to the outer's /dev (null, zero, urandom …: a shell's
     # `>/dev/null` or `cmd &` would fail); every other mount there is nodev already, and stays so.
-    inner = _args_fd([*_NO_PRIVILEGE, "--dev-bind", "/", "/", "--die-with-parent", "--new-session",
-                      "--chdir", spec.chdir, *_env_args(env)])
+    # With an OCI image, the inner bwrap's / is the staged rootfs instead, and the outer's /proc,
+    # /dev, /tmp and secrets are carried onto it (bound, not made anew: it owns no PID namespace).
+    view = (["--ro-bind", ROOTFS_STAGE, "/", "--dev-bind", "/dev", "/dev", "--bind", "/proc", "/proc",
+             "--bind", "/tmp", "/tmp", "--ro-bind", SECRETS_MOUNT, SECRETS_MOUNT] if spec.root else ["--dev-bind", "/", "/"])
+    inner = _args_fd([*_NO_PRIVILEGE, *view, "--die-with-parent", "--new-session", "--chdir", spec.chdir, *_env_args(env)])
     # No --new-session here (the inner bwrap gives the function its own session): the outer
     # sandbox's init stays in the process group the watchdog signals, so stopping the group
     # ends the whole PID namespace even if --die-with-parent lost its race with a dying parent.

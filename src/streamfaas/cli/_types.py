@@ -170,6 +170,18 @@ class TemplateName(_ParamType):
         return [CompletionItem(name) for name in template_names() if name.startswith(incomplete)]
 
 
+class KubernetesName(_ParamType):
+    """A Kubernetes object name that must be a DNS-1123 label (a namespace)."""
+
+    name = "name"
+    _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if not isinstance(value, str) or not self._LABEL.fullmatch(value):
+            self.fail(f"{value!r} is not a valid name: lowercase letters, digits and '-', at most 63", param, ctx)
+        return value
+
+
 DURATION = Duration()
 POSITIVE_DURATION = Duration(positive=True)
 SIZE = Size()
@@ -180,3 +192,4 @@ HTTP_URL = HttpUrl()
 TIMESTAMP = Timestamp()
 SINCE = Since()
 TEMPLATE = TemplateName()
+K8S_NAME = KubernetesName()

@@ -13,11 +13,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import DeployError, StackError
+from .._oci_build import image_name
+from ..errors import DeployError, StackError, StreamfaasError
 from ..provider.images import ImageStore
 from ..proxy import is_event_stream
 from ..stack import FunctionSpec, Stack, load_stack
 from ..templates import lay_for_faas_cli
+from . import oci as oci_module
 from ._client import APIError, GatewayClient
 from ._options import Context, gateway_option, pass_ctx, stack_option
 from ._sse import print_deltas
@@ -41,11 +43,12 @@ def _selected(stack: Stack, names: tuple[str, ...]) -> list[FunctionSpec]:
         raise click.BadParameter(str(exc), click.get_current_context(), param_hint="'--filter'") from None
 
 
-def deployment_for(fn: FunctionSpec) -> dict[str, Any]:
-    """The FunctionDeployment JSON (OpenFaaS's shape) for one stack.yaml function."""
+def deployment_for(fn: FunctionSpec, registry: str | None = None) -> dict[str, Any]:
+    """The FunctionDeployment JSON (OpenFaaS's shape) for one stack.yaml function; with
+    ``registry``, an image that names no registry is taken from that one (as pushed there)."""
     body: dict[str, Any] = {
         "service": fn.name,
-        "image": fn.image,
+        "image": image_name(fn.image, registry) if registry else fn.image,
         "envVars": fn.resolved_environment(),
         "secrets": list(fn.secrets),
         "labels": dict(fn.labels),
@@ -84,7 +87,8 @@ def build_functions(ctx: Context, functions: list[FunctionSpec], *, template_roo
             console.print(f"[dim]laid the template into {laid}/ for faas-cli[/dim]")
 
 
-def deploy_functions(ctx: Context, functions: list[FunctionSpec], *, wait: bool = True, timeout: float = 120.0) -> None:
+def deploy_functions(ctx: Context, functions: list[FunctionSpec], *, wait: bool = True, timeout: float = 120.0,
+                     registry: str | None = None) -> None:
     """Deploy, then (unless ``wait`` is off) wait until each function serves or fails to start.
 
     The API answers 202 at once, as OpenFaaS's does; readiness is then polled, as
@@ -98,7 +102,7 @@ def deploy_functions(ctx: Context, functions: list[FunctionSpec], *, wait: bool 
     for fn in functions:
         with console.status(f"deploying {fn.name} …"):
             try:
-                client.deploy(deployment_for(fn))
+                client.deploy(deployment_for(fn, registry))
             except APIError as exc:
                 if exc.http_status == 401:
                     raise
@@ -153,13 +157,24 @@ def wait_options(f: F) -> F:
 @click.command()
 @stack_option
 @click.option("--filter", "names", multiple=True, help="Only these functions (names or globs).")
+@click.option("--shrinkwrap", is_flag=True, help="Only write each OCI build context to ./build/NAME/, as faas-cli does.")
+@click.option("--oci", is_flag=True, help="Build OCI images with buildah (--registry, --base-image, --build-arg imply it).")
+@oci_module.oci_options
 @pass_ctx
-def build(ctx: Context, stack_file: str, names: tuple[str, ...]) -> None:
-    """Build local images (template + handler) for the functions in stack.yaml.
+def build(ctx: Context, stack_file: str, names: tuple[str, ...], shrinkwrap: bool, oci: bool, registry: str | None,
+          base_image: str | None, build_args: tuple[tuple[str, str], ...], buildah_root: Path | None,
+          pip_no_index: bool | None) -> None:
+    """Build local images (template + handler) for the functions in stack.yaml, or OCI images.
 
     Each template used is also laid into ./template/LANG next to stack.yaml, unless something
-    is there already, as faas-cli deploy -f needs it."""
+    is there already, as faas-cli deploy -f needs it. With --oci, each function's build context
+    goes to ./build/NAME/ (template, handler, wheels of streamfaas) and buildah builds an image
+    whose entrypoint is the watchdog; --shrinkwrap stops after the context."""
     stack = _load(ctx, stack_file)
+    options = oci_module.OCIOptions(registry, base_image, build_args, buildah_root, pip_no_index)
+    if shrinkwrap or oci or oci_module.wants_oci(options):
+        oci_module.build_oci(ctx, stack, _selected(stack, names), options, shrinkwrap_only=shrinkwrap)
+        return
     build_functions(ctx, _selected(stack, names), template_root=stack.path.parent)
 
 
@@ -167,25 +182,52 @@ def build(ctx: Context, stack_file: str, names: tuple[str, ...]) -> None:
 @stack_option
 @gateway_option
 @click.option("--filter", "names", multiple=True, help="Only these functions (names or globs).")
+@oci_module.registry_option
 @wait_options
 @pass_ctx
-def deploy(ctx: Context, stack_file: str, names: tuple[str, ...], wait: bool, timeout: float) -> None:
-    """Deploy the functions in stack.yaml (their images must be built)."""
-    deploy_functions(ctx, _selected(_load(ctx, stack_file), names), wait=wait, timeout=timeout)
+def deploy(ctx: Context, stack_file: str, names: tuple[str, ...], registry: str | None, wait: bool, timeout: float) -> None:
+    """Deploy the functions in stack.yaml (their images must be built, or pushed to --registry)."""
+    deploy_functions(ctx, _selected(_load(ctx, stack_file), names), wait=wait, timeout=timeout, registry=registry)
 
 
 @click.command()
 @stack_option
 @gateway_option
 @click.option("--filter", "names", multiple=True, help="Only these functions (names or globs).")
+@click.option("--oci", is_flag=True, help="Build OCI images and push them, as faas-cli up does (--registry implies it).")
+@oci_module.oci_options
+@click.option("--tls-verify/--no-tls-verify", default=None,
+              help="With --oci: require HTTPS with a valid certificate (default: yes, except for a loopback registry).")
 @wait_options
 @pass_ctx
-def up(ctx: Context, stack_file: str, names: tuple[str, ...], wait: bool, timeout: float) -> None:
-    """Build, then deploy, the functions in stack.yaml."""
+def up(ctx: Context, stack_file: str, names: tuple[str, ...], oci: bool, registry: str | None, base_image: str | None,
+       build_args: tuple[tuple[str, str], ...], buildah_root: Path | None, pip_no_index: bool | None,
+       tls_verify: bool | None, wait: bool, timeout: float) -> None:
+    """Build, then deploy, the functions in stack.yaml. For a gateway on Kubernetes, give
+    --registry: images are built with buildah, pushed there, and deployed from there."""
     stack = _load(ctx, stack_file)
     functions = _selected(stack, names)
-    build_functions(ctx, functions, template_root=stack.path.parent)
-    deploy_functions(ctx, functions, wait=wait, timeout=timeout)
+    options = oci_module.OCIOptions(registry, base_image, build_args, buildah_root, pip_no_index)
+    if oci or oci_module.wants_oci(options):
+        built = oci_module.build_oci(ctx, stack, functions, options, shrinkwrap_only=False)
+        oci_module.push_functions([(fn, image, image) for fn, image in built], options.buildah(), tls_verify)
+    else:
+        _refuse_local_images_for_kubernetes(ctx)
+        build_functions(ctx, functions, template_root=stack.path.parent)
+    deploy_functions(ctx, functions, wait=wait, timeout=timeout, registry=registry)
+
+
+def _refuse_local_images_for_kubernetes(ctx: Context) -> None:
+    """Local images mean nothing to a cluster: say so before building any."""
+    try:
+        info = ctx.client().request("GET", "/system/info").json()
+    except (APIError, ValueError, StreamfaasError):
+        return  # the deploy step reports an unreachable gateway in its own words
+    if isinstance(info, dict) and (info.get("provider") or {}).get("orchestration") == "kubernetes":
+        raise click.UsageError(
+            "the gateway runs functions on Kubernetes: give --registry HOST[:PORT] "
+            "(images are built with buildah, pushed there and deployed from there)"
+        )
 
 
 @click.command()
@@ -342,4 +384,4 @@ def scale(ctx: Context, name: str, replicas: int) -> None:
     click.echo(f"scaled {name} to {got}{clamped}", err=True)
 
 
-COMMANDS = [build, deploy, up, invoke, list_, describe, remove, logs, scale]
+COMMANDS = [build, deploy, up, invoke, list_, describe, remove, logs, scale, *oci_module.COMMANDS]

@@ -9,7 +9,7 @@ import click
 
 from ..config import GatewayConfig, QueueConfig
 from ._options import Context, flag_errors, pass_ctx
-from ._types import DURATION
+from ._types import DURATION, K8S_NAME
 from .queue import queue_options
 
 
@@ -37,14 +37,21 @@ from .queue import queue_options
               help="Close a client connection whose request head is not complete this long after it began (0: no limit).")
 @click.option("--keepalive-timeout", type=DURATION, default="75s", show_default=True,
               help="Close a client connection idle this long between requests (0: close after each response).")
+@click.option("--provider", "provider", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
+              help="Where functions run: local processes, or a Kubernetes cluster (Deployments, Services, Secrets).")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="KUBECONFIG",
+              help="--provider kubernetes: the cluster's kubeconfig (default: $KUBECONFIG; else the pod's service "
+                   "account when running in one, else ~/.kube/config).")
+@click.option("--namespace", type=K8S_NAME, default="openfaas-fn", show_default=True,
+              help="--provider kubernetes: the functions namespace (others labelled openfaas=1 are served too).")
 @queue_options(gateway=True)
 @pass_ctx
 def gateway(ctx: Context, host: str, port: int, state_dir: Path | None, port_file: Path | None,
             upstream_timeout: float, cold_start_timeout: float, auth_mode: str | None, no_auth: bool,
             public_without_auth: bool, metrics_auth: bool, basic_auth_user: str,
             basic_auth_password_file: Path | None, sandbox: bool, header_timeout: float, keepalive_timeout: float,
-            queue_config: QueueConfig) -> None:
-    """Run the platform (gateway + local provider) in the foreground."""
+            provider: str, kubeconfig: Path | None, namespace: str, queue_config: QueueConfig) -> None:
+    """Run the platform (gateway + its provider) in the foreground."""
     from ..gateway import run
 
     if no_auth and auth_mode == "basic":
@@ -67,6 +74,9 @@ def gateway(ctx: Context, host: str, port: int, state_dir: Path | None, port_fil
             header_timeout=header_timeout,
             keepalive_timeout=keepalive_timeout,
             queue=queue_config,
+            provider=provider,
+            kubeconfig=kubeconfig,
+            namespace=namespace,
         )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     run(config)

@@ -15,7 +15,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .._process import listen_backlog, listening_socket, open_files, raise_open_files_limit
 from ..config import GatewayConfig
-from ..provider import LocalProvider
+from ..provider import create_provider
+from ..provider.base import Provider
 from ..ui import add_ui_routes
 from .async_invoke import ASYNC_KEY, add_async_routes, local_url
 from .auth import (
@@ -50,10 +51,8 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text=json.dumps(body) + "\n", content_type="application/json")
 
 
-def create_app(config: GatewayConfig, provider: LocalProvider | None = None) -> web.Application:
-    provider = provider or LocalProvider(
-        config.state_dir, cold_start_timeout=config.cold_start_timeout, sandbox=config.sandbox
-    )
+def create_app(config: GatewayConfig, provider: Provider | None = None) -> web.Application:
+    provider = provider or create_provider(config)
     credentials = None
     if config.auth:
         credentials, password_file = load_credentials(config.state_dir, config.auth_user, config.auth_password_file)

@@ -33,7 +33,7 @@ from ..queue import (
     open_queue,
 )
 from .auth import check_function_access, is_private
-from .invoke import check_namespace, split_name
+from .invoke import check_namespace, qualified_name, split_name
 from .state import STATE_KEY, GatewayState, state_of
 from .system import json_body
 
@@ -164,21 +164,22 @@ def _raw_tail(request: web.Request) -> str:
         raise BadRequest(str(exc)) from None
 
 
-def _check_private(state: GatewayState, request: web.Request, name: str) -> None:
+def _check_private(state: GatewayState, request: web.Request, name: str, namespace: str) -> None:
     """A private function takes async calls only from those who may call it synchronously."""
-    d = state.provider.record(name).deployment
+    d = state.provider.record(name, namespace).deployment
     header = request.headers.get("Authorization")
-    check_function_access(name, d.labels, d.annotations, header, state.credentials, lambda: state.provider.function_token(name))
+    check_function_access(name, d.labels, d.annotations, header, state.credentials,
+                          lambda: state.provider.function_token(name, namespace))
 
 
 async def submit_async(request: web.Request) -> web.Response:
     state = state_of(request)
     invocations = request.app[ASYNC_KEY]
-    name, namespace = split_name(request.match_info["name"])
-    check_namespace(name, namespace)
-    if not state.provider.has(name):
+    name, given = split_name(request.match_info["name"])
+    namespace = check_namespace(state.provider, name, given)
+    if not state.provider.has(name, namespace):
         raise FunctionNotFound(name)
-    _check_private(state, request, name)
+    _check_private(state, request, name, namespace)
     path = _raw_tail(request)
     callback = _callback_url(request.headers.get("X-Callback-Url"))
     call_id = _call_id(request.headers.get("X-Call-Id"))
@@ -186,7 +187,7 @@ async def submit_async(request: web.Request) -> web.Response:
     headers = forward_headers(request.headers, drop=_NOT_STORED)
     job = Job(
         call_id=call_id,
-        function=name,
+        function=qualified_name(name, namespace),  # what /function/ takes, and the worker calls
         method=request.method,
         path=path,
         query=request.rel_url.raw_query_string,
@@ -195,17 +196,19 @@ async def submit_async(request: web.Request) -> web.Response:
         callback_url=callback,
     )
     await invocations.queue.submit(job)
-    invocations.metrics.submitted.labels(function_name=name).inc()
+    invocations.metrics.submitted.labels(function_name=job.function).inc()
     return web.Response(status=202, headers={"X-Call-Id": call_id, "X-Start-Time": str(time.time_ns())})
 
 
-def _private_token(state: GatewayState, name: str) -> str | None:
+def _private_token(state: GatewayState, function: str) -> str | None:
     """The in-process worker's credential for a call: a private function's own token."""
     provider = state.provider
-    if not provider.has(name):
-        return None  # removed since: the gateway answers 404
-    d = provider.record(name).deployment
-    return provider.function_token(name) if is_private(d.labels, d.annotations) else None
+    name, given = split_name(function)
+    namespace = given or ""
+    if not provider.has(name, namespace):
+        return None  # removed since (or not served): the gateway answers 404
+    d = provider.record(name, namespace).deployment
+    return provider.function_token(name, namespace) if is_private(d.labels, d.annotations) else None
 
 
 def _flag(request: web.Request, key: str) -> bool:

@@ -18,7 +18,7 @@ from ..errors import (
     StreamfaasError,
     Unauthorized,
 )
-from ..provider.models import DEFAULT_NAMESPACE
+from ..provider.base import Provider
 from ..proxy import (
     StreamLimits,
     UpstreamUnreachable,
@@ -39,19 +39,28 @@ FUNCTION_CSP = {"Content-Security-Policy": "sandbox allow-scripts allow-forms al
 CONNECT_ATTEMPTS = 8
 
 
-def split_name(raw: str) -> tuple[str, str]:
+def split_name(raw: str) -> tuple[str, str | None]:
     """``(NAME, NAMESPACE)`` from ``NAME.NAMESPACE``, as the Go SDK (so faas-cli and the
-    certifier) names a function in a path, or from a bare ``NAME``, in the default namespace.
-    A function name holds no ".", so the first one divides the two."""
+    certifier) names a function in a path, or ``(NAME, None)`` (the default namespace) from a
+    bare ``NAME``. A function name holds no ".", so the first one divides the two."""
     name, dot, namespace = raw.partition(".")
-    return name, namespace if dot else DEFAULT_NAMESPACE
+    return name, namespace if dot else None
 
 
-def check_namespace(name: str, namespace: str) -> None:
-    if namespace != DEFAULT_NAMESPACE:
-        raise NamespaceNotFound(
-            f"function {name!r} not found in namespace {namespace!r}: the only namespace is {DEFAULT_NAMESPACE!r}"
-        )
+def check_namespace(provider: Provider, name: str, namespace: str | None) -> str:
+    """``namespace``, or "" for the provider's default; NamespaceNotFound where it serves none."""
+    if namespace is None or namespace == provider.default_namespace:
+        return ""
+    if namespace not in provider.namespaces():
+        known = provider.namespaces()
+        which = f"the only namespace is {known[0]!r}" if len(known) == 1 else "the namespaces are " + ", ".join(map(repr, known))
+        raise NamespaceNotFound(f"function {name!r} not found in namespace {namespace!r}: {which}")
+    return namespace
+
+
+def qualified_name(name: str, namespace: str) -> str:
+    """How metrics and queued jobs name a function: NAME in the default namespace, else NAME.NAMESPACE."""
+    return f"{name}.{namespace}" if namespace else name
 
 
 def _call_headers(request: web.Request) -> tuple[str, str]:
@@ -61,17 +70,19 @@ def _call_headers(request: web.Request) -> tuple[str, str]:
 
 async def invoke_function(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
-    name, namespace = split_name(request.match_info["name"])
+    name, given = split_name(request.match_info["name"])
     call_id, start_time = _call_headers(request)
     reply_headers = CIMultiDict({"X-Call-Id": call_id, "X-Start-Time": start_time, **FUNCTION_CSP})
-    known = namespace == DEFAULT_NAMESPACE and state.provider.has(name)
+    namespace = "" if given is None or given == state.provider.default_namespace else given
+    known = given != "" and state.provider.has(name, namespace)  # "NAME." names no namespace
+    metric_name = qualified_name(name, namespace)
     if known:
-        state.metrics.started.labels(function_name=name).inc()
+        state.metrics.started.labels(function_name=metric_name).inc()
     began = time.perf_counter()
     code = 499  # the client went away before an answer (nginx's convention)
     try:
-        check_namespace(name, namespace)
-        resp = await _proxy(state, request, name, call_id, start_time, reply_headers)
+        namespace = check_namespace(state.provider, name, given)
+        resp = await _proxy(state, request, name, namespace, call_id, start_time, reply_headers)
         code = resp.status
     except StreamfaasError as exc:
         resp = error_response(str(exc), exc.http_status)
@@ -81,7 +92,7 @@ async def invoke_function(request: web.Request) -> web.StreamResponse:
         code = exc.http_status
     finally:
         if known:
-            labels = {"function_name": name, "code": str(code)}
+            labels = {"function_name": metric_name, "code": str(code)}
             state.metrics.invocations.labels(**labels).inc()
             state.metrics.seconds.labels(**labels).observe(time.perf_counter() - began)
     return resp
@@ -91,16 +102,17 @@ async def _proxy(
     state: GatewayState,
     request: web.Request,
     name: str,
+    namespace: str,
     call_id: str,
     start_time: str,
     reply_headers: CIMultiDict[str],
 ) -> web.StreamResponse:
     provider = state.provider
-    record = provider.record(name)  # 404 for an unknown function, before anything else
+    record = provider.record(name, namespace)  # 404 for an unknown function, before anything else
     headers = forward_headers(request.headers)
     d = record.deployment
     header = request.headers.get(hdrs.AUTHORIZATION)
-    if check_function_access(name, d.labels, d.annotations, header, state.credentials, lambda: provider.function_token(name)):
+    if check_function_access(name, d.labels, d.annotations, header, state.credentials, lambda: provider.function_token(name, namespace)):
         del headers[hdrs.AUTHORIZATION]  # the platform's credential is not the function's business
     elif state.credentials is not None and state.credentials.matches(headers.get(hdrs.AUTHORIZATION)):
         del headers[hdrs.AUTHORIZATION]  # never hand the admin password to a function
@@ -127,7 +139,7 @@ async def _proxy(
     if request.rel_url.raw_query_string:
         path += "?" + request.rel_url.raw_query_string
     for attempt in range(CONNECT_ATTEMPTS):
-        replica = await provider.acquire(name)
+        replica = await provider.acquire(name, namespace)
         reply_headers["X-Served-By"] = f"{name}[{replica.id}]"
         replica.inflight += 1
         try:
@@ -143,7 +155,7 @@ async def _proxy(
                     raise
                 await asyncio.sleep(0.02 * 2**attempt)
                 continue
-            provider.record(name).invocations += 1
+            provider.record(name, namespace).invocations += 1
             del headers  # sent; not kept alive for the stream's whole life
             return await stream_response(request, upstream, limits=_NO_LIMITS, extra_headers=reply_headers)
         finally:

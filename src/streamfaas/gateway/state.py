@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..config import GatewayConfig
-from ..provider import LocalProvider
+from ..provider.base import Provider
 from .auth import Credentials
 from .metrics_registry import GatewayMetrics
 
@@ -15,7 +15,7 @@ from .metrics_registry import GatewayMetrics
 @dataclass
 class GatewayState:
     config: GatewayConfig
-    provider: LocalProvider
+    provider: Provider
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     credentials: Credentials | None = None
 

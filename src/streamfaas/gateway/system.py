@@ -21,9 +21,9 @@ from .. import __version__
 from .._build import build_sha
 from ..config import parse_duration
 from ..errors import BadRequest, ConfigError, FunctionNotFound, StreamfaasError
+from ..provider.base import Provider
 from ..provider.logs import LogLine
 from ..provider.models import (
-    DEFAULT_NAMESPACE,
     DeleteFunctionRequest,
     FunctionDeployment,
     ScaleServiceRequest,
@@ -88,23 +88,34 @@ async def _body(request: web.Request, model: type[M]) -> M:
         raise BadRequest(f"invalid {model.__name__}: {where}: {first['msg']}") from None
 
 
-def _check_namespace(value: str | None) -> None:
-    if value and value != DEFAULT_NAMESPACE:
-        raise BadRequest(f"namespace {value!r} not found; the only namespace is {DEFAULT_NAMESPACE!r}")
+def namespaces_text(provider: Provider) -> str:
+    """Which namespaces there are, for an error about one that is not."""
+    known = provider.namespaces()
+    if len(known) == 1:
+        return f"the only namespace is {known[0]!r}"
+    return "the namespaces are " + ", ".join(repr(n) for n in known)
+
+
+def _namespace(request: web.Request, value: str | None) -> str:
+    """A request's namespace ("" for the provider's default), if the provider serves it."""
+    provider = state_of(request).provider
+    if value and value not in provider.namespaces():
+        raise BadRequest(f"namespace {value!r} not found; {namespaces_text(provider)}")
+    return value or ""
 
 
 async def list_functions(request: web.Request) -> web.Response:
-    _check_namespace(request.query.get("namespace"))
-    items = [s.to_json() for s in state_of(request).provider.statuses()]
+    namespace = _namespace(request, request.query.get("namespace"))
+    items = [s.to_json() for s in state_of(request).provider.statuses(namespace)]
     return web.json_response(items)
 
 
 async def deploy_function(request: web.Request) -> web.Response:
     deployment = await _body(request, FunctionDeployment)
-    _check_namespace(deployment.namespace)
+    namespace = _namespace(request, deployment.namespace)
     deployment.scaling()  # a bad com.openfaas.scale.* label is a 400 that names it
     provider = state_of(request).provider
-    if request.method == "PUT" and not provider.has(deployment.service):
+    if request.method == "PUT" and not provider.has(deployment.service, namespace):
         raise FunctionNotFound(deployment.service)
     await provider.deploy(deployment)
     return web.Response(status=202)
@@ -112,34 +123,35 @@ async def deploy_function(request: web.Request) -> web.Response:
 
 async def delete_function(request: web.Request) -> web.Response:
     body = await _body(request, DeleteFunctionRequest)
-    _check_namespace(body.namespace)
-    await state_of(request).provider.remove(body.functionName)
+    namespace = _namespace(request, body.namespace)
+    await state_of(request).provider.remove(body.functionName, namespace)
     return web.Response(status=202)
 
 
 async def get_function(request: web.Request) -> web.Response:
-    _check_namespace(request.query.get("namespace"))
-    status = state_of(request).provider.status(request.match_info["name"])
+    namespace = _namespace(request, request.query.get("namespace"))
+    status = state_of(request).provider.status(request.match_info["name"], namespace)
     return web.json_response(status.to_json())
 
 
 async def scale_function(request: web.Request) -> web.Response:
     body = await _body(request, ScaleServiceRequest)
-    _check_namespace(body.namespace)
+    namespace = _namespace(request, body.namespace)
     name = request.match_info["name"]
     if body.serviceName and body.serviceName != name:
         raise BadRequest(f"serviceName {body.serviceName!r} does not match the path's {name!r}")
-    await state_of(request).provider.scale(name, body.replicas)
+    await state_of(request).provider.scale(name, body.replicas, namespace)
     return web.Response(status=202)
 
 
 async def system_info(request: web.Request) -> web.Response:
-    # The gateway and the local provider are one package, so one build and one sha
+    # The gateway and its providers are one package, so one build and one sha
     # (commit_message is omitempty in faas-provider's VersionInfo, and we have none).
     version = {"release": __version__, "sha": await asyncio.to_thread(build_sha)}
+    kind = state_of(request).provider.name
     return web.json_response(
         {
-            "provider": {"provider": "streamfaas-local", "orchestration": "local", "version": version},
+            "provider": {"provider": f"streamfaas-{kind}", "orchestration": kind, "version": version},
             "version": version,
             "arch": platform.machine(),
         }
@@ -147,7 +159,7 @@ async def system_info(request: web.Request) -> web.Response:
 
 
 async def list_namespaces(request: web.Request) -> web.Response:
-    return web.json_response([DEFAULT_NAMESPACE])
+    return web.json_response(state_of(request).provider.namespaces())
 
 
 def _parse_since(raw: str | None) -> float | None:
@@ -189,7 +201,7 @@ async def function_logs(request: web.Request) -> web.StreamResponse:
     name = q.get("name", "")
     if not name:
         raise BadRequest("name: the function whose logs to read is required")
-    _check_namespace(q.get("namespace"))
+    namespace = _namespace(request, q.get("namespace"))
     try:
         tail = int(q.get("tail", "-1"))
     except ValueError:
@@ -198,21 +210,22 @@ async def function_logs(request: web.Request) -> web.StreamResponse:
     since = _parse_since(q.get("since"))
     instance = q.get("instance", "")
     provider = state_of(request).provider
-    provider.record(name)  # 404 before the 200 goes out
-    lines = provider.logs(name, tail=tail, since=since, follow=follow)
+    provider.record(name, namespace)  # 404 before the 200 goes out
+    lines = provider.logs(name, tail=tail, since=since, follow=follow, namespace=namespace)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)
+    namespace = namespace or provider.default_namespace
     async for line in lines:
         if instance and line.instance != instance:
             continue
-        await resp.write(json.dumps(_log_message(name, line)).encode() + b"\n")
+        await resp.write(json.dumps(_log_message(name, namespace, line)).encode() + b"\n")
     await resp.write_eof()
     return resp
 
 
-def _log_message(name: str, line: LogLine) -> dict[str, str]:
+def _log_message(name: str, namespace: str, line: LogLine) -> dict[str, str]:
     timestamp = go_time(dt.datetime.fromtimestamp(line.time, dt.UTC))
-    return {"name": name, "namespace": DEFAULT_NAMESPACE, "instance": line.instance, "timestamp": timestamp, "text": line.text}
+    return {"name": name, "namespace": namespace, "instance": line.instance, "timestamp": timestamp, "text": line.text}
 
 
 def _secret_value(body: Secret) -> bytes:
@@ -229,37 +242,39 @@ def _secret_value(body: Secret) -> bytes:
 
 
 async def list_secrets(request: web.Request) -> web.Response:
-    _check_namespace(request.query.get("namespace"))
-    names = state_of(request).provider.secrets.names()
-    return web.json_response([{"name": n, "namespace": DEFAULT_NAMESPACE} for n in names])
+    namespace = _namespace(request, request.query.get("namespace"))
+    provider = state_of(request).provider
+    names = await provider.secrets.names(namespace)
+    shown = namespace or provider.default_namespace
+    return web.json_response([{"name": n, "namespace": shown} for n in names])
 
 
 async def create_secret(request: web.Request) -> web.Response:
     body = await _body(request, Secret)
-    _check_namespace(body.namespace)
-    state_of(request).provider.secrets.create(body.name, _secret_value(body))
+    namespace = _namespace(request, body.namespace)
+    await state_of(request).provider.secrets.create(body.name, _secret_value(body), namespace)
     return web.Response(status=201)
 
 
 async def update_secret(request: web.Request) -> web.Response:
     body = await _body(request, Secret)
-    _check_namespace(body.namespace)
-    state_of(request).provider.secrets.update(body.name, _secret_value(body))
+    namespace = _namespace(request, body.namespace)
+    await state_of(request).provider.secrets.update(body.name, _secret_value(body), namespace)
     return web.Response(status=200)
 
 
 async def delete_secret(request: web.Request) -> web.Response:
     body = await _body(request, SecretName)
-    _check_namespace(body.namespace)
-    provider = state_of(request).provider
-    provider.secrets.delete(body.name, provider.secret_users(body.name))
+    namespace = _namespace(request, body.namespace)
+    await state_of(request).provider.secrets.delete(body.name, namespace)
     return web.Response(status=200)  # faas-cli takes only 200 or 202 as success
 
 
 async def function_token(request: web.Request) -> web.Response:
     """A private function's bearer token (streamfaas's own route; admin only, like all /system)."""
     name = request.match_info["name"]
-    return web.json_response({"name": name, "token": state_of(request).provider.function_token(name)})
+    namespace = _namespace(request, request.query.get("namespace"))
+    return web.json_response({"name": name, "token": state_of(request).provider.function_token(name, namespace)})
 
 
 _OPENAPI = Path(__file__).with_name("openapi.yaml")

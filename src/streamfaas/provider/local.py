@@ -20,9 +20,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..config import BodyLimits, parse_bool, parse_duration, watchdog_setting_errors
-from ..errors import BadRequest, ConfigError, DeployError, FunctionNotFound, FunctionNotReady
+from ..errors import (
+    BadRequest,
+    ConfigError,
+    DeployError,
+    FunctionNotFound,
+    FunctionNotReady,
+    ImageNotFound,
+    NamespaceNotFound,
+)
 from ..sandbox import (
     SECRETS_MOUNT,
+    build_rootfs_spec,
     build_spec,
     bwrap_path,
     function_uid,
@@ -33,6 +42,7 @@ from .images import ImageStore, LocalImage
 from .launcher import ForkServer, ForkServerUnavailable
 from .logs import LogLine, follow_log
 from .models import DEFAULT_NAMESPACE, FunctionDeployment, FunctionStatus, ScaleLabels
+from .oci_rootfs import OciImage, OciStore, parse_reference
 from .replica import Replica, ReplicaSpec, error_summary
 from .secrets import SecretStore, private_dir, write_private
 from .venvs import VenvCache
@@ -57,7 +67,8 @@ def _flag(raw: str | None) -> bool:
 class FunctionRecord:
     """A deployed function: what was asked for, and the replicas that serve it."""
 
-    def __init__(self, deployment: FunctionDeployment, image: LocalImage, venv: Path, created_at: str, replicas: int) -> None:
+    def __init__(self, deployment: FunctionDeployment, image: LocalImage | OciImage, venv: Path | None, created_at: str,
+                 replicas: int) -> None:
         self.deployment = deployment
         self.image = image
         self.venv = venv
@@ -108,7 +119,42 @@ class FunctionRecord:
         return self.replicas[0].error
 
 
+class LocalSecrets:
+    """The ``SecretStore`` protocol over the files of ``SecretStore`` (one namespace)."""
+
+    def __init__(self, provider: LocalProvider) -> None:
+        self._provider = provider
+        self._files = provider.secret_files
+
+    async def names(self, namespace: str = "") -> list[str]:
+        self._provider.check_namespace(namespace)
+        return self._files.names()
+
+    async def exists(self, name: str, namespace: str = "") -> bool:
+        self._provider.check_namespace(namespace)
+        return self._files.exists(name)
+
+    async def create(self, name: str, value: bytes, namespace: str = "") -> None:
+        self._provider.check_namespace(namespace)
+        self._files.create(name, value)
+
+    async def update(self, name: str, value: bytes, namespace: str = "") -> None:
+        self._provider.check_namespace(namespace)
+        self._files.update(name, value)
+
+    async def delete(self, name: str, namespace: str = "") -> None:
+        self._provider.check_namespace(namespace)
+        self._files.delete(name, self._provider.secret_users(name))
+
+    async def users(self, name: str, namespace: str = "") -> list[str]:
+        self._provider.check_namespace(namespace)
+        return self._provider.secret_users(name)
+
+
 class LocalProvider:
+    name = "local"
+    default_namespace = DEFAULT_NAMESPACE
+
     def __init__(self, state_dir: Path, *, cold_start_timeout: float = 60.0, sandbox: bool = True) -> None:
         self.state_dir = state_dir
         self.sandbox_wanted = sandbox
@@ -116,8 +162,11 @@ class LocalProvider:
         # A root platform runs each sandboxed function as its own unprivileged uid, which then
         # owns that function's secret copies (and nothing else).
         self.run_as_uid = self.bwrap is not None and os.geteuid() == 0
-        self.secrets = SecretStore(state_dir / "secrets", state_dir / "run", owner=self.function_uid)
+        self.secret_files = SecretStore(state_dir / "secrets", state_dir / "run", owner=self.function_uid)
+        self.secrets = LocalSecrets(self)
         self.images = ImageStore(state_dir / "images")
+        self.oci_images = OciStore(state_dir / "oci")
+        self._restoring = False
         self.venvs = VenvCache(state_dir / "venvs")
         self.functions_dir = state_dir / "functions"
         self.logs_dir = state_dir / "logs"
@@ -161,6 +210,7 @@ class LocalProvider:
         except ForkServerUnavailable as exc:
             print(f"streamfaas: {exc}; watchdogs are started directly", file=sys.stderr, flush=True)
             self.fork_server = None
+        self._restoring = True  # OCI images: what each function ran, without asking registries
         for path in sorted(self.functions_dir.glob("*.json")):
             try:
                 saved = json.loads(path.read_text())
@@ -168,6 +218,7 @@ class LocalProvider:
                 await self._apply(deployment, replicas=int(saved["replicas"]), created_at=saved["createdAt"])
             except Exception as exc:  # one broken function must not keep the others down
                 print(f"streamfaas: cannot restore {path.name}: {exc}", file=sys.stderr, flush=True)
+        self._restoring = False
         self._restore_counts()
         self._counts_saver = asyncio.create_task(self._save_counts_periodically())
 
@@ -189,6 +240,7 @@ class LocalProvider:
         bad = watchdog_setting_errors(deployment.envVars)
         if bad:  # refused now, not left to a replica that would crash-loop on it
             raise ConfigError("; ".join(f"envVars.{key}: {why}" for key, why in bad))
+        self.check_namespace(deployment.namespace)
         async with self._deploy_lock:
             existing = self.functions.get(deployment.service)
             # An update keeps the replicas it had, within a new com.openfaas.scale.max.
@@ -197,17 +249,25 @@ class LocalProvider:
             await self._apply(deployment, replicas=replicas, created_at=created)
             return existing is None
 
-    async def remove(self, name: str) -> None:
+    def namespaces(self) -> list[str]:
+        return [DEFAULT_NAMESPACE]
+
+    def check_namespace(self, namespace: str) -> None:
+        if namespace and namespace != DEFAULT_NAMESPACE:
+            raise NamespaceNotFound(f"namespace {namespace!r} not found; the only namespace is {DEFAULT_NAMESPACE!r}")
+
+    async def remove(self, name: str, namespace: str = "") -> None:
+        self.check_namespace(namespace)
         async with self._deploy_lock:
             record = self._get(name)
             del self.functions[name]
             (self.functions_dir / f"{name}.json").unlink(missing_ok=True)
             await self._stop_replicas(record, list(record.replicas))
-            self.secrets.forget(name)
+            self.secret_files.forget(name)
 
-    def function_token(self, name: str) -> str:
+    def function_token(self, name: str, namespace: str = "") -> str:
         """The bearer token of a private function, made on first use (file mode 0600)."""
-        self._get(name)
+        self._get(name, namespace)
         path = self.state_dir / "run" / name / "token"
         try:
             return path.read_text().strip()
@@ -219,20 +279,21 @@ class LocalProvider:
     def secret_users(self, secret: str) -> list[str]:
         return [n for n, r in self.functions.items() if secret in r.deployment.secrets]
 
-    async def scale(self, name: str, replicas: int) -> int:
+    async def scale(self, name: str, replicas: int, namespace: str = "") -> int:
         """Set the replicas wanted, at most the function's ``com.openfaas.scale.max``; returns
         what was set."""
-        record = self._get(name)
+        record = self._get(name, namespace)
         record.desired = record.scaling.clamp(replicas)
         self._save(record)
         await self._reconcile(record)
         return record.desired
 
-    def statuses(self) -> list[FunctionStatus]:
+    def statuses(self, namespace: str = "") -> list[FunctionStatus]:
+        self.check_namespace(namespace)
         return [self.status(name) for name in sorted(self.functions)]
 
-    def status(self, name: str) -> FunctionStatus:
-        record = self._get(name)
+    def status(self, name: str, namespace: str = "") -> FunctionStatus:
+        record = self._get(name, namespace)
         d = record.deployment
         return FunctionStatus(
             name=d.service,
@@ -254,15 +315,15 @@ class LocalProvider:
             startError=record.start_error(),
         )
 
-    def has(self, name: str) -> bool:
-        return name in self.functions
+    def has(self, name: str, namespace: str = "") -> bool:
+        return namespace in ("", DEFAULT_NAMESPACE) and name in self.functions
 
-    def record(self, name: str) -> FunctionRecord:
-        return self._get(name)
+    def record(self, name: str, namespace: str = "") -> FunctionRecord:
+        return self._get(name, namespace)
 
-    async def acquire(self, name: str) -> Replica:
+    async def acquire(self, name: str, namespace: str = "") -> Replica:
         """A ready replica for a request; a function scaled to zero is started and waited for."""
-        record = self._get(name)
+        record = self._get(name, namespace)
         replica = record.pick()
         if replica is not None:
             return replica
@@ -294,13 +355,14 @@ class LocalProvider:
                     w.cancel()
             record = self._get(name)  # it may have been updated or removed meanwhile
 
-    async def logs(self, name: str, *, tail: int, since: float | None, follow: bool) -> AsyncIterator[LogLine]:
-        self._get(name)
+    async def logs(self, name: str, *, tail: int, since: float | None, follow: bool, namespace: str = "") -> AsyncIterator[LogLine]:
+        self._get(name, namespace)
         async for line in follow_log(self.logs_dir / f"{name}.log", name, tail=tail, since=since, follow=follow, alive=lambda: name in self.functions):
             yield line
 
     # ---- internals --------------------------------------------------------------------------
-    def _get(self, name: str) -> FunctionRecord:
+    def _get(self, name: str, namespace: str = "") -> FunctionRecord:
+        self.check_namespace(namespace)
         try:
             return self.functions[name]
         except KeyError:
@@ -344,28 +406,37 @@ class LocalProvider:
     def _replica_spec(self, record: FunctionRecord) -> ReplicaSpec:
         d = record.deployment
         sandboxed = self.bwrap is not None
-        env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
-        env.update(d.envVars)
-        bin_dir = str(record.venv / "bin")
-        env["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
-        env["VIRTUAL_ENV"] = str(record.venv)
-        env["HOME"] = "/tmp" if sandboxed else str(self.cache_dir)
-        # Read the platform's compiled bytecode where it lies; write none into the image
-        # (immutable) or a sandbox (whose writes vanish): the function's own files are small.
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        env["fprocess"] = d.envProcess or record.image.fprocess
+        oci = record.image if isinstance(record.image, OciImage) else None
+        if oci is not None:  # its own world: the image's environment and the deployment's only
+            env = oci.function_env(d.envVars, d.envProcess)
+        else:
+            assert record.venv is not None
+            env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+            env.update(d.envVars)
+            bin_dir = str(record.venv / "bin")
+            env["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
+            env["VIRTUAL_ENV"] = str(record.venv)
+            env["HOME"] = "/tmp" if sandboxed else str(self.cache_dir)
+            # Read the platform's compiled bytecode where it lies; write none into the image
+            # (immutable) or a sandbox (whose writes vanish): the function's own files are small.
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
+            env["fprocess"] = d.envProcess or record.image.fprocess
         env["STREAMFAAS_FUNCTION"] = d.service
-        secrets_dir = self.secrets.materialise(d.service, d.secrets)
+        secrets_dir = self.secret_files.materialise(d.service, d.secrets)
         watchdog_env = {k: os.environ[k] for k in _WATCHDOG_ENV if k in os.environ}
         watchdog_env["STREAMFAAS_FUNCTION"] = d.service
         if self.bwrap is not None:
             uid = self.function_uid(d.service)
-            if uid is not None:
-                record.image.make_readable()
-            spec = build_spec(bwrap=self.bwrap, image_dir=record.image.path, venv_dir=record.venv,
-                              secrets_dir=secrets_dir, uid=uid)
+            if oci is not None:
+                spec = build_rootfs_spec(bwrap=self.bwrap, rootfs=oci.rootfs, chdir=oci.workdir, secrets_dir=secrets_dir, uid=uid)
+            else:
+                assert isinstance(record.image, LocalImage) and record.venv is not None
+                if uid is not None:
+                    record.image.make_readable()
+                spec = build_spec(bwrap=self.bwrap, image_dir=record.image.path, venv_dir=record.venv,
+                                  secrets_dir=secrets_dir, uid=uid)
+                env["STREAMFAAS_SECRETS_DIR"] = SECRETS_MOUNT
             watchdog_env.update(spec_env(spec))
-            env["STREAMFAAS_SECRETS_DIR"] = SECRETS_MOUNT
         else:
             warn_unsandboxed(asked=not self.sandbox_wanted)
             env["STREAMFAAS_SECRETS_DIR"] = str(secrets_dir)
@@ -379,12 +450,14 @@ class LocalProvider:
                            fork_server=self.fork_server)
 
     async def _apply(self, deployment: FunctionDeployment, *, replicas: int, created_at: str) -> None:
-        missing = self.secrets.missing(deployment.secrets)
+        missing = self.secret_files.missing(deployment.secrets)
         if missing:
             raise BadRequest(f"secret(s) not found: {', '.join(missing)}; create them first with `streamfaas secret create`")
-        image = self.images.resolve(deployment.image)
-        requirements = (image.path / "function" / "requirements.txt").read_text()
-        venv = await self.venvs.ensure(requirements, log=self.logs_dir / f"{deployment.service}.log")
+        image = await self._image(deployment)
+        venv = None
+        if isinstance(image, LocalImage):
+            requirements = (image.path / "function" / "requirements.txt").read_text()
+            venv = await self.venvs.ensure(requirements, log=self.logs_dir / f"{deployment.service}.log")
         old = self.functions.get(deployment.service)
         record = FunctionRecord(deployment, image, venv, created_at, replicas)
         if old is not None:
@@ -406,6 +479,23 @@ class LocalProvider:
         self.functions[record.name] = record
         old.changed.set()
         await self._stop_replicas(old, list(old.replicas))
+
+    async def _image(self, deployment: FunctionDeployment) -> LocalImage | OciImage:
+        """A folder image when the name resolves in the image store; else an OCI image, when the
+        name has a registry host (or is an archive), pulled and unpacked (oci_rootfs.py)."""
+        try:
+            return self.images.resolve(deployment.image)
+        except ImageNotFound:
+            ref = parse_reference(deployment.image)
+            if ref is None:
+                raise
+        if self.bwrap is None:
+            raise BadRequest(f"image {deployment.image!r} is an OCI image: running one needs the sandbox (bubblewrap), "
+                             "and this gateway runs functions unsandboxed")
+        image = await self.oci_images.ensure(ref, prefer_cached=self._restoring)
+        if not (deployment.envProcess or image.fprocess):
+            raise BadRequest(f"image {deployment.image!r} has no fprocess: set envProcess (faas-cli deploy --fprocess)")
+        return image
 
     async def _reconcile(self, record: FunctionRecord, *, wait: bool = False) -> None:
         spec = self._replica_spec(record)

@@ -26,7 +26,7 @@ from ..sandbox import SandboxSpec, sandbox_command, spec_from_env
 # Where the provider wants the function server's socket (a folder of its own).
 FUNCTION_SOCKET = "STREAMFAAS_FUNCTION_SOCKET"
 # Settings meant for the watchdog, not for the function.
-_WATCHDOG_ONLY = ("STREAMFAAS_LISTEN_FD", "STREAMFAAS_READY_FD", "port")
+_WATCHDOG_ONLY = ("STREAMFAAS_LISTEN_FD", "STREAMFAAS_READY_FD", "port", "STREAMFAAS_WATCHDOG_HOST")
 
 
 @dataclass

@@ -28,6 +28,10 @@ NOT_FOUND = "404 page not found\n"  # as Go's file server words it
 def static_root(config: WatchdogConfig, settings: Mapping[str, str]) -> str:
     """The folder to serve, resolved (symlinks followed) and checked; a ConfigError says why not."""
     spec = spec_from_env(settings)
+    if spec is not None and spec.root:
+        # This watchdog runs on the host: paths of an OCI image's own (its WorkingDir, /…) would
+        # name the host's files here.
+        raise ConfigError("static mode serves a streamfaas folder image; for an OCI image run a command (mode streaming)")
     image = spec.chdir if spec is not None else os.getcwd()
     raw = config.static_path or DEFAULT_FOLDER
     if raw == IMAGE_HOME or raw.startswith(IMAGE_HOME + "/"):
