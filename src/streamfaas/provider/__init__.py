@@ -8,8 +8,9 @@ from ..config import GatewayConfig
 from ..errors import ConfigError
 from .base import DeployedFunction, Endpoint, Provider, SecretStore
 from .images import ImageStore, LocalImage, normalise_image
-from .local import FunctionRecord, LocalProvider
+from .local import LocalProvider
 from .models import FunctionDeployment, FunctionStatus, ScaleServiceRequest
+from .record import FunctionRecord
 
 
 def create_provider(config: GatewayConfig) -> Provider:

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ..config import BodyLimits, parse_bool, parse_duration, watchdog_setting_errors
+from ..config import parse_duration, watchdog_setting_errors
 from ..errors import (
     BadRequest,
     ConfigError,
@@ -41,8 +41,9 @@ from ..sandbox import (
 from .images import ImageStore, LocalImage
 from .launcher import ForkServer, ForkServerUnavailable
 from .logs import LogLine, follow_log
-from .models import DEFAULT_NAMESPACE, FunctionDeployment, FunctionStatus, ScaleLabels
+from .models import DEFAULT_NAMESPACE, FunctionDeployment, FunctionStatus
 from .oci_rootfs import OciImage, OciStore, parse_reference
+from .record import FunctionRecord, LocalSecrets
 from .replica import Replica, ReplicaSpec, error_summary
 from .secrets import SecretStore, private_dir, write_private
 from .venvs import VenvCache
@@ -53,102 +54,6 @@ _INHERITED_ENV = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR")
 COUNTS_SAVE_INTERVAL = 10.0  # seconds between saves of the invocation counts, when they changed
 # The watchdog's own environment: the platform's, fixed; never the function's.
 _WATCHDOG_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR")
-
-
-def _flag(raw: str | None) -> bool:
-    if not raw:
-        return False
-    try:
-        return parse_bool(raw, name="buffer_body")
-    except ConfigError:
-        return False  # the watchdog reports the bad value; the gateway streams as by default
-
-
-class FunctionRecord:
-    """A deployed function: what was asked for, and the replicas that serve it."""
-
-    def __init__(self, deployment: FunctionDeployment, image: LocalImage | OciImage, venv: Path | None, created_at: str,
-                 replicas: int) -> None:
-        self.deployment = deployment
-        self.image = image
-        self.venv = venv
-        self.created_at = created_at
-        self.desired = replicas
-        self.replicas: list[Replica] = []
-        self.invocations = 0
-        self._ids = itertools.count(1)
-        self._rr = 0
-        self.changed = asyncio.Event()
-        # Read once here, not on every request of the hot path.
-        self.buffer_body = _flag(deployment.envVars.get("buffer_body"))
-        self.body_limits = BodyLimits.from_env(deployment.envVars)
-        try:
-            self.scaling = deployment.scaling()
-        except BadRequest:  # refused at deploy; only a function saved before that check is here
-            self.scaling = ScaleLabels()
-
-    @property
-    def name(self) -> str:
-        return self.deployment.service
-
-    def ready_replicas(self) -> list[Replica]:
-        return [r for r in self.replicas if r.ready.is_set()]
-
-    def pick(self) -> Replica | None:
-        """The ready replica with the fewest open requests (streams hold them for long)."""
-        ready = self.ready_replicas()
-        if not ready:
-            return None
-        self._rr += 1
-        n = len(ready)
-        best = ready[self._rr % n]
-        for i in range(1, n):
-            r = ready[(self._rr + i) % n]
-            if r.inflight < best.inflight:
-                best = r
-        return best
-
-    def next_id(self) -> str:
-        return str(next(self._ids))
-
-    def start_error(self) -> str:
-        """Why the function does not start: the first replica's start report, when none is
-        ready and every one failed its last start (crash-looping); else ""."""
-        if not self.replicas or any(r.ready.is_set() or not r.failed.is_set() for r in self.replicas):
-            return ""
-        return self.replicas[0].error
-
-
-class LocalSecrets:
-    """The ``SecretStore`` protocol over the files of ``SecretStore`` (one namespace)."""
-
-    def __init__(self, provider: LocalProvider) -> None:
-        self._provider = provider
-        self._files = provider.secret_files
-
-    async def names(self, namespace: str = "") -> list[str]:
-        self._provider.check_namespace(namespace)
-        return self._files.names()
-
-    async def exists(self, name: str, namespace: str = "") -> bool:
-        self._provider.check_namespace(namespace)
-        return self._files.exists(name)
-
-    async def create(self, name: str, value: bytes, namespace: str = "") -> None:
-        self._provider.check_namespace(namespace)
-        self._files.create(name, value)
-
-    async def update(self, name: str, value: bytes, namespace: str = "") -> None:
-        self._provider.check_namespace(namespace)
-        self._files.update(name, value)
-
-    async def delete(self, name: str, namespace: str = "") -> None:
-        self._provider.check_namespace(namespace)
-        self._files.delete(name, self._provider.secret_users(name))
-
-    async def users(self, name: str, namespace: str = "") -> list[str]:
-        self._provider.check_namespace(namespace)
-        return self._provider.secret_users(name)
 
 
 class LocalProvider:
