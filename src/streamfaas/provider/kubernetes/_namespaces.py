@@ -10,6 +10,7 @@ read is reported once in the log and refused by name; it never holds up the othe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -17,8 +18,8 @@ from typing import Any
 
 from ...errors import FunctionNotReady
 from ._api import Forbidden, KubeClient
-from ._objects import FUNCTION_LABEL
-from ._watch import Informer, OnChange
+from ._objects import FUNCTION_LABEL, NAMESPACE_LABEL
+from ._watch import Informer, OnChange, key_of
 
 log = logging.getLogger("streamfaas.kubernetes")
 
@@ -87,4 +88,78 @@ class ServedNamespace:
         if informer.error and not informer.refused:
             log.warning("watching %s: %s; retrying", informer.kind, informer.error)
         if self.synced or any(i.error for i in self.informers):
+            self.settled.set()
+
+
+class ServedNamespaces:
+    """The functions namespace, always, and each namespace labelled ``openfaas=1`` while the
+    namespace watch reports it: its informers start when it appears and stop when it goes or
+    loses the label (a watch by label reports that as DELETED)."""
+
+    def __init__(self, client: KubeClient, home: str, make: Callable[[str], ServedNamespace]) -> None:
+        self.home = home
+        self._make = make
+        self._served: dict[str, ServedNamespace] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # the namespace watch, and cancelled ones not yet ended
+        self.watch = Informer(client, "namespaces", client.core.list_namespace, f"{NAMESPACE_LABEL}=1",
+                              self._on_namespace, on_state=self._on_state)
+        self.settled = asyncio.Event()  # the namespace watch listed, or was refused
+
+    def start(self) -> ServedNamespace:
+        home = self.serve(self.home)
+        self._keep(asyncio.create_task(self.watch.run()))
+        return home
+
+    async def close(self) -> None:
+        for name in list(self._served):
+            self.unserve(name)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def get(self, name: str) -> ServedNamespace | None:
+        return self._served.get(name)
+
+    def serve(self, name: str) -> ServedNamespace:
+        served = self._served.get(name)
+        if served is None:
+            served = self._served[name] = self._make(name)
+            served.start()
+        return served
+
+    def unserve(self, name: str) -> None:
+        served = self._served.pop(name, None)
+        if served is not None:
+            for task in served.stop():
+                self._keep(task)
+
+    def names(self) -> list[str]:
+        """The functions namespace, then the others once their functions were read (or could
+        not be): what is listed can be deployed to, or says why not."""
+        others = sorted(n for n, s in self._served.items() if n != self.home and s.settled.is_set())
+        return [self.home, *others]
+
+    def _on_namespace(self, kind: str, obj: dict[str, Any]) -> None:
+        name = key_of(obj)[1]
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        if kind != "DELETED" and labels.get(NAMESPACE_LABEL) == "1":
+            self.serve(name)
+        elif name != self.home:
+            self.unserve(name)
+
+    def _on_state(self, informer: Informer) -> None:
+        if informer.refused:
+            log.warning("cannot watch namespaces (%s): only the functions namespace %r is served; grant the gateway "
+                        "get/list/watch on namespaces to serve those labelled %s=1 too; retrying",
+                        informer.error, self.home, NAMESPACE_LABEL)
+        elif informer.error:
+            log.warning("watching namespaces: %s; retrying", informer.error)
+        if informer.synced.is_set() or informer.refused:
             self.settled.set()

@@ -38,7 +38,7 @@ from ._api import API_TIMEOUT, Forbidden, KubeClient, api_errors, not_found
 from ._deploy import apply_function
 from ._endpoints import EndpointTable
 from ._logs import PodLogs
-from ._namespaces import ServedNamespace
+from ._namespaces import ServedNamespace, ServedNamespaces
 from ._objects import (
     FUNCTION_LABEL,
     NAMESPACE_LABEL,
@@ -49,7 +49,7 @@ from ._objects import (
     replicas_wanted,
 )
 from ._secrets import KubeSecrets
-from ._watch import Informer, Key, key_of, log
+from ._watch import Key, key_of
 
 TOKEN_KEY_SECRET = "streamfaas-function-token-key"
 
@@ -94,10 +94,7 @@ class KubernetesProvider:
         self.default_namespace = namespace
         self.cold_start_timeout = cold_start_timeout
         self.functions: dict[Key, KubeFunction] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._retired: set[asyncio.Task[None]] = set()  # watches of namespaces no longer served, cancelled
-        self._served: dict[str, ServedNamespace] = {}
-        self._namespaces_settled = asyncio.Event()  # the namespace watch listed, or was refused
+        self._served: ServedNamespaces | None = None
         self._client: KubeClient | None = None
         self._session: aiohttp.ClientSession | None = None
         self._endpoints: EndpointTable | None = None
@@ -120,6 +117,12 @@ class KubernetesProvider:
         if self._secrets is None:
             raise RuntimeError("the kubernetes provider is not started")
         return self._secrets
+
+    @property
+    def served(self) -> ServedNamespaces:
+        if self._served is None:
+            raise RuntimeError("the kubernetes provider is not started")
+        return self._served
 
     @property
     def endpoints(self) -> EndpointTable:
@@ -148,10 +151,9 @@ class KubernetesProvider:
         self._session = client_session(aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
         self._endpoints = EndpointTable(self._session)
         self._secrets = KubeSecrets(self.client, self._namespace, self._secret_users)
-        home = self._serve(ns)
-        self.namespace_watch = Informer(self.client, "namespaces", self.client.core.list_namespace, f"{NAMESPACE_LABEL}=1",
-                                        self._on_namespace, on_state=self._on_namespace_state)
-        self._tasks = [asyncio.create_task(self.namespace_watch.run())]
+        self._served = ServedNamespaces(self.client, ns, lambda name: ServedNamespace(
+            self.client, name, on_deployment=self._on_deployment, on_endpoints=self._on_endpoints, on_pod=self._on_pod))
+        home = self._served.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(home.settled.wait(), API_TIMEOUT)
         if home.refusal:
@@ -162,20 +164,15 @@ class KubernetesProvider:
             except TimeoutError:
                 raise ConfigError(f"cannot list {informer.kind} in the cluster at {self.client.host}: {informer.error or 'no answer'}") from None
         try:
-            await asyncio.wait_for(self._namespaces_settled.wait(), API_TIMEOUT)
+            await asyncio.wait_for(self._served.settled.wait(), API_TIMEOUT)
         except TimeoutError:
-            why = self.namespace_watch.error or "no answer"
+            why = self._served.watch.error or "no answer"
             raise ConfigError(f"cannot list namespaces in the cluster at {self.client.host}: {why}") from None
 
     async def close(self) -> None:
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for name in list(self._served):
-            self._unserve(name)
-        for task in [*tasks, *self._retired]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._served is not None:
+            await self._served.close()
+            self._served = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -238,51 +235,14 @@ class KubernetesProvider:
             fn.notify()
 
     # ---- namespaces ---------------------------------------------------------------------------
-    def _serve(self, name: str) -> ServedNamespace:
-        served = self._served.get(name)
-        if served is None:
-            served = self._served[name] = ServedNamespace(
-                self.client, name, on_deployment=self._on_deployment, on_endpoints=self._on_endpoints, on_pod=self._on_pod)
-            served.start()
-        return served
-
-    def _unserve(self, name: str) -> None:
-        served = self._served.pop(name, None)
-        if served is None:
-            return
-        for task in served.stop():
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
-
-    def _on_namespace(self, kind: str, obj: dict[str, Any]) -> None:
-        name = key_of(obj)[1]
-        labels = (obj.get("metadata") or {}).get("labels") or {}
-        if kind != "DELETED" and labels.get(NAMESPACE_LABEL) == "1":
-            self._serve(name)
-        elif name != self.default_namespace:  # gone, or its label removed (the watch says DELETED)
-            self._unserve(name)
-
-    def _on_namespace_state(self, informer: Informer) -> None:
-        if informer.refused:
-            log.warning("cannot watch namespaces (%s): only the functions namespace %r is served; grant the gateway "
-                        "get/list/watch on namespaces to serve those labelled %s=1 too; retrying",
-                        informer.error, self.default_namespace, NAMESPACE_LABEL)
-        elif informer.error:
-            log.warning("watching namespaces: %s; retrying", informer.error)
-        if informer.synced.is_set() or informer.refused:
-            self._namespaces_settled.set()
-
     def namespaces(self) -> list[str]:
-        # A namespace just labelled is listed once its functions were read (or could not be):
-        # what is listed can be deployed to, or says why not.
-        others = sorted(n for n, s in self._served.items() if n != self.default_namespace and s.settled.is_set())
-        return [self.default_namespace, *others]
+        return self.served.names()
 
     def _namespace(self, namespace: str) -> str:
         """The namespace a call means; NamespaceNotFound for one that takes no functions, and
         Forbidden (or FunctionNotReady) for one whose functions cannot be read (yet)."""
         ns = namespace or self.default_namespace
-        served = self._served.get(ns)
+        served = self.served.get(ns)
         if served is None:
             raise NamespaceNotFound(
                 f"namespace {namespace!r} not found; functions go to {self.default_namespace!r} "
@@ -317,7 +277,7 @@ class KubernetesProvider:
         if missing:
             raise BadRequest(f"secret(s) not found in namespace {ns!r}: {', '.join(missing)}; create them first with `streamfaas secret create`")
         created, obj = await apply_function(self.client, deployment, ns)
-        served = self._served.get(ns)
+        served = self.served.get(ns)
         if served is not None:  # (unless the namespace stopped being served meanwhile)
             served.deployments.put(obj)
         return created
@@ -329,7 +289,7 @@ class KubernetesProvider:
             await self.client.apps.delete_namespaced_deployment(name, ns, propagation_policy="Background", _request_timeout=API_TIMEOUT)
         with contextlib.suppress(FunctionNotFound), api_errors(f"delete service {name!r}", missing=not_found(name)):
             await self.client.core.delete_namespaced_service(name, ns, _request_timeout=API_TIMEOUT)
-        served = self._served.get(ns)
+        served = self.served.get(ns)
         if served is not None:
             served.deployments.drop((ns, name), deleted_here=True)
 
@@ -363,7 +323,7 @@ class KubernetesProvider:
         )
 
     def _function_pods(self, ns: str, name: str) -> list[dict[str, Any]]:
-        served = self._served.get(ns)
+        served = self.served.get(ns)
         pods = list(served.pods.objects.values()) if served is not None else []
         return [p for p in pods if ((p.get("metadata") or {}).get("labels") or {}).get(FUNCTION_LABEL) == name
                 and not (p.get("metadata") or {}).get("deletionTimestamp")]
