@@ -231,6 +231,15 @@ def environ(pid: int) -> dict[str, str]:
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
 
 
+def started_s(pid: int) -> float:
+    """When ``pid`` started, in seconds on CLOCK_BOOTTIME (clock-tick resolution); 0 if gone."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def parent_pid(pid: int) -> int:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -263,7 +272,9 @@ def watchdog_pids(gateway_pid: int, name: str) -> list[int]:
 
 def _spawners(gateway_pid: int, below: set[int]) -> set[int]:
     """The gateway and its watchdog fork server (whose forked watchdogs share its cmdline)."""
-    return {gateway_pid} | {p for p in below if parent_pid(p) == gateway_pid and b"fork_server" in cmdline(p)}
+    return {gateway_pid} | {
+        p for p in below if parent_pid(p) == gateway_pid and b"fork_server" in cmdline(p)
+    }
 
 
 def listening_unix_sockets(pid: int) -> list[str]:
@@ -489,6 +500,15 @@ class FunctionServers:
             self.unix[path] = client_session(aiohttp.UnixConnector(path=path, limit=0))
         return self.unix[path], "http://localhost"
 
+    def watchdogs(self) -> list[Endpoint]:
+        """The watchdogs in front of these servers, on their Unix sockets: the local provider
+        puts a replica's watchdog on ``N.sock`` beside its function server's ``N.fn.sock``."""
+        return [
+            self.unix_endpoint(a.removeprefix("unix:").removesuffix(".fn.sock") + ".sock")
+            for a in self.addresses()
+            if a.startswith("unix:") and a.endswith(".fn.sock")
+        ]
+
     async def live(self, probe: str = "/stats") -> list[Endpoint]:
         """The endpoints that answer ``probe`` now (replicas come and go)."""
         live = []
@@ -518,6 +538,18 @@ async def poll(
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out after {timeout:g}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def first_byte(session: aiohttp.ClientSession, url: str, timeout: float = 90) -> float:
+    """GET ``url`` (a 200 with a body, read to its end); the monotonic time its first body
+    byte arrived."""
+    async with asyncio.timeout(timeout), session.get(url) as resp:
+        first = await resp.content.readany()
+        at = time.monotonic()
+        if resp.status != 200 or not first:
+            raise RuntimeError(f"GET {url}: {resp.status} {first[:200]!r}")
+        await resp.read()
+    return at
 
 
 def pct(values: list[float], q: float) -> float:

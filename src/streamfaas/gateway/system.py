@@ -20,7 +20,7 @@ from ruamel.yaml import YAML
 from .. import __version__
 from .._build import build_sha
 from ..config import parse_duration
-from ..errors import BadRequest, ConfigError, FunctionNotFound, StreamfaasError
+from ..errors import BadRequest, ConfigError, StreamfaasError
 from ..provider.base import Provider
 from ..provider.logs import LogLine
 from ..provider.models import (
@@ -115,8 +115,8 @@ async def deploy_function(request: web.Request) -> web.Response:
     namespace = _namespace(request, deployment.namespace)
     deployment.scaling()  # a bad com.openfaas.scale.* label is a 400 that names it
     provider = state_of(request).provider
-    if request.method == "PUT" and not provider.has(deployment.service, namespace):
-        raise FunctionNotFound(deployment.service)
+    if request.method == "PUT":
+        provider.record(deployment.service, namespace)  # FunctionNotFound, or why the namespace cannot be read
     await provider.deploy(deployment)
     return web.Response(status=202)
 
