@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real one-node Kubernetes 1.20 cluster on this machine, for the Kubernetes tests.
 #
-#   scripts/k8s-cluster.sh build    install Debian's parts, build the control plane and kubelet
+#   scripts/k8s-cluster.sh packages install Debian's parts (etcd, containerd, runc, CNI, Go, …)
+#   scripts/k8s-cluster.sh build    install them, build the control plane and kubelet
 #                                   from Debian's `kubernetes` source package (cached)
 #   scripts/k8s-cluster.sh up       build if needed, start everything, write $DIR/env
 #   scripts/k8s-cluster.sh down     stop everything and leave nothing behind
@@ -442,9 +443,10 @@ status() {
 }
 
 case "${1:-}" in
+  packages) install_packages ;;
   build) build ;;
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 build|up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 packages|build|up|down|status" >&2; exit 2 ;;
 esac

@@ -10,7 +10,12 @@ cd "$(dirname "$0")/.."
 # buildah, skopeo, umoci, docker-registry, mmdebstrap, busybox-static: OCI function images
 # (tests/oci, tests/k8s, tests/e2e/test_local_oci_images.py).
 PACKAGES=(make curl nats-server bubblewrap chromium chromium-driver buildah skopeo umoci docker-registry mmdebstrap busybox-static)
-if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+not_installed=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || not_installed+=("$p")
+done
+# apt only when something is missing (.ci/run installs them first, and builds in the background).
+if [ "${#not_installed[@]}" -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   if ! { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" >/dev/null; }; then
     echo "setup.sh: apt-get could not install ${PACKAGES[*]}; the report below says what is missing" >&2
