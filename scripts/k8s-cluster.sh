@@ -366,7 +366,8 @@ EOF
 # ---- down -------------------------------------------------------------------------------------
 down() {
   [ -d "$DIR" ] || { log "not up"; return 0; }
-  local sock=$DIR/containerd/containerd.sock
+  local sock=$DIR/containerd/containerd.sock started
+  started=$(cat "$DIR"/pids/* 2>/dev/null || true)
   if alive apiserver && [ -f "$DIR/token" ]; then
     # Workloads first, so the kubelet stops their containers itself.
     local ns
@@ -423,8 +424,23 @@ print(" ".join(n["metadata"]["name"] for n in json.load(sys.stdin)["items"]
     [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
   rm -rf /var/log/pods /var/log/containers /var/lib/kubelet /var/lib/cni/results /etc/cni/net.d/cni.lock
+  local left=()
+  ip link show "$BRIDGE" >/dev/null 2>&1 && left+=("the bridge $BRIDGE")
+  awk -v d="$DIR" 'index($2, d) == 1' /proc/self/mounts | grep -q . && left+=("mounts under $DIR")
+  if [ -f "$DIR/baseline/sysctls" ]; then
+    while read -r f v; do
+      [ -e "$f" ] && [ "$(cat "$f")" != "$v" ] && left+=("$f")
+    done < "$DIR/baseline/sysctls"
+  fi
+  for pid in $started; do
+    kill -0 "$pid" 2>/dev/null && left+=("process $pid ($(tr '\0' ' ' < "/proc/$pid/cmdline" | cut -c1-60))")
+  done
   rm -rf "$DIR"
-  log "down"
+  if [ "${#left[@]}" -gt 0 ]; then
+    log "down, but left behind: ${left[*]}"
+    return 1
+  fi
+  log "down, nothing left behind"
 }
 
 no_pods() {

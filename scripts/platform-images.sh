@@ -61,23 +61,12 @@ cp "$REPO/images/streamfaas/Dockerfile" "$work/streamfaas/Dockerfile"
 import shutil, sys
 from pathlib import Path
 
-from packaging.requirements import Requirement
-
-from streamfaas._wheelhouse import WheelError, _closure, _requirements, collect_wheels, repack
+from streamfaas._wheelhouse import WheelError, collect_wheels
 
 EXTRAS = ("kubernetes", "nats")  # the kubernetes provider and the NATS queue
 cache, dest = Path(sys.argv[1]), Path(sys.argv[2])
 try:
-    wheels = collect_wheels(cache)
-    # collect_wheels gives the base requirements only; the image needs the extras' too.
-    extra_reqs = []
-    for text in _requirements(wheels[0]):
-        req = Requirement(text)
-        if req.marker is not None and any(req.marker.evaluate({"extra": e}) for e in EXTRAS):
-            req.marker = None
-            extra_reqs.append(str(req))
-    have = {w.name for w in wheels}
-    wheels += [w for w in (repack(d, cache) for d in _closure(extra_reqs)) if w.name not in have]
+    wheels = collect_wheels(cache, EXTRAS)
 except WheelError as exc:
     sys.exit(f"platform-images.sh: {exc}")
 for wheel in wheels:

@@ -202,8 +202,23 @@ def _closure(requirements: list[str]) -> list[metadata.Distribution]:
     return [found[k] for k in sorted(found)]
 
 
-def collect_wheels(cache: Path) -> list[Path]:
-    """The streamfaas wheel first, then one wheel per runtime dependency; all under ``cache``."""
+def _with_extras(requirements: list[str], extras: tuple[str, ...]) -> list[str]:
+    """The base requirements, plus those of ``extras`` (their ``extra == …`` marker dropped)."""
+    if not extras:
+        return requirements
+    out = []
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is not None and any(req.marker.evaluate({"extra": e}) for e in extras):
+            req.marker = None
+            text = str(req)
+        out.append(text)
+    return out
+
+
+def collect_wheels(cache: Path, extras: tuple[str, ...] = ()) -> list[Path]:
+    """The streamfaas wheel first, then one wheel per runtime dependency (with those of
+    streamfaas's ``extras``, e.g. ``("kubernetes", "nats")``); all under ``cache``."""
     cache.mkdir(parents=True, exist_ok=True)
     try:
         dist = metadata.distribution(PACKAGE)
@@ -211,5 +226,6 @@ def collect_wheels(cache: Path) -> list[Path]:
         raise WheelError("streamfaas is not installed as a package here (pip install -e .)") from None
     root = _checkout_root(dist)
     own = _build_checkout(root, cache) if root is not None else repack(dist, cache)
-    deps = [d for d in _closure(_requirements(own)) if canonicalize_name(d.metadata["Name"]) != PACKAGE]
+    wanted = _with_extras(_requirements(own), extras)
+    deps = [d for d in _closure(wanted) if canonicalize_name(d.metadata["Name"]) != PACKAGE]
     return [own, *(repack(d, cache) for d in deps)]
