@@ -11,8 +11,8 @@ the hot path never waits on an API call to learn where a function is.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol, TypeVar
 
 import aiohttp
 
@@ -36,6 +36,23 @@ class Endpoint(Protocol):
     def session(self) -> aiohttp.ClientSession: ...
 
     inflight: int
+
+
+E = TypeVar("E", bound=Endpoint)
+
+
+def least_loaded(ready: Sequence[E], turn: int) -> E | None:
+    """The endpoint with the fewest open requests (a stream holds one for its whole life);
+    ties go round in turn (``turn`` counts the picks), so idle replicas share the load."""
+    if not ready:
+        return None
+    n = len(ready)
+    best = ready[turn % n]
+    for i in range(1, n):
+        candidate = ready[(turn + i) % n]
+        if candidate.inflight < best.inflight:
+            best = candidate
+    return best
 
 
 class DeployedFunction(Protocol):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..config import BodyLimits, parse_bool
 from ..errors import BadRequest, ConfigError
+from .base import least_loaded
 from .images import LocalImage
 from .models import FunctionDeployment, ScaleLabels
 from .oci_rootfs import OciImage
@@ -59,17 +60,8 @@ class FunctionRecord:
 
     def pick(self) -> Replica | None:
         """The ready replica with the fewest open requests (streams hold them for long)."""
-        ready = self.ready_replicas()
-        if not ready:
-            return None
         self._rr += 1
-        n = len(ready)
-        best = ready[self._rr % n]
-        for i in range(1, n):
-            r = ready[(self._rr + i) % n]
-            if r.inflight < best.inflight:
-                best = r
-        return best
+        return least_loaded(self.ready_replicas(), self._rr)
 
     def next_id(self) -> str:
         return str(next(self._ids))
