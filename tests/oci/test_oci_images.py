@@ -25,6 +25,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
+from oci_registry import Registry, free_port, running_registry
 from platform_fixture import REPO, alive, descendants, streamfaas_cmd, wait_for
 from streamfaas._oci_build import Buildah
 from streamfaas.templates import get_template, template_names
@@ -73,12 +74,6 @@ def _one_error_line(done: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
     assert "Traceback" not in done.stderr
     return lines[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -146,45 +141,13 @@ def test_missing_buildah_is_one_line(state: Path, tmp_path: Path) -> None:
 
 
 # ---- buildah, a registry, and the image run -------------------------------------------------------
-@dataclass
-class Registry:
-    port: int
-    host: str
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     """A real docker-registry on a free loopback port, its storage under the test's folder."""
     if _missing:
         pytest.skip(f"OCI builds need {', '.join(_missing)}")
-    root = tmp_path_factory.mktemp("registry")
-    port = _free_port()
-    config = root / "config.yml"
-    config.write_text(
-        "version: 0.1\nlog:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    with open(root / "registry.log", "wb") as log:
-        proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        def up() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                assert proc.poll() is None, (root / "registry.log").read_text()
-                return False
-
-        wait_for(up, timeout=20, what="docker-registry to answer")
-        yield Registry(port, f"127.0.0.1:{port}")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +203,7 @@ def test_pushed_image_runs_its_watchdog_as_non_root_and_streams_in_order(publish
                             capture_output=True, text=True, timeout=120)
     assert pulled.returncode == 0, pulled.stderr
     container = pulled.stdout.strip().splitlines()[-1]
-    port = _free_port()
+    port = free_port()
     cmd = [str(c) for c in published.config["Cmd"]]  # type: ignore[attr-defined]
     # Only loopback here: the image listens on every address of its pod, which here is the host's.
     log = tmp_path / "run.log"
