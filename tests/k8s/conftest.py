@@ -53,8 +53,8 @@ def k8s_gateway_factory(tmp_path_factory: pytest.TempPathFactory, k8s_env: K8sEn
     """Start gateways on the module's namespace (each with its own state dir); all are stopped after."""
     started: list[K8sGateway] = []
 
-    def start(*extra_args: str) -> K8sGateway:
-        gw = K8sGateway(tmp_path_factory.mktemp("k8s-gateway"), k8s_env, namespace, extra_args)
+    def start(*extra_args: str, kubeconfig: Path | None = None) -> K8sGateway:
+        gw = K8sGateway(tmp_path_factory.mktemp("k8s-gateway"), k8s_env, namespace, extra_args, kubeconfig=kubeconfig)
         started.append(gw)
         gw.start()
         return gw

@@ -122,21 +122,8 @@ def least(kubectl: Kubectl, k8s_env: K8sEnv, namespace: str, tmp_path_factory: p
 
 
 @pytest.fixture(scope="module")
-def gateway_as(tmp_path_factory: pytest.TempPathFactory, k8s_env: K8sEnv, namespace: str) -> Iterator[Callable[[Identity], K8sGateway]]:
-    started: list[K8sGateway] = []
-
-    def start(identity: Identity) -> K8sGateway:
-        gw = K8sGateway(tmp_path_factory.mktemp("k8s-gateway"), k8s_env, namespace, ("--cold-start-timeout", "20s"),
-                        kubeconfig=identity.kubeconfig)
-        started.append(gw)
-        gw.start()
-        return gw
-
-    try:
-        yield start
-    finally:
-        for gw in started:
-            gw.close()
+def gateway_as(k8s_gateway_factory: Callable[..., K8sGateway]) -> Callable[[Identity], K8sGateway]:
+    return lambda identity: k8s_gateway_factory("--cold-start-timeout", "20s", kubeconfig=identity.kubeconfig)
 
 
 @pytest.fixture(scope="module")
