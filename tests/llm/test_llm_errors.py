@@ -133,6 +133,9 @@ async def test_busy_server_answers_429(guarded_llm: LLMServer) -> None:
             async with session.post(url, json={"messages": HELLO, "max_tokens": 2}) as rejected:
                 assert rejected.status == 429
                 assert rejected.headers["Retry-After"] == "1"
+                # One slot, no queue: the server takes one request at once, and has it.
+                assert rejected.headers["x-ratelimit-limit-requests"] == "1"
+                assert rejected.headers["x-ratelimit-remaining-requests"] == "0"
                 assert_openai_error(await rejected.json(), code="rate_limit_exceeded")
     # The running stream was dropped: its slot frees and the next request is served.
     await async_wait_for(

@@ -6,10 +6,12 @@ import asyncio
 import hmac
 import json
 import logging
+import secrets
 import signal
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -27,6 +29,7 @@ from ._requests import (
 from ._responses import ChunkEncoder, completion_body, error_event, model_card, new_response_id, now
 from ._scheduler import Scheduler
 from ._settings import LLMSettings, model_aliases
+from ._toolcalls import CallStart, Content, Event, ToolCallReader
 
 log = logging.getLogger("streamfaas.llm")
 
@@ -56,6 +59,33 @@ class ServerState:
 
 
 STATE = web.AppKey("llm_state", ServerState)
+REQUEST_ID = web.RequestKey("llm_request_id", str)
+_GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+def request_id(request: web.Request) -> str:
+    """The id this server gave the request (OpenAI's form), sent back as ``x-request-id``."""
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        rid = request[REQUEST_ID] = "req_" + secrets.token_hex(16)
+    return rid
+
+
+async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response, just before its headers go out: the request id, and on the
+    generation routes how many more requests the server would take right now.
+
+    OpenAI's ``x-ratelimit-*-requests`` count requests per minute; this server's limit is on
+    requests at once (``parallel`` generating + ``queue_size`` waiting), so that is what they
+    count here. There is no token limit, and so no ``*-tokens`` headers.
+    """
+    response.headers["x-request-id"] = request_id(request)
+    scheduler = request.app[STATE].scheduler
+    if request.path in _GENERATION_PATHS and scheduler is not None:
+        response.headers["x-ratelimit-limit-requests"] = str(scheduler.capacity)
+        response.headers["x-ratelimit-remaining-requests"] = str(
+            max(0, scheduler.capacity - scheduler.in_flight)
+        )
 
 
 def error_response(error: OpenAIError) -> web.Response:
@@ -83,7 +113,9 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
-        log.exception("unhandled error serving %s %s", request.method, request.path)
+        log.exception(
+            "unhandled error serving %s %s (%s)", request.method, request.path, request_id(request)
+        )
         return error_response(errors.internal_error())
 
 
@@ -161,16 +193,31 @@ async def _whole(state: ServerState, generation: Generation) -> web.Response:
     if generation.error is not None:
         raise generation.error
     request = generation.request
+    text, finish_reason = "".join(parts), generation.finish_reason
+    tool_call = None
+    if request.tool_use is not None:
+        reader = ToolCallReader(request.tool_use)
+        reader.feed(text)
+        reader.finish()
+        if reader.is_call:
+            tool_call = (reader.call_id, reader.name, reader.arguments)
+            finish_reason = _call_finish_reason(finish_reason)
     body = completion_body(
         request.kind,
         new_response_id(request.kind),
         now(),
         state.model,
-        "".join(parts),
-        generation.finish_reason,
+        text,
+        finish_reason,
         generation.usage,
+        tool_call,
     )
     return web.json_response(body)
+
+
+def _call_finish_reason(engine_reason: str | None) -> str:
+    # The grammar let the model stop only once the call was complete; "length" stays.
+    return "length" if engine_reason == "length" else "tool_calls"
 
 
 async def _stream(
@@ -189,32 +236,56 @@ async def _stream(
         state.model,
         include_usage=parsed.include_usage,
     )
+    reader = ToolCallReader(parsed.tool_use) if parsed.tool_use is not None else None
+    encode = encoder.text if reader is None else partial(_encode_events, encoder, reader)
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     pending = encoder.opening()
     ended = first is None
     if first is not None:
-        pending += encoder.text(first)
+        pending += encode(first)
     while not ended:
-        await response.write(pending)
+        if pending:
+            await response.write(pending)
         text = await generation.next_text()
         if text is None:
             pending = b""
             break
-        pending = encoder.text(text)
+        pending = encode(text)
         # Texts that piled up while the last write waited on a slow reader go out together.
         for more in generation.take_ready():
             if more is None:
                 ended = True
                 break
-            pending += encoder.text(more)
+            pending += encode(more)
+    finish_reason = generation.finish_reason
+    if reader is not None:
+        pending += _event_bytes(encoder, reader.finish())
+        if reader.is_call:
+            finish_reason = _call_finish_reason(finish_reason)
     if generation.error is not None:
         pending += error_event(generation.error)
     else:
-        pending += encoder.finish(generation.finish_reason, generation.usage)
+        pending += encoder.finish(finish_reason, generation.usage)
     await response.write(pending)
     await response.write_eof()
     return response
+
+
+def _encode_events(encoder: ChunkEncoder, reader: ToolCallReader, text: str) -> bytes:
+    return _event_bytes(encoder, reader.feed(text))
+
+
+def _event_bytes(encoder: ChunkEncoder, events: list[Event]) -> bytes:
+    out = b""
+    for event in events:
+        if isinstance(event, Content):
+            out += encoder.text(event.text)
+        elif isinstance(event, CallStart):
+            out += encoder.call_start(event.call_id, event.name)
+        else:
+            out += encoder.call_arguments(event.text)
+    return out
 
 
 async def _read_json(request: web.Request) -> object:
@@ -248,6 +319,7 @@ def create_app(settings: LLMSettings) -> web.Application:
         middlewares=[openai_errors, api_key_auth], client_max_size=settings.max_body_bytes
     )
     app[STATE] = state
+    app.on_response_prepare.append(add_headers)
     app.cleanup_ctx.append(_model_lifetime)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/models", list_models)

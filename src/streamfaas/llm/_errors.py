@@ -68,6 +68,18 @@ def invalid_value(param: str, message: str) -> OpenAIError:
     return OpenAIError(f"Invalid value for '{param}': {message}", param=param, code="invalid_value")
 
 
+def unknown_parameter(param: str) -> OpenAIError:
+    return OpenAIError(f"Unknown parameter: '{param}'.", param=param, code="unknown_parameter")
+
+
+def unsupported_parameter(param: str, hint: str = "") -> OpenAIError:
+    return OpenAIError(
+        f"Unsupported parameter: '{param}' is not supported by this server.{hint}",
+        param=param,
+        code="unsupported_parameter",
+    )
+
+
 def model_not_found(model: str) -> OpenAIError:
     return OpenAIError(
         f"The model `{model}` does not exist or you do not have access to it.",

@@ -10,35 +10,64 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from . import _errors as errors
+from ._params import check_parameters
+from ._structured import (
+    ToolUse,
+    call_text,
+    grammar,
+    parse_response_format,
+    parse_tools,
+    tool_prompt,
+)
 
 Kind = Literal["chat", "completion"]
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# A participant's "name" is accepted and not shown to the model (its template has no place for it).
+_MESSAGE_KEYS = {
+    "system": frozenset({"role", "content", "name"}),
+    "developer": frozenset({"role", "content", "name"}),
+    "user": frozenset({"role", "content", "name"}),
+    "assistant": frozenset({"role", "content", "name", "refusal", "tool_calls", "audio"}),
+    "tool": frozenset({"role", "content", "tool_call_id"}),
+}
 _MAX_STOP_SEQUENCES = 16
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """One validated request. ``engine_body`` is what llama.cpp's server is sent: always a stream,
-    always with usage, whatever the client asked for (the HTTP layer reshapes the answer)."""
+    always with usage, whatever the client asked for (the HTTP layer reshapes the answer).
+    ``tool_use`` is set when the model may answer with a tool call."""
 
     kind: Kind
     model: str | None
     stream: bool
     include_usage: bool
     engine_body: dict[str, Any]
+    tool_use: ToolUse | None = None
 
 
 def parse_chat_request(body: object) -> GenerationRequest:
     fields = _object(body)
+    check_parameters("chat", fields)
     if "messages" not in fields:
         raise errors.missing_parameter("messages")
     messages = _messages(fields["messages"])
-    return _request("chat", fields, {"messages": messages})
+    answer_schema = parse_response_format(fields.get("response_format"))
+    tool_use = parse_tools(fields)
+    engine_body: dict[str, Any] = {"messages": messages}
+    if tool_use is not None:
+        _add_system_text(messages, tool_prompt(tool_use, answer_is_json=answer_schema is not None))
+    constraint = grammar(answer_schema, tool_use)
+    if constraint is not None:
+        engine_body["grammar"] = constraint
+    return _request("chat", fields, engine_body, tool_use)
 
 
 def parse_completion_request(body: object) -> GenerationRequest:
     fields = _object(body)
+    check_parameters("completion", fields)
     if "prompt" not in fields:
         raise errors.missing_parameter("prompt")
     prompt = fields["prompt"]
@@ -58,7 +87,12 @@ def requested_model(body: object) -> str | None:
     return None
 
 
-def _request(kind: Kind, fields: dict[str, Any], engine_body: dict[str, Any]) -> GenerationRequest:
+def _request(
+    kind: Kind,
+    fields: dict[str, Any],
+    engine_body: dict[str, Any],
+    tool_use: ToolUse | None = None,
+) -> GenerationRequest:
     model = fields.get("model")
     if model is not None and not isinstance(model, str):
         raise errors.invalid_type("model", "a string", model)
@@ -70,6 +104,12 @@ def _request(kind: Kind, fields: dict[str, Any], engine_body: dict[str, Any]) ->
             raise errors.invalid_type("stream_options", "an object", options)
         if not stream:
             raise errors.invalid_value("stream_options", "only allowed when 'stream' is true.")
+        for key, value in options.items():
+            if key == "include_obfuscation":
+                if value:  # padding fields against length side channels: not sent here
+                    raise errors.unsupported_parameter("stream_options.include_obfuscation")
+            elif key != "include_usage":
+                raise errors.unknown_parameter(f"stream_options.{key}")
         include_usage = (
             _optional_bool(options, "include_usage", "stream_options.include_usage") or False
         )
@@ -107,7 +147,12 @@ def _request(kind: Kind, fields: dict[str, Any], engine_body: dict[str, Any]) ->
     engine_body["stream"] = True
     engine_body["stream_options"] = {"include_usage": True}
     return GenerationRequest(
-        kind=kind, model=model, stream=stream, include_usage=include_usage, engine_body=engine_body
+        kind=kind,
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        engine_body=engine_body,
+        tool_use=tool_use,
     )
 
 
@@ -125,6 +170,7 @@ def _messages(value: object) -> list[dict[str, str]]:
     if not value:
         raise errors.invalid_value("messages", "expected an array with at least one message.")
     messages: list[dict[str, str]] = []
+    call_ids: set[str] = set()  # of the calls the latest assistant message made
     for index, message in enumerate(value):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
@@ -138,15 +184,67 @@ def _messages(value: object) -> list[dict[str, str]]:
             raise errors.invalid_value(
                 f"{where}.role", f"{role!r} is not one of {', '.join(sorted(_ROLES))}."
             )
+        for key in message:
+            if key not in _MESSAGE_KEYS[role]:
+                raise errors.unknown_parameter(f"{where}.{key}")
+        if message.get("audio") is not None:
+            raise errors.unsupported_parameter(f"{where}.audio")
+        content = _content(message.get("content"), f"{where}.content", role)
+        if role == "assistant":
+            calls = _tool_calls(message.get("tool_calls"), f"{where}.tool_calls")
+            call_ids = {call_id for call_id, _ in calls}
+            # The model sees its earlier calls as it was asked to write them.
+            content = "\n".join(filter(None, [content, *(text for _, text in calls)]))
+        elif role == "tool":
+            call_id = message.get("tool_call_id")
+            if call_id is None:
+                raise errors.missing_parameter(f"{where}.tool_call_id")
+            if not isinstance(call_id, str):
+                raise errors.invalid_type(f"{where}.tool_call_id", "a string", call_id)
+            if call_id not in call_ids:
+                raise errors.invalid_value(
+                    f"{where}.tool_call_id",
+                    "a 'tool' message must answer a call in the assistant message before it.",
+                )
         # Small chat templates know only system/user/assistant; OpenAI's newer "developer"
         # role means the same as "system".
-        messages.append(
-            {
-                "role": "system" if role == "developer" else role,
-                "content": _content(message.get("content"), f"{where}.content", role),
-            }
-        )
+        messages.append({"role": "system" if role == "developer" else role, "content": content})
     return messages
+
+
+def _tool_calls(value: object, where: str) -> list[tuple[str, str]]:
+    """(id, the call as the model writes it) of each call an assistant message made."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise errors.invalid_type(where, "an array", value)
+    calls: list[tuple[str, str]] = []
+    for index, call in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(call, dict):
+            raise errors.invalid_type(at, "an object", call)
+        call_id, function = call.get("id"), call.get("function")
+        if not isinstance(call_id, str):
+            raise errors.invalid_type(f"{at}.id", "a string", call_id)
+        if call.get("type", "function") != "function":
+            raise errors.invalid_value(f"{at}.type", "only 'function' calls are supported.")
+        if not isinstance(function, dict):
+            raise errors.invalid_type(f"{at}.function", "an object", function)
+        name, arguments = function.get("name"), function.get("arguments")
+        if not isinstance(name, str):
+            raise errors.invalid_type(f"{at}.function.name", "a string", name)
+        if not isinstance(arguments, str):
+            raise errors.invalid_type(f"{at}.function.arguments", "a string", arguments)
+        calls.append((call_id, call_text(name, arguments)))
+    return calls
+
+
+def _add_system_text(messages: list[dict[str, str]], text: str) -> None:
+    # One system message: some chat templates accept no second one, or only at the start.
+    if messages[0]["role"] == "system":
+        messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n\n{text}"}
+    else:
+        messages.insert(0, {"role": "system", "content": text})
 
 
 def _content(value: object, where: str, role: str) -> str:

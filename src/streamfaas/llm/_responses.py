@@ -77,6 +77,23 @@ class ChunkEncoder:
     def text(self, text: str) -> bytes:
         return self._head + _dumps(text).encode() + self._tail
 
+    def call_start(self, call_id: str, name: str) -> bytes:
+        """A tool call's first chunk: its id and name (the arguments follow)."""
+        call = {
+            "index": 0,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": name, "arguments": ""},
+        }
+        return self._delta({"tool_calls": [call]})
+
+    def call_arguments(self, text: str) -> bytes:
+        return self._delta({"tool_calls": [{"index": 0, "function": {"arguments": text}}]})
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        choices = f'[{{"index":0,"delta":{_dumps(delta)},"logprobs":null,"finish_reason":null}}]'
+        return self._event(choices, usage="null" if self._include_usage else None)
+
     def finish(self, finish_reason: str | None, usage: Mapping[str, Any] | None) -> bytes:
         """The closing chunks: the finish reason, the usage chunk if asked for, and [DONE]."""
         reason = _dumps(finish_reason or "stop")
@@ -107,13 +124,25 @@ def completion_body(
     text: str,
     finish_reason: str | None,
     usage: Mapping[str, Any] | None,
+    tool_call: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
-    """A whole (not streamed) response."""
+    """A whole (not streamed) response; ``tool_call`` is (id, name, arguments) of a call."""
     choice: dict[str, Any]
     if kind == "chat":
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if tool_call is not None:
+            call_id, name, arguments = tool_call
+            message["content"] = None
+            message["tool_calls"] = [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }
+            ]
         choice = {
             "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": None},
+            "message": message,
             "logprobs": None,
             "finish_reason": finish_reason or "stop",
         }

@@ -37,6 +37,15 @@ class Scheduler:
         self.failed_total = 0
         self.last_cancel_to_stop_ms: float | None = None
 
+    @property
+    def capacity(self) -> int:
+        """Requests the server takes at once: generating, plus waiting for a slot."""
+        return self._parallel + self._queue_size
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._active) + self._waiting
+
     async def submit(self, request: GenerationRequest) -> Generation:
         """Start a generation once a slot is free; 429 at once when the queue is full too."""
         if self._closed:

@@ -97,7 +97,7 @@ def llm_command(
     verbose: bool,
 ) -> None:
     """Serve a local model with OpenAI's API: /v1/models, /v1/chat/completions (streamed or
-    not), /v1/completions. No API key or network needed."""
+    not; structured output and tool calls), /v1/completions. No API key or network needed."""
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         stream=sys.stderr,
