@@ -58,7 +58,9 @@ def open_browser(playwright: Playwright, tmp_path: Path) -> Iterator[OpenBrowser
     """Start a headless Chromium with a fresh profile; ``credentials`` are its basic-auth login."""
     contexts: list[BrowserContext] = []
 
-    def open_browser(credentials: tuple[str, str] | None = None) -> BrowserContext:
+    def open_browser(
+        credentials: tuple[str, str] | None = None, viewport: tuple[int, int] = (1200, 800)
+    ) -> BrowserContext:
         context = playwright.chromium.launch_persistent_context(
             user_data_dir=tmp_path / f"chromium-profile-{len(contexts)}",
             executable_path=str(CHROMIUM),
@@ -67,7 +69,7 @@ def open_browser(playwright: Playwright, tmp_path: Path) -> Iterator[OpenBrowser
             http_credentials={"username": credentials[0], "password": credentials[1]}
             if credentials
             else None,
-            viewport={"width": 1200, "height": 800},
+            viewport={"width": viewport[0], "height": viewport[1]},
         )
         context.set_default_timeout(20_000)
         contexts.append(context)

@@ -17,7 +17,9 @@ SLOW_TOKENS = 30
 
 # What the prompt asks for decides the answer: "slow" streams 30 tokens 0.25 s apart (its
 # `finally` marks "slow-closed" with how many it sent, so the test sees the request end), "fail"
-# sends a token and then `event: error`, anything else echoes the prompt quickly and ends with
+# sends a token and then `event: error`, "cut" three tokens and an `event: done` that says the
+# token limit ended them, "quiet" only keep-alive comments (no token) for up to 30 s, "refuse"
+# an HTTP 400 before any token, anything else echoes the prompt quickly and ends with
 # `event: done`. Every request is marked "requests" with its headers, so the test can check what
 # the page sent.
 CHAT = """
@@ -50,12 +52,27 @@ def handle(req):
         yield content("partial ")
         yield 'event: error\\ndata: {"error": {"message": "model overloaded", "status": 503}}\\n\\n'
 
+    def cut():
+        for word in ("one ", "two ", "three "):
+            yield content(word)
+        yield 'event: done\\ndata: {"finish_reason": "length", "usage": {"completion_tokens": 3}}\\n\\n'
+
+    def quiet():
+        for _ in range(150):
+            yield ": waiting\\n\\n"
+            time.sleep(0.2)
+
+    if "refuse" in prompt:
+        error = {"error": {"message": "the model endpoint answered 400: too long", "status": 400}}
+        return json.dumps(error), 400, {"Content-Type": "application/json"}
+
     def echo():
         for word in f"you said: {prompt}".split(" "):
             yield content(word + " ")
         yield "event: done\\ndata: {}\\n\\n"
 
-    answer = slow if "slow" in prompt else fail if "fail" in prompt else echo
+    answers = {"slow": slow, "fail": fail, "cut": cut, "quiet": quiet}
+    answer = next((f for word, f in answers.items() if word in prompt), echo)
     return Response(answer(), mimetype="text/event-stream")
 """
 
@@ -214,3 +231,32 @@ def test_sse_parser_handles_any_chunking(page: Page) -> None:
     )
     for size, events in enumerate(results, start=1):
         assert events == expected, f"chunks of {size}"
+
+
+def test_chat_says_where_the_token_limit_cut_an_answer(page: Page) -> None:
+    send(page, "cut it short")
+    turn = page.locator(".turn.assistant").last
+    expect(turn.locator(".state")).to_have_text("cut at 3 tokens")
+    expect(turn.locator(".state")).to_have_class(re.compile(r"\bcut\b"))
+    expect(turn.locator(".content")).to_have_text("one two three ")
+
+
+PLACEHOLDER = "(el) => getComputedStyle(el, '::before').content"
+
+
+def test_waiting_placeholder_goes_away_on_stop_and_on_error(page: Page) -> None:
+    send(page, "be quiet")
+    turn = page.locator(".turn.assistant").last
+    content = turn.locator(".content")
+    expect(turn.locator(".state")).to_have_text("streaming…")
+    assert content.evaluate(PLACEHOLDER) == '"…"'  # waiting for the first token
+    page.click("#stop")
+    expect(turn.locator(".state")).to_have_text("stopped")
+    assert content.evaluate(PLACEHOLDER) == "none"
+    expect(turn.locator(".bubble")).to_be_hidden()  # nothing came: no empty bubble
+
+    send(page, "please refuse")
+    turn = page.locator(".turn.assistant").last
+    expect(turn.locator(".error")).to_have_text("HTTP 400: the model endpoint answered 400: too long")
+    expect(turn.locator(".state")).to_have_text("error")
+    assert turn.locator(".content").evaluate(PLACEHOLDER) == "none"

@@ -8,7 +8,10 @@ import pytest
 from platform_fixture import Platform
 from streamfaas.ui import STATIC_DIR
 
-UI_PATHS = ["/ui", "/ui/", "/ui/chat", "/ui/static/chat.js", "/ui/static/style.css"]
+UI_PATHS = ["/ui", "/ui/", "/ui/chat", "/ui/static/chat.js", "/ui/static/style.css", "/ui/static/favicon.svg"]
+# The one "://" a static file may hold: an SVG's namespace, which is a name, not something loaded.
+SVG_NAMESPACE = 'xmlns="http://www.w3.org/2000/svg"'
+
 
 
 @pytest.mark.parametrize("path", UI_PATHS)
@@ -37,6 +40,7 @@ def test_ui_redirects_to_the_functions_page(shared_platform: Platform) -> None:
         ("/ui/static/chat.js", "javascript", "SSEParser"),
         ("/ui/static/sse.js", "javascript", "export class SSEParser"),
         ("/ui/static/style.css", "text/css", ".transcript"),
+        ("/ui/static/favicon.svg", "image/svg+xml", "<svg"),
     ],
 )
 def test_ui_serves_its_pages_and_assets(
@@ -59,4 +63,11 @@ def test_ui_serves_only_its_static_files(shared_platform: Platform, path: str) -
 
 def test_ui_loads_nothing_from_other_origins() -> None:
     for path in STATIC_DIR.iterdir():
-        assert "://" not in path.read_text(), f"{path.name} refers to another origin"
+        assert "://" not in path.read_text().replace(SVG_NAMESPACE, ""), f"{path.name} refers to another origin"
+
+
+@pytest.mark.parametrize("path", ["/ui/", "/ui/chat"])
+def test_ui_pages_name_their_favicon(shared_platform: Platform, path: str) -> None:
+    # Named by the page, under /ui/ and its auth: the browser does not ask for /favicon.ico.
+    page = shared_platform.http.get(shared_platform.url + path).text
+    assert '<link rel="icon" href="/ui/static/favicon.svg" type="image/svg+xml">' in page

@@ -10,7 +10,7 @@ import click
 
 from ..errors import StreamfaasError
 from ._options import Context, gateway_option, pass_ctx
-from ._sse import StreamFailed, print_deltas
+from ._sse import StreamEnd, StreamFailed, http_error_text, print_deltas
 
 
 @click.command()
@@ -23,7 +23,7 @@ def chat(ctx: Context, function: str, token: str | None, stats: bool) -> None:
     """Chat with a function that streams {"content": ...} events; Ctrl-C stops an answer.
 
     Ctrl-D (or Ctrl-C at the prompt) ends the chat; it exits 1 if an answer failed, or at
-    once on an HTTP error.
+    once when the function is missing or refuses the caller (HTTP 401, 403, 404, 405).
     """
     client = ctx.client()
     messages: list[dict[str, str]] = []
@@ -48,13 +48,16 @@ def chat(ctx: Context, function: str, token: str | None, stats: bool) -> None:
         first: float | None = None
         pieces = 0
         answer = ""
+        end = StreamEnd()
         try:
             with client.stream("POST", f"/function/{function}", content=body, headers=headers) as resp:
                 if resp.status_code >= 400:
-                    text = resp.read().decode(errors="replace").strip()
-                    raise click.ClickException(f"{function}: HTTP {resp.status_code}: {text.splitlines()[0] if text else ''}")
+                    error = f"HTTP {resp.status_code}: {http_error_text(resp)}"
+                    if resp.status_code in _FATAL_STATUSES:
+                        raise click.ClickException(f"{function}: {error}")
+                    raise StreamFailed(error)
                 out = _CountingWriter()
-                answer = print_deltas(resp, out)
+                answer = print_deltas(resp, out, end)
                 first, pieces = out.first, out.pieces
         except KeyboardInterrupt:
             # Leaving the `with` closed the connection: the gateway, the function and the
@@ -69,11 +72,18 @@ def chat(ctx: Context, function: str, token: str | None, stats: bool) -> None:
             raise
         sys.stdout.write("\n")
         sys.stdout.flush()
+        if note := end.cut_note():
+            click.echo(f"[{note}]", err=True)  # the answer stopped at the function's token limit
         messages.append({"role": "assistant", "content": answer})
         if stats and first is not None:
             total = time.perf_counter() - started
             rate = pieces / (total - (first - started)) if total > first - started else 0.0
             click.echo(f"[first token {1000 * (first - started):.0f} ms, {rate:.1f} tokens/s]", err=True)
+
+
+# No such function, or not allowed to call it: no later prompt can do better. Any other status
+# (the model refused this conversation, was busy or unreachable) fails this answer only.
+_FATAL_STATUSES = frozenset({401, 403, 404, 405})
 
 
 class _CountingWriter:

@@ -22,7 +22,7 @@ from ..templates import lay_for_faas_cli
 from . import oci as oci_module
 from ._client import APIError, GatewayClient
 from ._options import Context, gateway_option, pass_ctx, stack_option
-from ._sse import print_deltas
+from ._sse import StreamEnd, http_error_text, print_deltas
 from ._types import HEADER, HTTP_METHOD, HTTP_URL, KEY_VALUE, POSITIVE_DURATION, SINCE
 from .queue import invoke_async
 
@@ -265,12 +265,15 @@ def invoke(
     out = sys.stdout.buffer
     with ctx.client().stream(method, path, content=body, headers=hdrs, params=params) as resp:
         if resp.status_code >= 400:
-            text = resp.read().decode(errors="replace").strip()
-            raise click.ClickException(f"{name}: HTTP {resp.status_code}: {text.splitlines()[0] if text else ''}")
+            raise click.ClickException(f"{name}: HTTP {resp.status_code}: {http_error_text(resp)}")
         if not raw and is_event_stream(resp.headers.get("content-type")):
-            text = print_deltas(resp, sys.stdout)
+            end = StreamEnd()
+            text = print_deltas(resp, sys.stdout, end)
             if text and not text.endswith("\n"):
                 sys.stdout.write("\n")
+            note = end.cut_note()
+            if note:
+                click.echo(f"[{note}]", err=True)
             return
         for chunk in resp.iter_raw():
             out.write(chunk)

@@ -17,7 +17,7 @@ from rich.table import Table
 from ..config import QueueConfig
 from ._credentials import lookup
 from ._options import Context, flag_errors, gateway_option, pass_ctx
-from ._types import DURATION, POSITIVE_DURATION, SIZE
+from ._types import DURATION, HTTP_URL, POSITIVE_DURATION, SIZE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -172,22 +172,41 @@ def queue_purge(ctx: Context, failed: bool, yes: bool) -> None:
 
 
 # ---- queue-worker ----
+def _gateway_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """Each -g value, split at commas and checked as a URL; none given: the CLI's gateway."""
+    from ..queue.gateways import parse_gateway_urls
+
+    urls = [HTTP_URL.convert(part.strip(), param, ctx) for value in values for part in value.split(",") if part.strip()]
+    if values and not urls:
+        raise click.BadParameter("no gateway URL given", ctx, param)
+    if not urls:
+        return ()
+    chosen = parse_gateway_urls(urls)
+    ctx.ensure_object(Context).gateway_url = chosen[0]
+    return chosen
+
+
 @click.command(name="queue-worker")
-@gateway_option
+@click.option("-g", "--gateway", "gateways", multiple=True, metavar="URL", callback=_gateway_urls,
+              help="Gateway URL to run jobs through (default: $OPENFAAS_URL or http://127.0.0.1:8080). Several "
+                   "(repeated, or comma-separated): jobs go to each in turn, and one that refuses connections is "
+                   "skipped for the others.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the SQLite queue lives (as the gateway's; default $STREAMFAAS_STATE_DIR).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve this worker's Prometheus metrics on 127.0.0.1:PORT/metrics (0: any free port).")
 @queue_options(gateway=False)
 @pass_ctx
-def queue_worker(ctx: Context, state_dir: Path | None, metrics_port: int | None, queue_config: QueueConfig) -> None:
-    """Run async jobs through the gateway (next to, or instead of, the gateway's own worker)."""
+def queue_worker(ctx: Context, gateways: tuple[str, ...], state_dir: Path | None, metrics_port: int | None,
+                 queue_config: QueueConfig) -> None:
+    """Run async jobs through the gateway(s) (next to, or instead of, the gateway's own worker)."""
     from ..queue.standalone import run_worker
 
     state = (state_dir or ctx.state_dir).resolve()
     if state_dir is not None:
         ctx.state_dir = state
-    run_worker(queue_config, ctx.gateway_url, state, auth=lookup(ctx.gateway_url, state), metrics_port=metrics_port)
+    urls = gateways or (ctx.gateway_url.rstrip("/"),)
+    run_worker(queue_config, urls, state, auths={url: lookup(url, state) for url in urls}, metrics_port=metrics_port)
 
 
 COMMANDS = [queue_group, queue_worker]

@@ -1,8 +1,8 @@
 // The chat page: POST the conversation to a function with Accept: text/event-stream and render
 // its SSE deltas as they arrive. Events: `data: {"content": "…"}` (one token each),
-// `event: done`, and `event: error` with `{"error": {"message": …}}`.
+// `event: done` with `{"finish_reason", "usage"}`, and `event: error` with `{"error": {"message": …}}`.
 import { atBottom, el, formatMs, functionUrl, isAbort, listFunctions, readText } from "./common.js";
-import { SSEParser } from "./sse.js";
+import { SSEParser, cutNote, deltaOf, errorMessage } from "./sse.js";
 
 const $ = (id) => document.getElementById(id);
 const transcript = $("transcript");
@@ -45,10 +45,11 @@ function addAssistantTurn(name) {
   const rate = el("span", { class: "tps" }, "– tok/s");
   const state = el("span", { class: "state busy" }, "waiting…");
   const stats = el("div", { class: "stats" }, el("span", { class: "fn" }, name), ttft, tokens, rate, state);
-  const turn = el("div", { class: "turn assistant streaming" }, el("div", { class: "bubble" }, content, error), stats);
+  const bubble = el("div", { class: "bubble" }, content, error);
+  const turn = el("div", { class: "turn assistant streaming" }, bubble, stats);
   transcript.append(turn);
   scrollToEnd(true);
-  return { turn, text, error, ttft, tokens, rate, state };
+  return { turn, bubble, text, error, ttft, tokens, rate, state };
 }
 
 /** Timing of one answer: time to first token, and the decode rate between first and last. */
@@ -82,35 +83,13 @@ function setState(view, text, kind) {
   view.state.className = `state ${kind}`;
   view.turn.classList.remove("streaming");
   view.turn.classList.add(kind);
+  // Stopped or failed before the first token: no empty bubble is left behind.
+  view.bubble.hidden = view.text.length === 0 && view.error.hidden;
 }
 
 function showError(view, message) {
   view.error.textContent = message;
   view.error.hidden = false;
-}
-
-function errorMessage(data) {
-  try {
-    const parsed = JSON.parse(data);
-    return parsed?.error?.message ?? parsed?.message ?? data;
-  } catch {
-    return data || "unknown error";
-  }
-}
-
-/** The text one `data:` event adds: `{"content": …}` normally, the raw data if it is not JSON. */
-function deltaOf(data) {
-  if (data === "[DONE]") return null;
-  try {
-    const parsed = JSON.parse(data);
-    if (typeof parsed === "string") return parsed;
-    if (parsed && typeof parsed.content === "string") return parsed.content;
-    // An OpenAI-shaped chunk, passed through as it is.
-    const delta = parsed?.choices?.[0]?.delta?.content;
-    return typeof delta === "string" ? delta : null;
-  } catch {
-    return data;
-  }
 }
 
 async function send(event) {
@@ -131,6 +110,7 @@ async function send(event) {
   stopButton.disabled = false;
   let answer = "";
   let outcome = null; // "done" | "error"; null when the stream just ended
+  let cut = null; // "cut at N tokens" when `event: done` says the token limit ended the answer
 
   const append = (delta) => {
     if (!delta) return;
@@ -162,8 +142,9 @@ async function send(event) {
         showError(view, errorMessage(ev.data));
       } else if (ev.event === "done") {
         outcome = "done";
+        cut = cutNote(ev.data, meter.count);
       } else if (ev.event === "message") {
-        append(deltaOf(ev.data));
+        append(deltaOf(ev.data) ?? ev.data); // data that is not JSON is text as it is
       }
     };
     await readText(resp, (chunk) => {
@@ -172,6 +153,7 @@ async function send(event) {
     });
     for (const ev of parser.end()) handle(ev);
     if (outcome === "error") setState(view, "error", "failed");
+    else if (cut) setState(view, cut, "cut");
     else setState(view, "done", "done");
   } catch (err) {
     if (isAbort(err)) {

@@ -1,5 +1,6 @@
 // The functions page: list what is deployed, invoke one, and show its response as it streams.
 import { atBottom, el, formatBytes, formatMs, functionUrl, isAbort, listFunctions, readText } from "./common.js";
+import { SSEParser, cutNote, deltaOf, errorMessage } from "./sse.js";
 
 const $ = (id) => document.getElementById(id);
 const table = $("functions");
@@ -8,6 +9,9 @@ const form = $("invoke-form");
 const stopButton = $("invoke-stop");
 const invokeButton = $("invoke");
 const output = $("invoke-output");
+const rawOutput = $("invoke-raw-output");
+const rawToggle = $("invoke-raw");
+const kindLine = $("invoke-kind");
 const statusLine = $("invoke-status");
 
 let running = null; // the AbortController of the request in flight
@@ -42,7 +46,7 @@ function render(functions) {
         "tr",
         { "data-function": fn.name },
         el("td", { class: "name" }, fn.name),
-        el("td", { class: "muted mono" }, fn.image),
+        el("td", { class: "muted mono image" }, fn.image),
         el("td", { class: "num" }, replicas),
         el("td", { class: "num" }, String(fn.invocationCount ?? 0)),
         el("td", { class: "num" }, pick),
@@ -62,6 +66,88 @@ function setStatus(text, kind = "") {
   statusLine.className = `status ${kind}`;
 }
 
+/** Where the response goes: the text as read (an event stream's `data:` joined, as the chat page
+ * joins `{"content": …}` deltas) and the raw bytes, with the toggle choosing which is shown. */
+class OutputView {
+  constructor() {
+    this.rendered = document.createTextNode("");
+    this.raw = document.createTextNode("");
+    output.replaceChildren(this.rendered);
+    rawOutput.replaceChildren(this.raw);
+    output.classList.remove("failed");
+    rawOutput.classList.remove("failed");
+    $("invoke-error").hidden = true;
+    this.follow = null; // set by the reader of each chunk, before it changes the status line
+  }
+
+  shown() {
+    return rawToggle.checked ? rawOutput : output;
+  }
+
+  /** Whether the reader is following the output: the box scrolled to its end, and its end on
+   * screen (on a phone the page scrolls to show it). */
+  following() {
+    const box = this.shown();
+    return { box: atBottom(box), page: box.getBoundingClientRect().bottom <= window.innerHeight + 40 };
+  }
+
+  /** Append, keeping the newest output in view for a reader who was following it. */
+  write(rendered, raw) {
+    const box = this.shown();
+    const follow = this.follow ?? this.following();
+    if (rendered) this.rendered.appendData(rendered);
+    if (raw) this.raw.appendData(raw);
+    if (follow.box) box.scrollTop = box.scrollHeight;
+    if (follow.page && box.getBoundingClientRect().bottom > window.innerHeight) box.scrollIntoView({ block: "end" });
+  }
+
+  fail(message) {
+    const box = $("invoke-error");
+    box.textContent = message;
+    box.hidden = false;
+  }
+}
+
+/** Reads an event stream into text: `data:` of JSON deltas joined, other data a line each. */
+class EventText {
+  constructor(view) {
+    this.view = view;
+    this.parser = new SSEParser();
+    this.deltas = 0;
+    this.error = null; // the message of `event: error`
+    this.cut = null; // "cut at N tokens" from `event: done`
+  }
+
+  push(text) {
+    this.render(this.parser.push(text), text);
+  }
+
+  end() {
+    this.render(this.parser.end(), "");
+  }
+
+  render(events, raw) {
+    let text = "";
+    for (const ev of events) {
+      if (ev.event === "error") {
+        this.error = errorMessage(ev.data);
+      } else if (ev.event === "done") {
+        this.cut = cutNote(ev.data, this.deltas);
+      } else if (ev.event === "message") {
+        const delta = deltaOf(ev.data);
+        if (delta === null) text += ev.data + "\n";
+        else if (delta) {
+          text += delta;
+          this.deltas += 1;
+        }
+      } else {
+        text += `[${ev.event}] ${ev.data}\n`;
+      }
+    }
+    this.view.write(text, raw);
+  }
+}
+
 async function invoke(event) {
   event.preventDefault();
   const name = select.value;
@@ -70,15 +156,15 @@ async function invoke(event) {
   running = controller;
   invokeButton.disabled = true;
   stopButton.disabled = false;
-  output.textContent = "";
-  output.classList.remove("failed");
-  const sink = document.createTextNode("");
-  output.append(sink);
+  const view = new OutputView();
+  kindLine.textContent = "";
+  output.scrollIntoView({ block: "nearest" });
 
   const started = performance.now();
   let firstByte = null;
   let bytes = 0;
   let head = "";
+  let events = null; // an EventText when the response is an event stream
   const progress = () => {
     const parts = [head, `${formatBytes(bytes)}`];
     if (firstByte !== null) parts.push(`first byte ${formatMs(firstByte - started)}`);
@@ -93,23 +179,39 @@ async function invoke(event) {
       signal: controller.signal,
     });
     head = `HTTP ${resp.status}`;
-    if (!resp.ok) output.classList.add("failed");
+    const type = resp.headers.get("Content-Type") || "";
+    if (type.startsWith("text/event-stream")) events = new EventText(view);
+    rawToggle.disabled = events === null;
+    kindLine.textContent = events ? "Event stream, shown as text" : type;
+    if (!resp.ok) {
+      output.classList.add("failed");
+      rawOutput.classList.add("failed");
+    }
     setStatus(`${progress()} · streaming…`, "busy");
     const encoder = new TextEncoder();
     await readText(resp, (text) => {
       if (firstByte === null) firstByte = performance.now();
       bytes += encoder.encode(text).length;
-      const follow = atBottom(output);
-      sink.appendData(text);
-      if (follow) output.scrollTop = output.scrollHeight;
+      // Where the output is, before the status line (which may wrap and move it) changes.
+      view.follow = view.following();
       setStatus(`${progress()} · streaming…`, "busy");
+      if (events) events.push(text);
+      else view.write(text, text);
     });
-    setStatus(`${progress()} · done in ${formatMs(performance.now() - started)}`, resp.ok ? "ok" : "bad");
+    events?.end();
+    const took = `${progress()} · ${events?.cut ?? "done"} in ${formatMs(performance.now() - started)}`;
+    if (events?.error) {
+      view.fail(events.error);
+      setStatus(`${progress()} · error event after ${formatMs(performance.now() - started)}`, "bad");
+    } else {
+      setStatus(took, !resp.ok ? "bad" : events?.cut ? "stopped" : "ok");
+    }
   } catch (err) {
     if (isAbort(err)) {
       setStatus(`${progress()} · stopped after ${formatMs(performance.now() - started)}`, "stopped");
     } else {
-      setStatus(`${head ? head + " · " : ""}failed: ${err.message}`, "bad");
+      view.fail(err.message);
+      setStatus(`${head ? head + " · " : ""}failed`, "bad");
     }
   } finally {
     running = null;
@@ -121,5 +223,11 @@ async function invoke(event) {
 
 form.addEventListener("submit", invoke);
 stopButton.addEventListener("click", () => running?.abort());
+rawToggle.addEventListener("change", () => {
+  output.hidden = rawToggle.checked;
+  rawOutput.hidden = !rawToggle.checked;
+  const shown = rawToggle.checked ? rawOutput : output;
+  shown.scrollTop = shown.scrollHeight;
+});
 $("refresh").addEventListener("click", refresh);
 refresh();

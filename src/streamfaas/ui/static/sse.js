@@ -68,3 +68,50 @@ export class SSEParser {
     // "retry" and unknown fields do not matter to a fetch-based reader.
   }
 }
+
+// What a chat function's events mean, for both pages (and as `streamfaas chat` reads them).
+
+/** The text a `data:` event adds: `{"content": …}`, a JSON string, or an OpenAI chunk's delta
+ * ("" when it has none, and for `[DONE]`); null when the data is not one of those. */
+export function deltaOf(data) {
+  if (data === "[DONE]") return "";
+  let parsed;
+  try {
+    parsed = JSON.parse(data);
+  } catch {
+    return null;
+  }
+  if (typeof parsed === "string") return parsed;
+  if (parsed && typeof parsed.content === "string") return parsed.content;
+  if (Array.isArray(parsed?.choices)) {
+    const delta = parsed.choices[0]?.delta?.content ?? parsed.choices[0]?.text;
+    return typeof delta === "string" ? delta : "";
+  }
+  return null;
+}
+
+/** The message of `{"error": {"message": …}}` (an `event: error`, or an HTTP error's body). */
+export function errorMessage(data) {
+  try {
+    const parsed = JSON.parse(data);
+    const message = parsed?.error?.message ?? parsed?.message;
+    return typeof message === "string" ? message : data;
+  } catch {
+    return data || "unknown error";
+  }
+}
+
+/** From `event: done`'s `{"finish_reason", "usage"}`: "cut at N tokens" when the answer
+ * stopped at its token limit (N from usage, else the deltas counted), otherwise null. */
+export function cutNote(data, counted) {
+  let parsed = null;
+  try {
+    parsed = JSON.parse(data);
+  } catch {
+    return null;
+  }
+  if (parsed?.finish_reason !== "length") return null;
+  const reported = parsed.usage?.completion_tokens;
+  const n = Number.isInteger(reported) ? reported : counted;
+  return `cut at ${n} token${n === 1 ? "" : "s"}`;
+}
