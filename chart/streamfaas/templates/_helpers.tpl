@@ -55,6 +55,15 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- default (printf "http://%s-gateway:%v" (include "streamfaas.fullname" .) .Values.gateway.service.port) .Values.queue.worker.gatewayUrl -}}
 {{- end -}}
 
+{{/* The queue workers' gateway URLs, comma-separated (a URL holds no comma): gatewayUrls, else gatewayUrl. */}}
+{{- define "streamfaas.workerGatewayUrls" -}}
+{{- if .Values.queue.worker.gatewayUrls -}}
+{{- join "," .Values.queue.worker.gatewayUrls -}}
+{{- else -}}
+{{- include "streamfaas.workerGatewayUrl" . -}}
+{{- end -}}
+{{- end -}}
+
 {{/* What every container of the chart runs with: no root, no privileges, a read-only root. */}}
 {{- define "streamfaas.containerSecurityContext" -}}
 allowPrivilegeEscalation: false

@@ -2,7 +2,8 @@
 
 It uses the admin's credentials for one thing only: to learn, from the gateway's admin API,
 whether a job's function is private and, if so, its token. Jobs themselves are run with that
-token or with no credential at all.
+token or with no credential at all. With several gateways, each gets only the credentials stored
+for its own URL.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -25,6 +27,7 @@ from .._process import listen_backlog, listening_socket
 from ..config import QueueConfig
 from ..gateway.auth import is_private
 from . import open_queue
+from .gateways import GatewayList
 from .metrics import QueueMetrics
 from .worker import QueueWorker, TokenUnavailable, worker_id
 
@@ -33,19 +36,25 @@ _TOKEN_TTL = 5.0  # seconds a function's privacy and token are reused before ask
 _ADMIN_TIMEOUT = 10.0
 
 
-class AdminApiTokens:
-    """Private functions' tokens, from the gateway's admin API as ``streamfaas token NAME`` gets
-    them. The admin's credentials go to that gateway's ``/system/function*`` routes alone."""
+def _basic(auth: tuple[str, str]) -> str:
+    # A ready header rather than aiohttp.BasicAuth, which newer aiohttp deprecates.
+    return "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
 
-    def __init__(self, session: aiohttp.ClientSession, gateway_url: str, auth: tuple[str, str] | None) -> None:
+
+class AdminApiTokens:
+    """Private functions' tokens, from a gateway's admin API as ``streamfaas token NAME`` gets
+    them. Each gateway's credentials go to that gateway's ``/system/function*`` routes alone;
+    a gateway that cannot be reached is skipped for the next one that has credentials."""
+
+    def __init__(self, session: aiohttp.ClientSession, gateways: GatewayList,
+                 auths: Mapping[str, tuple[str, str] | None]) -> None:
         self._session = session
-        self._gateway = gateway_url.rstrip("/")
-        # A ready header rather than aiohttp.BasicAuth, which newer aiohttp deprecates.
-        self._auth = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode() if auth else None
+        self._gateways = gateways
+        self._auths = {url.rstrip("/"): _basic(auth) for url, auth in auths.items() if auth}
         self._known: dict[str, tuple[float, str | None]] = {}
 
     async def __call__(self, function: str) -> str | None:
-        if self._auth is None:
+        if not self._auths:
             return None  # without admin access, only public functions can run
         now = time.monotonic()
         known = self._known.get(function)
@@ -61,16 +70,26 @@ class AdminApiTokens:
         return token
 
     async def _get(self, function: str, path: str) -> dict[str, Any] | None:
-        """The JSON object at ``path``; None where the gateway does not know the function or
-        refuses these credentials (the call then gets the gateway's own 404 or 401)."""
-        assert self._auth is not None
+        """The JSON object at ``path`` from the first gateway that answers; None where it does
+        not know the function or refuses its credentials (the call then gets its own 404 or 401)."""
+        gateways = [g for g in self._gateways.ordered() if g in self._auths]
+        for i, gateway in enumerate(gateways):
+            try:
+                return await self._get_from(gateway, function, path)
+            except TokenUnavailable:
+                if i == len(gateways) - 1:
+                    raise
+                self._gateways.failed(gateway)
+        return None
+
+    async def _get_from(self, gateway: str, function: str, path: str) -> dict[str, Any] | None:
         try:
             async with asyncio.timeout(_ADMIN_TIMEOUT):
-                async with self._session.get(self._gateway + path, headers={"Authorization": self._auth},
+                async with self._session.get(gateway + path, headers={"Authorization": self._auths[gateway]},
                                              allow_redirects=False) as resp:
                     if resp.status in {401, 403}:
                         log.warning("queue worker: the gateway refused the admin credentials (HTTP %d), so private "
-                                    "functions cannot run: `streamfaas login --gateway %s`", resp.status, self._gateway)
+                                    "functions cannot run: `streamfaas login --gateway %s`", resp.status, gateway)
                         return None
                     if resp.status == 404:
                         return None
@@ -103,15 +122,16 @@ async def _serve_metrics(registry: CollectorRegistry, host: str, port: int) -> t
 
 async def serve_worker(
     config: QueueConfig,
-    gateway_url: str,
+    gateway_urls: Sequence[str],
     state_dir: Path,
     *,
-    auth: tuple[str, str] | None = None,
+    auths: Mapping[str, tuple[str, str] | None] | None = None,
     metrics_host: str = "127.0.0.1",
     metrics_port: int | None = None,
 ) -> None:
     """Work until SIGTERM or SIGINT; in-flight jobs then finish or go back to the queue.
-    ``auth``: the admin's credentials, used only to get private functions' tokens."""
+    ``auths``: the admin's credentials for each gateway URL that has them, used only to get
+    private functions' tokens."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -126,10 +146,12 @@ async def serve_worker(
         if metrics_port is not None:
             runner, port = await _serve_metrics(registry, metrics_host, metrics_port)
             where = f", metrics on http://{metrics_host}:{port}/metrics"
-        print(f"streamfaas queue-worker {name}: {queue.name} queue, gateway {gateway_url}{where}", flush=True)
+        gateways = GatewayList(gateway_urls)
+        plural = "s" if len(gateways.urls) > 1 else ""
+        print(f"streamfaas queue-worker {name}: {queue.name} queue, gateway{plural} {gateways}{where}", flush=True)
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as admin:
-            tokens = AdminApiTokens(admin, gateway_url, auth)
-            worker = QueueWorker(queue, config, gateway_url, metrics=QueueMetrics(registry), name=name, tokens=tokens)
+            tokens = AdminApiTokens(admin, gateways, auths or {})
+            worker = QueueWorker(queue, config, gateways, metrics=QueueMetrics(registry), name=name, tokens=tokens)
             await worker.run(stop)
         print(f"streamfaas queue-worker {name} stopped", file=sys.stderr, flush=True)
     finally:
@@ -140,13 +162,13 @@ async def serve_worker(
 
 def run_worker(
     config: QueueConfig,
-    gateway_url: str,
+    gateway_urls: Sequence[str],
     state_dir: Path,
     *,
-    auth: tuple[str, str] | None = None,
+    auths: Mapping[str, tuple[str, str] | None] | None = None,
     metrics_port: int | None = None,
 ) -> None:
-    main = serve_worker(config, gateway_url, state_dir, auth=auth, metrics_port=metrics_port)
+    main = serve_worker(config, gateway_urls, state_dir, auths=auths, metrics_port=metrics_port)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency

@@ -5,6 +5,10 @@ A job is acked only once it is done: its callback answered 2xx, or it had none. 
 last retry the job goes to the dead-letter list. On shutdown, in-flight jobs get the drain
 timeout to finish; the rest go back to the queue at once.
 
+With several gateways, a gateway that accepts no connection is skipped at once for the next one
+(nothing reached it, so nothing runs twice); one that dies during a call fails that attempt,
+which is retried, through another gateway, like any other failure.
+
 A job reaches only the function it was submitted to, and never with the admin's credentials:
 a private function is called with its own bearer token, which is valid for it alone.
 """
@@ -18,7 +22,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -29,11 +33,17 @@ from ..config import QueueConfig
 from ..errors import StreamfaasError
 from ..proxy import forward_headers
 from .base import FunctionSlots, JobQueue, Lease, QueueUnavailable
+from .gateways import GatewayList
 from .job import AUTH_HEADERS, Job
 from .metrics import QueueMetrics
 
 log = logging.getLogger("streamfaas.queue")
 _ERROR_TEXT = 300  # characters of an error body kept in last_error
+# A gateway pod that is gone leaves an address nothing answers: fail over after this, not after
+# the whole invoke timeout. The total is bounded by invoke_timeout instead of aiohttp's default.
+_CALL_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0)
+# Errors raised before the request reached a gateway: the next one may take it at once.
+_NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 # The bearer token of a private function, None for a public one. Raises TokenUnavailable when
 # it cannot tell now (the attempt is retried).
@@ -76,14 +86,17 @@ def worker_id() -> str:
 
 
 class QueueWorker:
-    """Runs jobs from ``queue`` against the gateway at ``gateway_url``."""
+    """Runs jobs from ``queue`` through the gateway(s) at ``gateways``: a URL, several, or a
+    GatewayList shared with whatever else calls them."""
 
-    def __init__(self, queue: JobQueue, config: QueueConfig, gateway_url: str, *,
+    def __init__(self, queue: JobQueue, config: QueueConfig, gateways: str | Sequence[str] | GatewayList, *,
                  metrics: QueueMetrics | None = None, name: str | None = None,
                  tokens: FunctionTokens = no_tokens) -> None:
         self.queue = queue
         self.config = config
-        self.gateway_url = gateway_url.rstrip("/")
+        if isinstance(gateways, str):
+            gateways = (gateways,)
+        self.gateways = gateways if isinstance(gateways, GatewayList) else GatewayList(gateways)
         self.metrics = metrics
         self.name = name or worker_id()
         self._tokens = tokens
@@ -188,13 +201,13 @@ class QueueWorker:
     async def _attempt(self, job: Job) -> Outcome:
         began = time.perf_counter()
         try:
-            url = job.function_url(self.gateway_url)
+            job.function_url(self.gateways.urls[0])
         except ValueError as exc:
             # Refused at submit: only a job stored by an older version, or written into the queue
             # by other means, gets here. It is answered as the gateway would, and not retried.
             answer: Answer | Outcome = Answer(400, "text/plain; charset=utf-8", f"{exc}\n".encode())
         else:
-            answer = await self._call(job, url)
+            answer = await self._call(job)
         if isinstance(answer, Outcome):
             return answer
         duration = time.perf_counter() - began
@@ -208,10 +221,8 @@ class QueueWorker:
                 return Outcome(status, "callback", error)
         return Outcome(status)
 
-    async def _call(self, job: Job, url: URL) -> Answer | Outcome:
-        """Run the job through the gateway: its answer, or the Outcome of a failed attempt."""
-        session = self._session
-        assert session is not None
+    async def _call(self, job: Job) -> Answer | Outcome:
+        """Run the job through a gateway: its answer, or the Outcome of a failed attempt."""
         headers = forward_headers(CIMultiDict(job.headers), drop=(*AUTH_HEADERS, "X-Call-Id"))
         headers["X-Call-Id"] = job.call_id
         try:
@@ -220,15 +231,37 @@ class QueueWorker:
             return Outcome(0, "connection", str(exc))
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        refused: list[str] = []
+        for gateway in self.gateways.ordered():
+            answer = await self._call_one(job, job.function_url(gateway), headers)
+            if isinstance(answer, Answer):
+                self.gateways.succeeded(gateway)
+                return answer
+            if isinstance(answer, Outcome):
+                return answer
+            self.gateways.failed(gateway)
+            if not isinstance(answer, _NOT_CONNECTED):
+                # It may have run the function: this attempt fails, and the retry (counted,
+                # after the backoff) goes to another gateway.
+                return Outcome(0, "connection", f"the gateway at {gateway} failed during the call: {_describe(answer)}")
+            refused.append(f"{gateway}: {_describe(answer)}")
+        return Outcome(0, "connection", "cannot reach a gateway: " + "; ".join(refused))
+
+    async def _call_one(self, job: Job, url: URL, headers: CIMultiDict[str]) -> Answer | Outcome | aiohttp.ClientError:
+        """One call through one gateway: its answer, an Outcome, or the gateway's failure."""
+        session = self._session
+        assert session is not None
         try:
             async with asyncio.timeout(self.config.invoke_timeout or None):
                 async with session.request(job.method, url, headers=headers, data=job.body,
-                                           allow_redirects=False) as resp:
+                                           allow_redirects=False, timeout=_CALL_TIMEOUT) as resp:
                     return Answer(resp.status, resp.headers.get("Content-Type"), await resp.read())
+        except _NOT_CONNECTED as exc:  # before TimeoutError: a connect timeout is one too
+            return exc
         except TimeoutError:
             return Outcome(0, "connection", f"no answer from the function within {self.config.invoke_timeout:g}s")
         except aiohttp.ClientError as exc:
-            return Outcome(0, "connection", f"cannot reach the gateway at {self.gateway_url}: {_describe(exc)}")
+            return exc
 
     async def _callback(self, job: Job, status: int, content_type: str | None, body: bytes, duration: float) -> str:
         """POST the result as OpenFaaS's queue-worker does; return an error, or "" once delivered."""
