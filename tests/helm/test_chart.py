@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from ruamel.yaml import YAML
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -256,6 +257,15 @@ def test_queue_addresses_and_storage_can_be_set(helm: Path) -> None:
     assert "volumeClaimTemplates" not in nats["spec"]
     assert nats["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
 
+
+
+def test_the_worker_takes_several_gateways_each_with_its_credentials(helm: Path) -> None:
+    urls = ["http://10.244.0.8:8080", "http://10.244.0.9:8080"]
+    objects = render(helm, "queue.enabled=true", f"queue.worker.gatewayUrls={{{','.join(urls)}}}")
+    args = find(objects, "Deployment", "rel-streamfaas-queue-worker")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert [a for a in args if a.startswith("--gateway=")] == [f"--gateway={u}" for u in urls]
+    config = yaml.safe_load(base64.b64decode(find(objects, "Secret", "rel-streamfaas-auth")["data"]["config.yml"]))
+    assert [entry["gateway"] for entry in config["auths"]] == urls
 
 # ---- network policy, API address, images --------------------------------------------------------
 def test_network_policy_admits_only_the_gateways_to_function_pods(default: list[dict[str, Any]],
