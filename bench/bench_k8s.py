@@ -12,8 +12,8 @@ openfaas=1, deploys the same three functions on each, and measures, the two inte
    same read from the replica's watchdog directly (the pod's ``http://POD_IP:8080``; locally the
    watchdog's Unix socket);
 2. cold start: scale to 0, wait until no replica is left, then one request to its first byte; on
-   kubernetes also each step of the new pod: seen by watches (as the gateway sees them), its first
-   process's start (/proc) and its watchdog's log lines (listening, function ready);
+   kubernetes also each step of the new pod (k8s_steps.py): seen by watches (as the gateway sees
+   them), its first process's start (/proc) and its watchdog's log lines (listening, ready);
 3. redeploy: ``POST /system/functions`` with a changed env var, until the new version answers.
 
 Prints a table, writes bench/results/k8s.json. Gateways are stopped by process group and the
@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import functools
 import os
 import shutil
 import subprocess
@@ -55,129 +53,31 @@ from benchlib import (  # noqa: E402
     build_image,
     cli,
     client_session,
-    environ,
     first_byte,
     function_pids,
     pct,
     platform_options,
     poll,
     raise_fd_limit,
-    started_s,
     step,
     table,
 )
 from core_sections import COLD_FN, REDEPLOY_FN, STREAM_FN, Plan, delay_round, extra_env  # noqa: E402
 from cpuwatch import CpuWatch, wait_quiet  # noqa: E402
+from k8s_steps import POD_STEPS, PodTimeline, offsets  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests" / "k8s"))
 from k8s_fixture import ENV_FILE, Kubectl, delete_namespace, load_env, make_namespace  # noqa: E402
 
 from streamfaas.provider.kubernetes._api import KubeClient  # noqa: E402
-from streamfaas.provider.kubernetes._watch import Informer  # noqa: E402
 
 BASE_IMAGE = "localhost/streamfaas-pybase:bookworm"
 IMAGE_FN = "sfbench"  # one image for all three: core_server.py, and a python3-flask handler
 HANDLER = "import os\n\n\ndef handle(req):\n    return os.environ.get('BENCH_VERSION', 'hello')\n"
 SIDES = ("kubernetes", "local")
-# A new pod's steps, in their usual order: seen by the watches (created, scheduled, running:
-# the kubelet's status update after the container started; ready: its readiness probe passed;
-# in_endpoints), the container's first process (/proc) and its watchdog's log lines (the
-# runtime's timestamps): listening, then the function ready.
-POD_STEPS = (
-    "created",
-    "scheduled",
-    "process_started",
-    "watchdog_listening",
-    "function_ready",
-    "running",
-    "ready",
-    "in_endpoints",
-)
-COLD_STEPS = (*POD_STEPS, "first_byte")
-LOG_STEPS = {
-    "watchdog_listening": " watchdog: watchdog listening on ",
-    "function_ready": " ready at ",
-}
-
-
-class PodTimeline:
-    """When this process saw each pod of the namespace reach each step (monotonic s), from
-    the provider's own informers on Pods and Endpoints (so about when the gateway saw it)."""
-
-    def __init__(self, client: KubeClient, namespace: str) -> None:
-        self.client, self.namespace = client, namespace
-        pods = functools.partial(client.core.list_namespaced_pod, namespace)
-        eps = functools.partial(client.core.list_namespaced_endpoints, namespace)
-        self.informers = [
-            Informer(client, "pods", pods, "faas_function", self._on_pod),
-            Informer(client, "endpoints", eps, "faas_function", self._on_endpoints),
-        ]
-        self.steps: dict[str, dict[str, float]] = {}  # pod names are never reused
-        self.function: dict[str, str] = {}
-        self.ip: dict[str, str] = {}
-
-    def _on_pod(self, kind: str, obj: dict[str, Any]) -> None:
-        now = time.monotonic()
-        meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
-        steps = self.steps.setdefault(meta["name"], {"created": now})
-        self.function[meta["name"]] = (meta.get("labels") or {}).get("faas_function", "")
-        if status.get("podIP"):
-            self.ip[meta["name"]] = status["podIP"]
-        containers = status.get("containerStatuses") or []
-        conditions = status.get("conditions") or []
-        reached = {
-            "scheduled": bool(spec.get("nodeName")),
-            "running": any("running" in (c.get("state") or {}) for c in containers),
-            "ready": any(
-                c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
-            ),
-            "terminating": bool(meta.get("deletionTimestamp")),
-            "deleted": kind == "DELETED",
-        }
-        for name in (k for k, done in reached.items() if done):
-            steps.setdefault(name, now)
-
-    def _on_endpoints(self, kind: str, obj: dict[str, Any]) -> None:
-        now = time.monotonic()
-        for subset in obj.get("subsets") or []:
-            for address in subset.get("addresses") or []:  # ready addresses only
-                pod = (address.get("targetRef") or {}).get("name")
-                if pod in self.steps:
-                    self.steps[pod].setdefault("in_endpoints", now)
-
-    def pods(self, fn: str, *, live: bool = True) -> list[str]:
-        steps = self.steps
-        return [
-            p
-            for p, f in self.function.items()
-            if f == fn and not (live and "terminating" in steps[p])
-        ]
-
-    def gone(self, fn: str) -> bool:
-        return all("deleted" in self.steps[p] for p in self.pods(fn, live=False))
-
-    async def inside(self, pod: str) -> None:
-        """Add when the pod's first process started and its watchdog's log lines were written,
-        both read back (as monotonic s) while the pod runs."""
-        steps, fn = self.steps[pod], self.function[pod]
-        boot_to_mono = time.monotonic() - time.clock_gettime(time.CLOCK_BOOTTIME)
-        ours = [
-            p
-            for p in map(int, filter(str.isdigit, os.listdir("/proc")))
-            if {("HOSTNAME", pod), ("STREAMFAAS_FUNCTION", fn)} <= environ(p).items()
-        ]  # the container's processes (not the pod's pause process, which has neither)
-        if ours:
-            steps["process_started"] = min(map(started_s, ours)) + boot_to_mono
-        log = await self.client.core.read_namespaced_pod_log(
-            pod, self.namespace, timestamps=True, _request_timeout=30
-        )
-        wall_to_mono = time.monotonic() - time.time()
-        for stamp, _, text in (line.partition(" ") for line in log.splitlines()):
-            for step_name, marker in LOG_STEPS.items():
-                if marker in text:
-                    steps.setdefault(
-                        step_name, dt.datetime.fromisoformat(stamp).timestamp() + wall_to_mono
-                    )
+# The cold start's steps in their usual order since the gateway probes a woken pod itself:
+# the first byte comes before the kubelet reports the pod ready.
+COLD_STEPS = (*POD_STEPS[:6], "first_byte", *POD_STEPS[6:])
 
 
 class Side:
@@ -213,10 +113,6 @@ async def until(done: Callable[[], bool], timeout: float, what: str) -> None:
     await poll(check, timeout, what)
 
 
-def offsets(steps: dict[str, float], t0: float, keys: tuple[str, ...]) -> dict[str, float]:
-    return {k: round((steps[k] - t0) * 1000, 1) for k in keys if k in steps}
-
-
 async def cold_round(session: aiohttp.ClientSession, side: Side, _i: int) -> dict[str, Any]:
     tl = side.tl
     await side.api.scale(COLD_FN, 0)
@@ -232,6 +128,7 @@ async def cold_round(session: aiohttp.ClientSession, side: Side, _i: int) -> dic
     done = {"first_byte": await first_byte(session, side.gw.function_url(COLD_FN))}
     if tl is None:
         return offsets(done, t0, ("first_byte",))
+    await until(lambda: bool(set(tl.pods(COLD_FN)) - old), 30, "the watch to see the new pod")
     pod = next(p for p in tl.pods(COLD_FN) if p not in old)
     await until(lambda: "in_endpoints" in tl.steps[pod], 30, "the watch to see the new pod")
     await tl.inside(pod)

@@ -3,15 +3,22 @@
 The gateway connects to pod addresses directly (``http://POD_IP:8080``): no Service, no
 ClusterIP, no kube-proxy on the hot path. A pod stays the same ``PodEndpoint`` object across
 Endpoints updates, so the requests counted open on it (``inflight``) survive them.
+
+A pod can also be here before its Endpoints list it ready: "probed" by the gateway itself
+(``_activator.py``) while a request waits for a function with no ready pod. It is picked only
+while the function has no ready address, and becomes an ordinary entry, the same object with
+its count, once the Endpoints list it.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from ..base import least_loaded
 from ._objects import WATCHDOG_PORT
 from ._watch import Key, key_of
 
@@ -22,6 +29,9 @@ class PodEndpoint:
     url: str
     session: aiohttp.ClientSession
     inflight: int = 0
+    # While only probed (not listed ready in Endpoints): the monotonic time its probe stops
+    # vouching for it. After that a waiting request has it probed again, not sent there blind.
+    probed_until: float = 0.0
 
 
 def ready_addresses(obj: dict[str, Any]) -> list[tuple[str, str]]:
@@ -46,20 +56,50 @@ class EndpointTable:
     def __init__(self, session: aiohttp.ClientSession) -> None:
         self.session = session
         self._by_function: dict[Key, list[PodEndpoint]] = {}
+        self._probed: dict[Key, dict[str, PodEndpoint]] = {}  # by pod name
         self._turn = 0
 
     def update(self, obj: dict[str, Any]) -> Key:
         key = key_of(obj)
-        held = {(e.id, e.url): e for e in self._by_function.get(key, [])}
+        probed = self._probed.get(key, {})
+        held = {(e.id, e.url): e for e in [*self._by_function.get(key, []), *probed.values()]}
         fresh = [held.get(a) or PodEndpoint(a[0], a[1], self.session) for a in ready_addresses(obj)]
         if fresh:
             self._by_function[key] = fresh
         else:
             self._by_function.pop(key, None)
+        for e in fresh:  # listed ready now: the Endpoints vouch for it from here on
+            if probed.get(e.id) is e:
+                del probed[e.id]
+                e.probed_until = 0.0
+        if not probed:
+            self._probed.pop(key, None)
         return key
 
     def remove(self, key: Key) -> None:
         self._by_function.pop(key, None)
+        self._probed.pop(key, None)
+
+    def add_probed(self, key: Key, pod: str, url: str, until: float) -> PodEndpoint:
+        """A pod that answered the gateway's readiness probe; kept (the same object) until
+        its Endpoints list it ready, or ``drop_probed``."""
+        if any(e.id == pod for e in self._by_function.get(key, [])):
+            return next(e for e in self._by_function[key] if e.id == pod)
+        probed = self._probed.setdefault(key, {})
+        held = probed.get(pod)
+        if held is None or held.url != url:
+            held = probed[pod] = PodEndpoint(pod, url, self.session)
+        held.probed_until = until
+        return held
+
+    def drop_probed(self, key: Key, pod: str) -> None:
+        probed = self._probed.get(key)
+        if probed is not None and probed.pop(pod, None) is not None and not probed:
+            del self._probed[key]
+
+    def probed(self, key: Key) -> dict[str, PodEndpoint]:
+        """The pods only probed ready (not listed ready in Endpoints), by name, vouched for or not."""
+        return dict(self._probed.get(key, {}))
 
     def ready(self, key: Key) -> list[PodEndpoint]:
         return list(self._by_function.get(key, []))
@@ -69,12 +109,10 @@ class EndpointTable:
         ties go round in turn, so idle pods share the load."""
         ready = self._by_function.get(key)
         if not ready:
-            return None
+            # None listed ready yet: a pod the gateway probed itself, while that probe holds.
+            now = time.monotonic()
+            ready = [e for e in self._probed.get(key, {}).values() if e.probed_until > now]
+            if not ready:
+                return None
         self._turn += 1
-        n = len(ready)
-        best = ready[self._turn % n]
-        for i in range(1, n):
-            candidate = ready[(self._turn + i) % n]
-            if candidate.inflight < best.inflight:
-                best = candidate
-        return best
+        return least_loaded(ready, self._turn)

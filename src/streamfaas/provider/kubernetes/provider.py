@@ -34,6 +34,7 @@ from ...proxy import client_session
 from ..base import Endpoint
 from ..logs import LogLine
 from ..models import FunctionDeployment, FunctionStatus, ScaleLabels
+from ._activator import Activator
 from ._api import API_TIMEOUT, Forbidden, KubeClient, api_errors, not_found
 from ._deploy import apply_function
 from ._endpoints import EndpointTable
@@ -98,6 +99,7 @@ class KubernetesProvider:
         self._client: KubeClient | None = None
         self._session: aiohttp.ClientSession | None = None
         self._endpoints: EndpointTable | None = None
+        self._activator: Activator | None = None
         self._token_key = b""
         self._secrets: KubeSecrets | None = None
 
@@ -130,6 +132,12 @@ class KubernetesProvider:
             raise RuntimeError("the kubernetes provider is not started")
         return self._endpoints
 
+    @property
+    def activator(self) -> Activator:
+        if self._activator is None:
+            raise RuntimeError("the kubernetes provider is not started")
+        return self._activator
+
     async def start(self) -> None:
         self._client = await KubeClient.connect(self.kubeconfig)
         try:
@@ -150,6 +158,9 @@ class KubernetesProvider:
         # One pool of kept-alive connections to every pod: requests reuse them.
         self._session = client_session(aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
         self._endpoints = EndpointTable(self._session)
+        self._activator = Activator(self._endpoints, pods=lambda key: self._function_pods(*key), notify=self._notify,
+                                    deployment=lambda key: fn.obj if (fn := self.functions.get(key)) else None,
+                                    timeout=self.cold_start_timeout)
         self._secrets = KubeSecrets(self.client, self._namespace, self._secret_users)
         self._served = ServedNamespaces(self.client, ns, lambda name: ServedNamespace(
             self.client, name, on_deployment=self._on_deployment, on_endpoints=self._on_endpoints, on_pod=self._on_pod))
@@ -173,6 +184,9 @@ class KubernetesProvider:
         if self._served is not None:
             await self._served.close()
             self._served = None
+        if self._activator is not None:  # its probes use the session
+            await self._activator.close()
+            self._activator = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -216,6 +230,7 @@ class KubernetesProvider:
         else:
             held.refresh(obj, d)
             held.notify()
+        self.activator.refresh(key)  # a new version: its pods, not the old ones, are probed
 
     def _on_endpoints(self, kind: str, obj: dict[str, Any]) -> None:
         key = key_of(obj)
@@ -223,10 +238,12 @@ class KubernetesProvider:
             self.endpoints.remove(key)
         else:
             self.endpoints.update(obj)
+        self.activator.refresh(key)  # listed ready: no more probing
         self._notify(key)
 
     def _on_pod(self, kind: str, obj: dict[str, Any]) -> None:
         labels = (obj.get("metadata") or {}).get("labels") or {}
+        self.activator.on_pod(kind, obj)  # an address to probe, or a probed pod gone
         self._notify((key_of(obj)[0], str(labels.get(FUNCTION_LABEL, ""))))
 
     def _notify(self, key: Key) -> None:
@@ -346,21 +363,25 @@ class KubernetesProvider:
             return endpoint
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cold_start_timeout
-        while True:
-            fn = self._get(name, ns)  # it may have been removed meanwhile
-            endpoint = self.endpoints.pick(key)
-            if endpoint is not None:
-                return endpoint
-            if replicas_wanted(fn.obj) == 0:
-                await self.scale(name, fn.scaling.wake, ns)  # scaled to zero: a request wakes it
-            error = self._start_error(ns, name)
-            if error:  # it cannot start: say why now rather than wait out the cold start
-                raise FunctionNotReady(f"function {name!r} is failing to start: {error}")
-            timeout = deadline - loop.time()
-            if timeout <= 0:
-                raise FunctionNotReady(f"function {name!r} is not ready (waited {self.cold_start_timeout:g}s)")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fn.changed.wait(), timeout)
+        # While it waits, the activator probes the function's new pods itself: the request
+        # goes to the first that answers, before the kubelet reports it Ready.
+        with self.activator.waiting(key):
+            while True:
+                fn = self._get(name, ns)  # it may have been removed meanwhile
+                endpoint = self.endpoints.pick(key)
+                if endpoint is not None:
+                    return endpoint
+                if replicas_wanted(fn.obj) == 0:
+                    await self.scale(name, fn.scaling.wake, ns)  # scaled to zero: a request wakes it
+                error = self._start_error(ns, name)
+                if error:  # it cannot start: say why now rather than wait out the cold start
+                    raise FunctionNotReady(f"function {name!r} is failing to start: {error}")
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    raise FunctionNotReady(f"function {name!r} is not ready (waited {self.cold_start_timeout:g}s)")
+                self.activator.refresh(key)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(fn.changed.wait(), timeout)
 
     def logs(self, name: str, *, tail: int, since: float | None, follow: bool, namespace: str = "") -> AsyncIterator[LogLine]:
         ns = self._namespace(namespace)
