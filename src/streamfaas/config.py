@@ -6,6 +6,7 @@ function's stack.yaml carries over unchanged.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -86,6 +87,8 @@ def default_state_dir() -> Path:
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 DEFAULT_READ_TIMEOUT = 60.0
+DEFAULT_HEARTBEAT_INTERVAL = 15.0
+DEFAULT_SSE_RETRY = 3.0
 # of-watchdog's modes that streamfaas runs: ``http`` (a function server, the default here),
 # ``streaming`` and ``serializing`` (one process per request), ``static`` (a folder).
 WATCHDOG_MODES = ("http", "streaming", "serializing", "static")
@@ -148,6 +151,9 @@ class WatchdogConfig:
     function_name: str = "function"
     replica_id: str = "0"
     threads: int = 64
+    # Acted on by the gateway (SseSettings); read here so a bad value fails the deploy.
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    sse_retry: float = DEFAULT_SSE_RETRY
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -182,7 +188,19 @@ class WatchdogConfig:
             function_name=env.get("STREAMFAAS_FUNCTION", "function"),
             replica_id=env.get("STREAMFAAS_REPLICA", "0"),
             threads=parse_int(env.get("threads", "64"), name="threads", minimum=1),
+            heartbeat_interval=_heartbeat(duration("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)),
+            sse_retry=duration("sse_retry", DEFAULT_SSE_RETRY),
         )
+
+
+MIN_HEARTBEAT_INTERVAL = 0.1
+
+
+def _heartbeat(seconds: float) -> float:
+    # A tiny interval would turn every idle stream into a busy loop in the gateway.
+    if 0 < seconds < MIN_HEARTBEAT_INTERVAL:
+        raise ConfigError(f"heartbeat_interval: must be 0 (off) or at least 100ms, got {seconds:g}s")
+    return seconds
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|k|mb|mib|m|gb|gib|g)?", re.IGNORECASE)
@@ -221,6 +239,35 @@ class BodyLimits:
         except ConfigError:
             read_timeout = limits.read_timeout
         return cls(max_body=max_body, read_timeout=read_timeout)
+
+
+@dataclass(frozen=True)
+class SseSettings:
+    """What the gateway adds to a function's event streams (``heartbeat_interval``, ``sse_retry``)."""
+
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL  # silence before a ``: ping``; 0: none
+    retry_ms: int = int(DEFAULT_SSE_RETRY * 1000)  # the ``retry:`` hint; 0: none
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SseSettings:
+        """Lenient, as ``BodyLimits.from_env``: a deploy with a bad value is refused already
+        (``watchdog_setting_errors``), so one seen here keeps its default."""
+        return _sse_settings(env.get("heartbeat_interval") or "", env.get("sse_retry") or "")
+
+
+@functools.lru_cache(maxsize=256)
+def _sse_settings(heartbeat: str, retry: str) -> SseSettings:
+    # Cached on the raw values: read per request, parsed once per distinct setting.
+    try:
+        interval = _heartbeat(parse_duration(heartbeat, name="heartbeat_interval")) if heartbeat else DEFAULT_HEARTBEAT_INTERVAL
+    except ConfigError:
+        interval = DEFAULT_HEARTBEAT_INTERVAL
+    try:
+        retry_s = parse_duration(retry, name="sse_retry") if retry else DEFAULT_SSE_RETRY
+    except ConfigError:
+        retry_s = DEFAULT_SSE_RETRY
+    # A retry under 1 ms but above 0 still asks for one: 0 is reserved for "no hint".
+    return SseSettings(heartbeat_interval=interval, retry_ms=max(1, round(retry_s * 1000)) if retry_s else 0)
 
 
 @dataclass(frozen=True)

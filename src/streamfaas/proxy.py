@@ -12,6 +12,7 @@ import errno
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import (
     BaseConnector,
@@ -31,6 +32,7 @@ from aiohttp import (
 )
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .config import SseSettings
 from .errors import StreamfaasError, UpstreamError, UpstreamTimeout
 
 # RFC 9110 §7.6.1 connection-specific headers, plus the ones aiohttp sets itself per hop.
@@ -117,11 +119,12 @@ class _IdleWatch:
     stall is caught between one and two limits after the last chunk, at no per-chunk cost.
     """
 
-    __slots__ = ("limit", "chunks", "_seen", "_handle", "_cm", "fired")
+    __slots__ = ("limit", "chunks", "last", "_seen", "_handle", "_cm", "fired")
 
     def __init__(self, limit: float, cm: asyncio.Timeout) -> None:
         self.limit = limit
         self.chunks = 0
+        self.last: bytes | None = None  # the latest chunk, for _Heartbeat's boundary check
         self._seen = -1
         self._cm = cm
         self.fired = False
@@ -140,6 +143,70 @@ class _IdleWatch:
     def stop(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
+
+
+# A comment line with no blank line after it: a blank line would end an "event" with no data,
+# which the spec drops but some parsers (httpx-sse, once an id was seen) pass on as an empty event.
+HEARTBEAT = b": ping\n"
+# How data that ends at an event boundary ends: a line's end, then an empty line (CR, LF or
+# CRLF each). A boundary split across two chunks ("…\n" then "\n") is not seen, so that stream
+# gets no heartbeat until its next chunk: never a ping inside an event.
+_BOUNDARY_ENDS = (b"\n\n", b"\r\r", b"\n\r\n", b"\r\r\n")
+
+
+class _Heartbeat:
+    """Writes an SSE comment after ``interval`` of silence, only at an event boundary.
+
+    Like ``_IdleWatch``, it costs nothing per chunk: a timer every half interval compares the
+    chunk counter, so a ping goes out between one and one and a half intervals into a silence,
+    then every interval. It never touches the counter, so ``idle_timeout`` still sees the
+    function's own silence.
+    """
+
+    __slots__ = ("_period", "_progress", "_resp", "_seen", "_quiet", "_handle", "_task")
+
+    def __init__(self, interval: float, progress: _IdleWatch, resp: web.StreamResponse) -> None:
+        self._period = interval / 2
+        self._progress = progress
+        self._resp = resp
+        self._seen = 0
+        self._quiet = 0
+        self._task: asyncio.Task[None] | None = None
+        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(self._period, self._tick)
+
+    def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        chunks = self._progress.chunks
+        if chunks != self._seen:
+            self._seen = chunks
+            self._quiet = 0
+        else:
+            self._quiet += 1
+            last = self._progress.last
+            if self._quiet >= 2 and (self._task is None or self._task.done()) and (last is None or last.endswith(_BOUNDARY_ENDS)):
+                self._quiet = 0
+                self._task = loop.create_task(self._send(chunks))
+        self._handle = loop.call_later(self._period, self._tick)
+
+    async def _send(self, chunks: int) -> None:
+        # A chunk may have gone out between the tick and now, leaving the stream mid-event;
+        # from this check to the bytes reaching the transport nothing awaits.
+        if self._progress.chunks != chunks:
+            return
+        try:
+            await self._resp.write(HEARTBEAT)
+        except (ConnectionError, ClientError, RuntimeError):
+            # The client is gone: the handler's cancellation ends the stream; stop beating.
+            if self._handle is not None:
+                self._handle.cancel()
+                self._handle = None
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._task is not None:
+            self._task.cancel()
 
 
 async def open_upstream(
@@ -201,6 +268,17 @@ def response_headers(upstream: ClientResponse) -> CIMultiDict[str]:
     return headers
 
 
+class StreamObserver(Protocol):
+    """Told how one proxied stream goes, for metrics. Called a few times a stream, never per chunk."""
+
+    def opened(self) -> None: ...
+
+    def first_byte(self) -> None: ...
+
+    def ended(self, nbytes: int, events: int, outcome: str) -> None:
+        """``outcome``: ``complete``, or who ended it early: ``client``, ``function``, ``timeout``."""
+
+
 async def stream_response(
     request: web.Request,
     upstream: ClientResponse,
@@ -208,11 +286,14 @@ async def stream_response(
     limits: StreamLimits,
     extra_headers: CIMultiDict[str] | None = None,
     on_chunk_error: Callable[[BaseException], None] | None = None,
+    sse_settings: SseSettings | None = None,
+    observer: StreamObserver | None = None,
 ) -> web.StreamResponse:
     """Send upstream's status and headers, then copy its body chunk by chunk until it ends.
 
     ``upstream`` is always closed (not returned to the pool) if the copy does not end cleanly,
-    so a client that goes away closes the connection to the next hop at once.
+    so a client that goes away closes the connection to the next hop at once. ``sse_settings``
+    (the gateway's) adds heartbeats and a ``retry:`` hint to event streams.
     """
     headers = response_headers(upstream)
     if extra_headers:
@@ -223,26 +304,60 @@ async def stream_response(
     if length is not None and upstream.headers.get(hdrs.TRANSFER_ENCODING) is None:
         resp.content_length = length
     sse = is_event_stream(upstream.headers.get(hdrs.CONTENT_TYPE))
+    hints = sse_settings if sse else None
+    retry_line = b"retry: %d\n" % hints.retry_ms if hints is not None and hints.retry_ms else b""
+    count_events = sse and observer is not None
     _forget_head(upstream)
     clean = False
+    outcome = "client"  # a cancellation (the client went away) unless shown otherwise
+    nbytes = events = 0
+    beat: _Heartbeat | None = None
+    idle: _IdleWatch | None = None
     try:
         await resp.prepare(request)
+        if observer is not None:
+            observer.opened()
         try:
             async with asyncio.timeout(limits.total or None) as cm:
                 idle = _IdleWatch(limits.idle, cm)
+                if hints is not None and hints.heartbeat_interval:
+                    beat = _Heartbeat(hints.heartbeat_interval, idle, resp)
                 try:
                     read = upstream.content.readany
                     write = resp.write
-                    while True:
+                    chunk = await read()
+                    if chunk:
+                        if observer is not None:
+                            observer.first_byte()
+                        # Only the first chunk is looked at for the function's own retry: a
+                        # function that sets one does so at its stream's start. The hint rides
+                        # on the first event (no blank line of its own), so no parser sees an
+                        # extra event, and no heartbeat can come between the two.
+                        if retry_line and not _sets_retry(chunk):
+                            await write(retry_line + chunk)
+                        else:
+                            await write(chunk)
+                        idle.chunks += 1
+                        idle.last = chunk
+                        nbytes += len(chunk)
+                        if count_events:
+                            events += chunk.count(b"\n\n")
                         chunk = await read()
-                        if not chunk:
-                            break
+                    while chunk:
                         await write(chunk)
                         idle.chunks += 1
+                        idle.last = chunk
+                        nbytes += len(chunk)
+                        if count_events:
+                            events += chunk.count(b"\n\n")
+                        chunk = await read()
                 finally:
                     idle.stop()
+                    if beat is not None:
+                        beat.stop()
         except TimeoutError:
-            which = "idle" if idle.fired else "total"
+            outcome = "timeout"
+            which = "idle" if idle is not None and idle.fired else "total"
             total = limits.total_setting or limits.total
             failure: StreamfaasError = StreamTimeout(
                 f"stream stopped: no data for {limits.idle:g}s"
@@ -252,9 +367,13 @@ async def stream_response(
             await _fail_after_headers(request, resp, sse, failure, on_chunk_error)
             return resp
         except (ClientError, asyncio.IncompleteReadError) as exc:
+            # aiohttp's error for writing to a closed client connection is a ClientError too.
+            transport = request.transport
+            outcome = "client" if transport is None or transport.is_closing() else "function"
             failure = UpstreamError(stream_failure(exc))
             await _fail_after_headers(request, resp, sse, failure, on_chunk_error)
             return resp
+        outcome = _ended_by(idle.last) if sse else "complete"
         await resp.write_eof()
         clean = True
         return resp
@@ -263,6 +382,20 @@ async def stream_response(
             upstream.release()
         else:
             upstream.close()
+        if observer is not None:
+            observer.ended(nbytes, events, outcome)
+
+
+def _sets_retry(chunk: bytes) -> bool:
+    return chunk.startswith(b"retry:") or b"\nretry:" in chunk or b"\rretry:" in chunk
+
+
+def _ended_by(last: bytes | None) -> str:
+    """How an event stream that ended cleanly here ended: a watchdog upstream reports its own
+    limits and failures as a final ``event: error`` (504 for a timeout); looked at once, at the end."""
+    if last is None or b"event: error\n" not in last:
+        return "complete"
+    return "timeout" if b'"status": 504}' in last else "function"
 
 
 async def _fail_after_headers(

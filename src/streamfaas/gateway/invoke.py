@@ -10,7 +10,7 @@ import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from ..config import BodyLimits
+from ..config import BodyLimits, SseSettings
 from ..errors import (
     NamespaceNotFound,
     PayloadTooLarge,
@@ -28,6 +28,7 @@ from ..proxy import (
     stream_response,
 )
 from .auth import check_function_access
+from .metrics_streams import StreamTally
 from .state import GatewayState, state_of
 
 _NO_LIMITS = StreamLimits()
@@ -82,7 +83,8 @@ async def invoke_function(request: web.Request) -> web.StreamResponse:
     code = 499  # the client went away before an answer (nginx's convention)
     try:
         namespace = check_namespace(state.provider, name, given)
-        resp = await _proxy(state, request, name, namespace, call_id, start_time, reply_headers)
+        tally = state.metrics.streams.observer(metric_name, began)
+        resp = await _proxy(state, request, name, namespace, call_id, start_time, reply_headers, tally)
         code = resp.status
     except StreamfaasError as exc:
         resp = error_response(str(exc), exc.http_status)
@@ -106,6 +108,7 @@ async def _proxy(
     call_id: str,
     start_time: str,
     reply_headers: CIMultiDict[str],
+    tally: StreamTally,
 ) -> web.StreamResponse:
     provider = state.provider
     record = provider.record(name, namespace)  # 404 for an unknown function, before anything else
@@ -157,7 +160,10 @@ async def _proxy(
                 continue
             provider.record(name, namespace).invocations += 1
             del headers  # sent; not kept alive for the stream's whole life
-            return await stream_response(request, upstream, limits=_NO_LIMITS, extra_headers=reply_headers)
+            return await stream_response(
+                request, upstream, limits=_NO_LIMITS, extra_headers=reply_headers,
+                sse_settings=SseSettings.from_env(d.envVars), observer=tally,
+            )
         finally:
             replica.inflight -= 1
     raise AssertionError("unreachable")

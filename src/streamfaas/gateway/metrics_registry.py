@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..queue.metrics import QueueMetrics
+from .metrics_streams import StreamMetrics
 
 
 class GatewayMetrics:
@@ -37,6 +38,7 @@ class GatewayMetrics:
             "gateway_service_count", "Replicas per function.", ["function_name"], registry=self.registry
         )
         self.queue = QueueMetrics(self.registry)  # async invocations
+        self.streams = StreamMetrics(self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
