@@ -84,6 +84,8 @@ def test_chunks_reach_client_before_function_finishes(
     with httpx.stream("POST", platform.function_url("gated"), content=b"go", timeout=30) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
+        if mime == "text/event-stream":
+            assert next(lines) == "retry: 3000"  # the gateway's reconnect hint, on the first event
         assert next(lines) == "data: one"
         signals.open("gate")  # only now may the function go on
         rest = [line for line in lines if line]
@@ -110,7 +112,7 @@ def test_event_stream_headers(platform: Platform, signals: Signals, tmp_path: Pa
     assert r.headers["x-call-id"] == "call-123"
     assert int(r.headers["x-start-time"]) > 1_600_000_000 * 10**9
     assert r.headers["x-served-by"].startswith("gated[")
-    assert body == "data: one\n\ndata: two\n\n"
+    assert body == "retry: 3000\ndata: one\n\ndata: two\n\n"
 
 
 def test_client_disconnect_runs_generator_finally(platform: Platform, signals: Signals, tmp_path: Path) -> None:
@@ -118,6 +120,7 @@ def test_client_disconnect_runs_generator_finally(platform: Platform, signals: S
     platform.deploy("forever", handler, env={"SIGNALS": signals.url})
     with httpx.stream("GET", platform.function_url("forever"), timeout=30) as r:
         lines = r.iter_lines()
+        assert next(lines) == "retry: 3000"
         assert next(lines) == "data: 0"
         assert next(lines) == ""
         assert next(lines) == "data: 1"
@@ -139,7 +142,7 @@ def test_crash_mid_stream_sends_error_event_and_replica_recovers(platform: Platf
     platform.wait_ready("crashy")
     r = httpx.post(platform.function_url("crashy"), content=b"ok", timeout=30)
     assert r.status_code == 200
-    assert r.text == "data: first\n\ndata: second\n\n"
+    assert r.text == "retry: 3000\ndata: first\n\ndata: second\n\n"
     assert "restarting" in (platform.state_dir / "logs" / "crashy.log").read_text()
 
 

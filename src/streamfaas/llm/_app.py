@@ -20,6 +20,7 @@ from . import _errors as errors
 from ._engine import Engine
 from ._errors import OpenAIError
 from ._generation import Generation
+from ._metrics import METRICS, LLMMetrics, metrics_endpoint
 from ._requests import (
     GenerationRequest,
     parse_chat_request,
@@ -308,23 +309,27 @@ def create_app(settings: LLMSettings) -> web.Application:
     disconnect cancels its handler at once (``serve`` does)."""
     model_path = settings.resolved_model_path()
     api_key = settings.read_api_key()
+    model = settings.resolved_model_name()
+    metrics = LLMMetrics(model, lambda: state.scheduler)
     state = ServerState(
         settings=settings,
-        model=settings.resolved_model_name(),
+        model=model,
         aliases=model_aliases(settings, model_path),
         api_key=api_key.encode() if api_key is not None else None,
-        engine=Engine(settings, model_path),
+        engine=Engine(settings, model_path, metrics),
     )
     app = web.Application(
         middlewares=[openai_errors, api_key_auth], client_max_size=settings.max_body_bytes
     )
     app[STATE] = state
+    app[METRICS] = metrics
     app.on_response_prepare.append(add_headers)
     app.cleanup_ctx.append(_model_lifetime)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_get("/v1/stats", stats)
+    app.router.add_get("/metrics", metrics_endpoint)  # outside /v1: no API key, as vLLM's
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     return app

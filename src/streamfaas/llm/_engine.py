@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import ConfigError
 from . import _errors as errors
 from ._generation import Generation
+from ._metrics import LLMMetrics
 from ._settings import LLMSettings
 
 log = logging.getLogger("streamfaas.llm")
@@ -26,8 +27,9 @@ log = logging.getLogger("streamfaas.llm")
 class Engine:
     """One loaded model. ``load``, ``generate`` and ``close`` block: call them off the loop."""
 
-    def __init__(self, settings: LLMSettings, model_path: Path) -> None:
+    def __init__(self, settings: LLMSettings, model_path: Path, metrics: LLMMetrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._model_path = model_path
         self._server: Any = None
         self.loaded_at = 0
@@ -82,6 +84,7 @@ class Engine:
             return
         request = generation.request
         chat = request.kind == "chat"
+        metrics = self._metrics
 
         def on_chunk(chunk: dict[str, Any]) -> bool:
             # Runs on this worker thread for every chunk llama.cpp streams; True stops it.
@@ -96,6 +99,13 @@ class Engine:
                 choice = choices[0]
                 text = choice["delta"].get("content") if chat else choice.get("text")
                 if text:
+                    if metrics is not None:
+                        now = time.perf_counter()
+                        if generation.tokens:
+                            metrics.itl.observe(now - generation.last_token_at)
+                        else:
+                            metrics.ttft.observe(now - generation.arrived_at)
+                        generation.last_token_at = now
                     generation.tokens += 1
                     if not generation.emit(text):
                         return True

@@ -22,6 +22,8 @@ class Generation:
 
     __slots__ = (
         "request",
+        "arrived_at",
+        "last_token_at",
         "cancelled",
         "cancelled_at",
         "error",
@@ -33,8 +35,10 @@ class Generation:
         "_queue",
     )
 
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop, arrived_at: float = 0.0) -> None:
         self.request = request
+        self.arrived_at = arrived_at or time.perf_counter()  # for the time to first token
+        self.last_token_at = 0.0
         self.cancelled = False
         self.cancelled_at = 0.0
         self.error: OpenAIError | None = None

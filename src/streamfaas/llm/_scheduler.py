@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from typing import Any
 
 from . import _errors as errors
@@ -35,6 +36,7 @@ class Scheduler:
         self.cancelled_total = 0
         self.rejected_total = 0
         self.failed_total = 0
+        self.prompt_tokens_total = 0
         self.last_cancel_to_stop_ms: float | None = None
 
     @property
@@ -55,13 +57,14 @@ class Scheduler:
             self.rejected_total += 1
             raise errors.server_busy(running, self._waiting)
         self.requests_total += 1
+        arrived_at = time.perf_counter()
         self._waiting += 1
         try:
             await self._slots.acquire()
         finally:
             self._waiting -= 1
         loop = asyncio.get_running_loop()
-        generation = Generation(request, loop)
+        generation = Generation(request, loop, arrived_at)
         try:
             future = loop.run_in_executor(self._executor, self._engine.generate, generation)
         except RuntimeError:  # the executor shut down while this request waited
@@ -77,6 +80,10 @@ class Scheduler:
         self._active.discard(generation)
         self._slots.release()
         self._tokens_finished += generation.tokens
+        if generation.usage is not None:
+            prompt = generation.usage.get("prompt_tokens")
+            if isinstance(prompt, int):
+                self.prompt_tokens_total += prompt
         exc = future.exception() if not future.cancelled() else None
         if exc is not None:
             log.error("generation failed", exc_info=exc)
