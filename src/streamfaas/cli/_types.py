@@ -121,6 +121,17 @@ class HttpUrl(_ParamType):
         return text
 
 
+class HttpUrlList(_ParamType):
+    """One or more ``http(s)://`` URLs, comma-separated; converts to a tuple of them."""
+
+    name = "url[,url…]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        return tuple(HTTP_URL.convert(part.strip(), param, ctx) for part in str(value).split(",") if part.strip())
+
+
 class Timestamp(_ParamType):
     """An RFC 3339 time (``2024-05-01T12:00:00Z``), passed on as written."""
 
@@ -189,6 +200,7 @@ KEY_VALUE = KeyValue()
 HEADER = Header()
 HTTP_METHOD = HttpMethod()
 HTTP_URL = HttpUrl()
+HTTP_URLS = HttpUrlList()
 TIMESTAMP = Timestamp()
 SINCE = Since()
 TEMPLATE = TemplateName()

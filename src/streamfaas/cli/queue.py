@@ -17,7 +17,7 @@ from rich.table import Table
 from ..config import QueueConfig
 from ._credentials import lookup
 from ._options import Context, flag_errors, gateway_option, pass_ctx
-from ._types import DURATION, HTTP_URL, POSITIVE_DURATION, SIZE
+from ._types import DURATION, HTTP_URLS, POSITIVE_DURATION, SIZE
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -172,11 +172,11 @@ def queue_purge(ctx: Context, failed: bool, yes: bool) -> None:
 
 
 # ---- queue-worker ----
-def _gateway_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
-    """Each -g value, split at commas and checked as a URL; none given: the CLI's gateway."""
+def _gateway_urls(ctx: click.Context, param: click.Parameter, values: tuple[tuple[str, ...], ...]) -> tuple[str, ...]:
+    """The -g values (each split at commas and checked by HTTP_URLS); none given: the CLI's gateway."""
     from ..queue.gateways import parse_gateway_urls
 
-    urls = [HTTP_URL.convert(part.strip(), param, ctx) for value in values for part in value.split(",") if part.strip()]
+    urls = [url for value in values for url in value]
     if values and not urls:
         raise click.BadParameter("no gateway URL given", ctx, param)
     if not urls:
@@ -187,7 +187,7 @@ def _gateway_urls(ctx: click.Context, param: click.Parameter, values: tuple[str,
 
 
 @click.command(name="queue-worker")
-@click.option("-g", "--gateway", "gateways", multiple=True, metavar="URL", callback=_gateway_urls,
+@click.option("-g", "--gateway", "gateways", type=HTTP_URLS, multiple=True, metavar="URL", callback=_gateway_urls,
               help="Gateway URL to run jobs through (default: $OPENFAAS_URL or http://127.0.0.1:8080). Several "
                    "(repeated, or comma-separated): jobs go to each in turn, and one that refuses connections is "
                    "skipped for the others.")
