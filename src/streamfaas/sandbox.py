@@ -221,9 +221,12 @@ def sandbox_command(spec: SandboxSpec, argv: Sequence[str], env: Mapping[str, st
     # since a plain bind would add nodev to the outer's /dev (null, zero, urandom …: a shell's
     # `>/dev/null` or `cmd &` would fail); every other mount there is nodev already, and stays so.
     # With an OCI image, the inner bwrap's / is the staged rootfs instead, and the outer's /proc,
-    # /dev, /tmp and secrets are carried onto it (bound, not made anew: it owns no PID namespace).
+    # /dev and secrets are carried onto it (bound, not made anew: it owns no PID namespace). Its
+    # /tmp is a fresh one: the outer's holds the platform's own paths when they live below /tmp
+    # (a checkout's venv), which an image's function has no business seeing.
     view = (["--ro-bind", ROOTFS_STAGE, "/", "--dev-bind", "/dev", "/dev", "--bind", "/proc", "/proc",
-             "--bind", "/tmp", "/tmp", "--ro-bind", SECRETS_MOUNT, SECRETS_MOUNT] if spec.root else ["--dev-bind", "/", "/"])
+             "--perms", "1777", "--tmpfs", "/tmp", "--ro-bind", SECRETS_MOUNT, SECRETS_MOUNT] if spec.root
+            else ["--dev-bind", "/", "/"])
     inner = _args_fd([*_NO_PRIVILEGE, *view, "--die-with-parent", "--new-session", "--chdir", spec.chdir, *_env_args(env)])
     # No --new-session here (the inner bwrap gives the function its own session): the outer
     # sandbox's init stays in the process group the watchdog signals, so stopping the group
