@@ -325,7 +325,7 @@ async def stream_response(
                 try:
                     read = upstream.content.readany
                     write = resp.write
-                    chunk = await read()
+                    chunk = out = await read()
                     if chunk:
                         if observer is not None:
                             observer.first_byte()
@@ -334,23 +334,15 @@ async def stream_response(
                         # on the first event (no blank line of its own), so no parser sees an
                         # extra event, and no heartbeat can come between the two.
                         if retry_line and not _sets_retry(chunk):
-                            await write(retry_line + chunk)
-                        else:
-                            await write(chunk)
-                        idle.chunks += 1
-                        idle.last = chunk
-                        nbytes += len(chunk)
-                        if count_events:
-                            events += chunk.count(b"\n\n")
-                        chunk = await read()
+                            out = retry_line + chunk
                     while chunk:
-                        await write(chunk)
+                        await write(out)
                         idle.chunks += 1
                         idle.last = chunk
                         nbytes += len(chunk)
                         if count_events:
                             events += chunk.count(b"\n\n")
-                        chunk = await read()
+                        chunk = out = await read()
                 finally:
                     idle.stop()
                     if beat is not None:
