@@ -1,0 +1,35 @@
+"""Image names as a deploy request gives them: hostile ones are refused before skopeo sees them."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamfaas.errors import BadRequest
+from streamfaas.provider.oci_rootfs import parse_reference
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "127.0.0.1:5000/functions/alpine:latest --src-creds=u:p",  # an option smuggled after a space
+        "127.0.0.1:5000/a\n--debug",
+        "-127.0.0.1:5000/functions/alpine",  # read by skopeo as an option
+        "127.0.0.1:5000/a@sha256:not-a-digest",
+        "docker-archive:relative/image.tar",  # archives are named by absolute path only
+        "docker-archive:../../etc/shadow",
+        "oci-archive:/tmp/a b.tar",
+        "docker-archive:/tmp/x.tar\x00",
+    ],
+)
+def test_hostile_image_references_are_refused(image: str) -> None:
+    with pytest.raises(BadRequest, match="invalid image"):
+        parse_reference(image)
+
+
+def test_folder_images_and_registry_images_are_told_apart() -> None:
+    assert parse_reference("hello:latest") is None  # a folder image of the local store
+    ref = parse_reference("127.0.0.1:5000/functions/alpine:latest")
+    assert ref is not None and ref.source == "docker://127.0.0.1:5000/functions/alpine:latest"
+    assert ref.tls_verify is False  # loopback only; any other registry is verified
+    remote = parse_reference("registry.example.com/functions/alpine:latest")
+    assert remote is not None and remote.tls_verify is True
