@@ -89,6 +89,10 @@ DEFAULT_MAX_BODY = 10 * 1024 * 1024
 DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_HEARTBEAT_INTERVAL = 15.0
 DEFAULT_SSE_RETRY = 3.0
+DEFAULT_RESUME_WINDOW = 300.0
+DEFAULT_RESUME_GRACE = 30.0
+DEFAULT_RESUME_MAX_BYTES = 1024 * 1024
+RESUME_FALLBACKS = ("error", "rerun")
 # of-watchdog's modes that streamfaas runs: ``http`` (a function server, the default here),
 # ``streaming`` and ``serializing`` (one process per request), ``static`` (a folder).
 WATCHDOG_MODES = ("http", "streaming", "serializing", "static")
@@ -154,6 +158,11 @@ class WatchdogConfig:
     # Acted on by the gateway (SseSettings); read here so a bad value fails the deploy.
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     sse_retry: float = DEFAULT_SSE_RETRY
+    stream_resume: bool = False
+    resume_window: float = DEFAULT_RESUME_WINDOW
+    resume_grace: float = DEFAULT_RESUME_GRACE
+    resume_max_bytes: int = DEFAULT_RESUME_MAX_BYTES
+    resume_fallback: str = "error"
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -190,6 +199,11 @@ class WatchdogConfig:
             threads=parse_int(env.get("threads", "64"), name="threads", minimum=1),
             heartbeat_interval=_heartbeat(duration("heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL)),
             sse_retry=duration("sse_retry", DEFAULT_SSE_RETRY),
+            stream_resume=parse_bool(env.get("stream_resume") or "false", name="stream_resume"),
+            resume_window=_positive(duration("resume_window", DEFAULT_RESUME_WINDOW), "resume_window"),
+            resume_grace=duration("resume_grace", DEFAULT_RESUME_GRACE),
+            resume_max_bytes=int(_positive(parse_size(env.get("resume_max_bytes") or DEFAULT_RESUME_MAX_BYTES, name="resume_max_bytes"), "resume_max_bytes")),
+            resume_fallback=_fallback(env.get("resume_fallback") or "error"),
         )
 
 
@@ -201,6 +215,19 @@ def _heartbeat(seconds: float) -> float:
     if 0 < seconds < MIN_HEARTBEAT_INTERVAL:
         raise ConfigError(f"heartbeat_interval: must be 0 (off) or at least 100ms, got {seconds:g}s")
     return seconds
+
+
+def _positive(value: float, name: str) -> float:
+    if value <= 0:
+        raise ConfigError(f"{name}: must be more than 0, got {value:g}")
+    return value
+
+
+def _fallback(text: str) -> str:
+    value = text.strip().lower()
+    if value not in RESUME_FALLBACKS:
+        raise ConfigError(f"resume_fallback: expected one of {', '.join(RESUME_FALLBACKS)}, got {text!r}")
+    return value
 
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|k|mb|mib|m|gb|gib|g)?", re.IGNORECASE)
@@ -271,6 +298,39 @@ def _sse_settings(heartbeat: str, retry: str) -> SseSettings:
 
 
 @dataclass(frozen=True)
+class ResumeSettings:
+    """A function's resumable streams (``stream_resume`` and the ``resume_*`` settings), or
+    None from ``from_env`` when it has none."""
+
+    window: float = DEFAULT_RESUME_WINDOW  # a finished stream's events are kept this long
+    grace: float = DEFAULT_RESUME_GRACE  # the function runs on this long with no client
+    max_bytes: int = DEFAULT_RESUME_MAX_BYTES  # one stream's journal; the oldest bytes go first
+    rerun: bool = False  # an unknown or expired id gets a fresh call (``resume_fallback: rerun``)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ResumeSettings | None:
+        """Lenient, as ``SseSettings.from_env``: a deploy with a bad value was refused already."""
+        if not env.get("stream_resume"):
+            return None
+        return _resume_settings(*(env.get(k) or "" for k in _RESUME_KEYS))
+
+
+_RESUME_KEYS = ("stream_resume", "resume_window", "resume_grace", "resume_max_bytes", "resume_fallback")
+
+
+@functools.lru_cache(maxsize=256)
+def _resume_settings(*raw: str) -> ResumeSettings | None:
+    try:
+        config = WatchdogConfig.from_env({k: v for k, v in zip(_RESUME_KEYS, raw, strict=True) if v})
+    except ConfigError:
+        return None
+    if not config.stream_resume:
+        return None
+    return ResumeSettings(window=config.resume_window, grace=config.resume_grace,
+                          max_bytes=config.resume_max_bytes, rerun=config.resume_fallback == "rerun")
+
+
+@dataclass(frozen=True)
 class QueueConfig:
     """Async invocations: where jobs are kept and how a queue worker runs them."""
 
@@ -327,6 +387,11 @@ class GatewayConfig:
     # when running in a pod, else $KUBECONFIG or ~/.kube/config.
     kubeconfig: Path | None = None
     namespace: str = "openfaas-fn"  # the kubernetes provider's functions namespace
+    # The UI's stream charts: seconds between samples of the gateway's stream metrics (5 min kept).
+    stream_history_interval: float = 5.0
+    # Every resumable stream's journal together, in this gateway; the oldest bytes go first.
+    resume_journal_bytes: int = 64 * 1024 * 1024
+    autoscale: AutoscaleConfig = field(default_factory=lambda: AutoscaleConfig())
 
     def __post_init__(self) -> None:
         if self.provider not in PROVIDERS:
@@ -342,6 +407,8 @@ class GatewayConfig:
                 "reaches it could deploy and run code as this user. Keep the default host "
                 "(127.0.0.1), or add --i-know-no-auth-is-public on a network you trust"
             )
+        if not 0.1 <= self.stream_history_interval <= 60:
+            raise ConfigError(f"--stream-history-interval: expected 100ms to 1m, got {self.stream_history_interval:g}s")
         if self.metrics_auth and not self.auth:
             raise ConfigError("--metrics-auth needs --auth basic: with --auth none there is no password")
 
@@ -354,3 +421,33 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
     except ValueError:
         return False  # a name, or "" (every address): not provably local
+
+
+AUTOSCALE_TYPES = ("capacity", "rps", "cpu")
+
+
+@dataclass(frozen=True)
+class AutoscaleConfig:
+    """The gateway's autoscaler (``streamfaas.autoscale``): how often it looks, its windows, and
+    the defaults of the ``com.openfaas.scale.*`` labels a function does not set."""
+
+    enabled: bool = True
+    interval: float = 1.0  # seconds between two looks at every function's load
+    stable_window: float = 60.0  # load is averaged over this to size a function, and to scale it down
+    panic_window: float = 6.0  # a peak over twice the capacity in this scales up at once
+    default_type: str = "capacity"
+    default_target: int = 50
+    default_zero_duration: float = 15 * 60.0
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.interval <= 60:
+            raise ConfigError(f"--autoscale-interval: expected 50ms to 60s, got {self.interval:g}s")
+        if not 0 < self.panic_window <= self.stable_window:
+            raise ConfigError(f"--autoscale-panic-window ({self.panic_window:g}s) must be above 0 and at most "
+                              f"--autoscale-stable-window ({self.stable_window:g}s)")
+        if self.default_type not in AUTOSCALE_TYPES:
+            raise ConfigError(f"--scale-default-type: expected one of {', '.join(AUTOSCALE_TYPES)}, got {self.default_type!r}")
+        if self.default_target < 1:
+            raise ConfigError(f"--scale-default-target: must be at least 1, got {self.default_target}")
+        if self.default_zero_duration <= 0:
+            raise ConfigError("--scale-default-zero-duration: must be above 0")

@@ -1,4 +1,5 @@
-"""The scaling labels the certifier checks (``com.openfaas.scale.min``, ``.max``, ``.zero``), and
+"""The scaling labels the certifier checks (``com.openfaas.scale.min``, ``.max``, ``.zero``) and the
+autoscaler reads (``.target``, ``.type``, ``.target-proportion``, ``.zero-duration``), and
 ``POST /system/scale-function`` while a request waits for a function to start (the certifier's
 Test_ScaleFromZeroDuringInvoke, and scaling in the middle of that wait)."""
 
@@ -48,6 +49,10 @@ def scale(platform: Platform, name: str, replicas: int) -> None:
         ({MAX: "1001"}, MAX),
         ({MIN: "3", MAX: "2"}, MIN),
         ({ZERO: "maybe"}, ZERO),
+        ({"com.openfaas.scale.target": "0"}, "com.openfaas.scale.target"),
+        ({"com.openfaas.scale.type": "memory"}, "com.openfaas.scale.type"),
+        ({"com.openfaas.scale.target-proportion": "2"}, "com.openfaas.scale.target-proportion"),
+        ({"com.openfaas.scale.zero-duration": "later"}, "com.openfaas.scale.zero-duration"),
     ],
 )
 def test_an_invalid_scaling_label_is_a_400_naming_it(shared_platform: Platform, labels: dict[str, str], named: str) -> None:

@@ -46,6 +46,13 @@ CALLS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "list_namespaced_endpoints": ("", "endpoints", ("list", "watch")),
     "list_namespaced_pod": ("", "pods", ("list", "watch")),
     "read_namespaced_pod_log": ("", "pods/log", ("get",)),
+    # The autoscaler's leader election and load sharing (_lease.py).
+    "read_namespaced_lease": ("coordination.k8s.io", "leases", ("get",)),
+    "list_namespaced_lease": ("coordination.k8s.io", "leases", ("list",)),
+    "create_namespaced_lease": ("coordination.k8s.io", "leases", ("create",)),
+    "replace_namespaced_lease": ("coordination.k8s.io", "leases", ("update",)),
+    "patch_namespaced_lease": ("coordination.k8s.io", "leases", ("patch",)),
+    "delete_namespaced_lease": ("coordination.k8s.io", "leases", ("delete",)),
     # Cluster-scoped: the ClusterRole's.
     "read_namespace": ("", "namespaces", ("get",)),
     "list_namespace": ("", "namespaces", ("list", "watch")),
@@ -84,7 +91,7 @@ def _gateway_container(objects: list[dict[str, Any]]) -> dict[str, Any]:
 def _provider_calls() -> set[str]:
     calls = set()
     for source in PROVIDER.glob("*.py"):
-        calls |= set(re.findall(r"\b(?:core|apps)\.([a-z_]+)\b", source.read_text()))
+        calls |= set(re.findall(r"\b(?:core|apps|coordination)\.([a-z_]+)\b", source.read_text()))
     return calls
 
 

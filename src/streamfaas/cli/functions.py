@@ -312,10 +312,12 @@ def list_(ctx: Context, verbose: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON for scripts.")
 @pass_ctx
 def describe(ctx: Context, name: str, as_json: bool) -> None:
-    """Show one function's details."""
-    f = ctx.client().get_function(name)
+    """Show one function's details, and its load, target and replicas as the autoscaler sees them."""
+    client = ctx.client()
+    f = client.get_function(name)
+    scaling = _scaling(client, name)
     if as_json:
-        click.echo(json.dumps(f, indent=2))
+        click.echo(json.dumps({**f, "scaling": scaling} if scaling else f, indent=2))
         return
     status = "Ready" if f.get("availableReplicas", 0) > 0 else "Not Ready"
     rows = [
@@ -333,10 +335,44 @@ def describe(ctx: Context, name: str, as_json: bool) -> None:
         ("Secrets", ", ".join(f.get("secrets", []))),
         ("Created", f.get("createdAt", "")),
     ]
+    if scaling:
+        rows += _scaling_rows(scaling)
     if f.get("startError"):  # why it does not start: the end of the function's traceback
         rows.append(("Start Error", f["startError"].replace("\n", "\n" + " " * 20)))
     for key, value in rows:
         click.echo(f"{key + ':':<20}{value}")
+
+
+def _scaling(client: GatewayClient, name: str) -> dict[str, Any] | None:
+    """The gateway's autoscaler view of a function; None from a gateway without one (OpenFaaS)."""
+    try:
+        data: dict[str, Any] = client.request("GET", f"/system/function/{name}/scaling").json()
+    except APIError as exc:
+        if exc.http_status in (404, 405):
+            return None
+        raise
+    except ValueError:  # not JSON: not ours
+        return None
+    return data
+
+
+def _scaling_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    unit = {"capacity": "requests in flight", "rps": "requests/s", "cpu": "millicores"}.get(s.get("type", ""), "")
+    load = s.get("load")
+    stable = s.get("stableLoad")
+    shown = "-" if load is None else f"{load:g} {unit}"
+    if stable is not None:
+        shown += f" (stable window mean {stable:g})"
+    mode = "on" if s.get("autoscaling") else "off (min = max, or --no-autoscale)"
+    if s.get("autoscaling") and s.get("panic"):
+        mode += ", panic"
+    zero = f"after {s.get('zeroDuration', 0):g}s idle" if s.get("zero") else "no"
+    return [
+        ("Autoscaling", f"{mode}; {s.get('type')}, replicas {s.get('min')}..{s.get('max')}, to zero: {zero}"),
+        ("Load", f"{shown}; {s.get('inflight', 0)} open, {s.get('waiting', 0)} waiting"),
+        ("Target", f"{s.get('target')} {unit} per replica × {s.get('targetProportion')}"),
+        ("Desired Replicas", f"{s.get('desiredReplicas')} ({s.get('draining', 0)} draining)"),
+    ]
 
 
 @click.command()

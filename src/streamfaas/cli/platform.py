@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
-from ..config import GatewayConfig, QueueConfig
+from ..config import AUTOSCALE_TYPES, AutoscaleConfig, GatewayConfig, QueueConfig
 from ._options import Context, flag_errors, pass_ctx
-from ._types import DURATION, K8S_NAME
+from ._types import DURATION, K8S_NAME, POSITIVE_DURATION, SIZE
 from .queue import queue_options
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def autoscale_options(f: F) -> F:
+    """The autoscaler's flags; the command receives them as one ``autoscale_config`` argument."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {k.removeprefix("a_"): kwargs.pop(k) for k in list(kwargs) if k.startswith("a_")}
+        with flag_errors():
+            kwargs["autoscale_config"] = AutoscaleConfig(**values)
+        return f(*args, **kwargs)
+
+    options = [
+        click.option("--autoscale/--no-autoscale", "a_enabled", default=True, show_default=True,
+                     help="Scale functions on their load (com.openfaas.scale.* labels); off: only by hand."),
+        click.option("--autoscale-interval", "a_interval", type=POSITIVE_DURATION, default="1s", show_default=True,
+                     help="How often the autoscaler looks at every function's load."),
+        click.option("--autoscale-stable-window", "a_stable_window", type=POSITIVE_DURATION, default="60s", show_default=True,
+                     help="Load is averaged over this to size a function; it scales down only on it."),
+        click.option("--autoscale-panic-window", "a_panic_window", type=POSITIVE_DURATION, default="6s", show_default=True,
+                     help="A peak over twice the capacity within this scales up at once."),
+        click.option("--scale-default-type", "a_default_type", type=click.Choice(AUTOSCALE_TYPES), default="capacity",
+                     show_default=True, help="com.openfaas.scale.type of functions that do not set it."),
+        click.option("--scale-default-target", "a_default_target", type=click.IntRange(1, 1_000_000), default=50,
+                     show_default=True, help="com.openfaas.scale.target of functions that do not set it."),
+        click.option("--scale-default-zero-duration", "a_default_zero_duration", type=POSITIVE_DURATION, default="15m",
+                     show_default=True, help="com.openfaas.scale.zero-duration of functions that do not set it."),
+    ]
+    command: Any = wrapper
+    for option in reversed(options):
+        command = option(command)
+    return command  # type: ignore[no-any-return]
 
 
 @click.command()
@@ -37,6 +74,8 @@ from .queue import queue_options
               help="Close a client connection whose request head is not complete this long after it began (0: no limit).")
 @click.option("--keepalive-timeout", type=DURATION, default="75s", show_default=True,
               help="Close a client connection idle this long between requests (0: close after each response).")
+@click.option("--stream-history-interval", type=DURATION, default="5s", show_default=True,
+              help="How often the gateway samples its stream metrics for the UI's charts (it keeps the last 5 minutes).")
 @click.option("--provider", "provider", type=click.Choice(["local", "kubernetes"]), default="local", show_default=True,
               help="Where functions run: local processes, or a Kubernetes cluster (Deployments, Services, Secrets).")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False, path_type=Path), default=None, envvar="KUBECONFIG",
@@ -44,13 +83,18 @@ from .queue import queue_options
                    "account when running in one, else ~/.kube/config).")
 @click.option("--namespace", type=K8S_NAME, default="openfaas-fn", show_default=True,
               help="--provider kubernetes: the functions namespace (others labelled openfaas=1 are served too).")
+@click.option("--resume-journal-bytes", type=SIZE, default="64MiB", show_default=True,
+              help="Memory for the journals of resumable streams (stream_resume), all together; the oldest bytes go first.")
 @queue_options(gateway=True)
+@autoscale_options
 @pass_ctx
 def gateway(ctx: Context, host: str, port: int, state_dir: Path | None, port_file: Path | None,
             upstream_timeout: float, cold_start_timeout: float, auth_mode: str | None, no_auth: bool,
             public_without_auth: bool, metrics_auth: bool, basic_auth_user: str,
             basic_auth_password_file: Path | None, sandbox: bool, header_timeout: float, keepalive_timeout: float,
-            provider: str, kubeconfig: Path | None, namespace: str, queue_config: QueueConfig) -> None:
+            stream_history_interval: float,
+            provider: str, kubeconfig: Path | None, namespace: str, resume_journal_bytes: int, queue_config: QueueConfig,
+            autoscale_config: AutoscaleConfig) -> None:
     """Run the platform (gateway + its provider) in the foreground."""
     from ..gateway import run
 
@@ -73,10 +117,13 @@ def gateway(ctx: Context, host: str, port: int, state_dir: Path | None, port_fil
             sandbox=sandbox,
             header_timeout=header_timeout,
             keepalive_timeout=keepalive_timeout,
+            stream_history_interval=stream_history_interval,
             queue=queue_config,
             provider=provider,
             kubeconfig=kubeconfig,
             namespace=namespace,
+            autoscale=autoscale_config,
+            resume_journal_bytes=resume_journal_bytes,
         )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     run(config)

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .._process import listen_backlog, listening_socket, open_files, raise_open_files_limit
+from ..autoscale import Autoscaler, InflightCollector
 from ..config import GatewayConfig
 from ..provider import create_provider
 from ..provider.base import Provider
@@ -28,9 +29,12 @@ from .auth import (
 )
 from .connection_limits import GatewayRunner
 from .invoke import invoke_function
+from .journal import Journal
+from .journal_nats import JETSTREAM_JOURNAL_AGE, JetStreamJournal
 from .metrics import metrics_endpoint
 from .state import STATE_KEY, GatewayState
-from .system import add_routes, system_errors
+from .stream_history import STREAM_HISTORY_KEY, StreamHistory, deployed_names
+from .system import AUTOSCALER_KEY, add_routes, system_errors
 
 # Descriptors a gateway holds besides its streams: listener, logs, the queue's database, each
 # replica's pipes and kept-alive connections. Each stream holds two (client, upstream).
@@ -59,19 +63,48 @@ def create_app(config: GatewayConfig, provider: Provider | None = None) -> web.A
         print(f"streamfaas gateway: basic auth on /system and /ui, user {config.auth_user!r}, password in {password_file}", flush=True)
     middlewares = [auth_middleware(credentials, metrics_auth=config.metrics_auth), system_errors]
     app = web.Application(client_max_size=0, middlewares=middlewares)
-    state = GatewayState(config=config, provider=provider, credentials=credentials)
+    state = GatewayState(config=config, provider=provider, credentials=credentials,
+                         journal=Journal(config.resume_journal_bytes))
     app[STATE_KEY] = state
+    cluster = None
+    if provider.name == "kubernetes" and config.autoscale.enabled:
+        # Several gateways share one cluster: one autoscaler decides (a Lease), on their summed load.
+        from ..provider.kubernetes._lease import ClusterLoad
+
+        cluster = ClusterLoad.for_provider(provider, interval=config.autoscale.interval)
+        state.metrics.registry.register(cluster)
+    autoscaler = Autoscaler(provider, cluster, config=config.autoscale, metrics=state.metrics.autoscale,
+                            is_leader=cluster.is_leader if cluster is not None else lambda: True)
+    app[AUTOSCALER_KEY] = autoscaler
+    state.metrics.registry.register(InflightCollector(provider))
+
+    if config.queue.backend == "nats":  # streams resume on any gateway sharing that NATS
+        state.journal.mirror = JetStreamJournal(state.journal, config.queue.nats_url, config.queue.nats_stream,
+                                                max_age=JETSTREAM_JOURNAL_AGE, max_bytes=config.resume_journal_bytes)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await app[ASYNC_KEY].start()  # first: a wrong queue setting fails before anything starts
+        if state.journal.mirror is not None:
+            await state.journal.mirror.start()
         await provider.start()
+        if cluster is not None:
+            await cluster.start()
+        await autoscaler.start()
         try:
             yield
         finally:
+            await autoscaler.close()  # first: it scales through the provider
+            if cluster is not None:  # hands the Lease over before the provider's client closes
+                await cluster.close()
             await app[ASYNC_KEY].close()  # its worker first: in-flight jobs still need the functions
+            await state.journal.close()  # functions still streaming into it, before their replicas go
             await provider.close()
 
     app.cleanup_ctx.append(lifecycle)
+    # After the provider's lifecycle, so it stops sampling before the provider closes.
+    history = StreamHistory(state.metrics.streams, lambda: deployed_names(provider), interval=config.stream_history_interval)
+    app[STREAM_HISTORY_KEY] = history
+    app.cleanup_ctx.append(history.run)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_route("*", "/function/{name}", invoke_function)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from ..config import BodyLimits, SseSettings
+from ..config import BodyLimits, ResumeSettings, SseSettings
 from ..errors import (
     NamespaceNotFound,
     PayloadTooLarge,
@@ -18,7 +19,7 @@ from ..errors import (
     StreamfaasError,
     Unauthorized,
 )
-from ..provider.base import Provider
+from ..provider.base import Endpoint, Provider
 from ..proxy import (
     StreamLimits,
     UpstreamUnreachable,
@@ -29,6 +30,7 @@ from ..proxy import (
 )
 from .auth import check_function_access
 from .metrics_streams import StreamTally
+from .resume import is_event_stream_response, relay, resume_or_none, start_journalled
 from .state import GatewayState, state_of
 
 _NO_LIMITS = StreamLimits()
@@ -84,7 +86,7 @@ async def invoke_function(request: web.Request) -> web.StreamResponse:
     try:
         namespace = check_namespace(state.provider, name, given)
         tally = state.metrics.streams.observer(metric_name, began)
-        resp = await _proxy(state, request, name, namespace, call_id, start_time, reply_headers, tally)
+        resp = await _proxy(state, request, name, namespace, call_id, start_time, reply_headers, tally, metric_name)
         code = resp.status
     except StreamfaasError as exc:
         resp = error_response(str(exc), exc.http_status)
@@ -109,6 +111,7 @@ async def _proxy(
     start_time: str,
     reply_headers: CIMultiDict[str],
     tally: StreamTally,
+    function: str,
 ) -> web.StreamResponse:
     provider = state.provider
     record = provider.record(name, namespace)  # 404 for an unknown function, before anything else
@@ -119,6 +122,16 @@ async def _proxy(
         del headers[hdrs.AUTHORIZATION]  # the platform's credential is not the function's business
     elif state.credentials is not None and state.credentials.matches(headers.get(hdrs.AUTHORIZATION)):
         del headers[hdrs.AUTHORIZATION]  # never hand the admin password to a function
+    sse = SseSettings.from_env(d.envVars)
+    resume = ResumeSettings.from_env(d.envVars)
+    last_event_id = request.headers.get("Last-Event-ID")
+    if resume is not None and last_event_id:
+        resumed = await resume_or_none(
+            state.journal, request, function, last_event_id, resume, extra_headers=reply_headers, sse=sse,
+            observer=tally, count=lambda result: state.metrics.streams.resumes.labels(function_name=function, result=result).inc(),
+        )
+        if resumed is not None:
+            return resumed
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
@@ -145,6 +158,7 @@ async def _proxy(
         replica = await provider.acquire(name, namespace)
         reply_headers["X-Served-By"] = f"{name}[{replica.id}]"
         replica.inflight += 1
+        journalled = False
         try:
             try:
                 upstream = await open_upstream(
@@ -160,13 +174,26 @@ async def _proxy(
                 continue
             provider.record(name, namespace).invocations += 1
             del headers  # sent; not kept alive for the stream's whole life
+            if resume is not None and is_event_stream_response(upstream):
+                # The function's side now belongs to the journal's pump, and so does the
+                # replica's count of it: the function runs on if this client goes away.
+                journalled = True
+                stream = start_journalled(state.journal, function, upstream, resume, sse, _releaser(replica))
+                return await relay(request, stream, 0, extra_headers=reply_headers, sse=sse, observer=tally)
             return await stream_response(
-                request, upstream, limits=_NO_LIMITS, extra_headers=reply_headers,
-                sse_settings=SseSettings.from_env(d.envVars), observer=tally,
+                request, upstream, limits=_NO_LIMITS, extra_headers=reply_headers, sse_settings=sse, observer=tally,
             )
         finally:
-            replica.inflight -= 1
+            if not journalled:
+                replica.inflight -= 1
     raise AssertionError("unreachable")
+
+
+def _releaser(replica: Endpoint) -> Callable[[], None]:
+    def release() -> None:
+        replica.inflight -= 1
+
+    return release
 
 
 async def _read_body(request: web.Request, name: str, limits: BodyLimits) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ..autoscale.metrics import AutoscaleMetrics
 from ..queue.metrics import QueueMetrics
 from .metrics_streams import StreamMetrics
 
@@ -39,6 +40,7 @@ class GatewayMetrics:
         )
         self.queue = QueueMetrics(self.registry)  # async invocations
         self.streams = StreamMetrics(self.registry)
+        self.autoscale = AutoscaleMetrics(self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

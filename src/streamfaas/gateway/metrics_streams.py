@@ -49,6 +49,14 @@ class StreamMetrics:
             registry=registry,
         )
 
+        self.resumes = Counter(
+            "gateway_stream_resumes",
+            "Requests that asked to resume a stream (Last-Event-ID), by what they got: resumed, "
+            "rerun (a fresh call), or why not (unknown, expired, dropped).",
+            ["function_name", "result"],
+            registry=registry,
+        )
+
     def observer(self, function_name: str, began: float) -> StreamTally:
         """One stream's observer; ``began`` is the request's ``time.perf_counter()``."""
         return StreamTally(self, function_name, began)

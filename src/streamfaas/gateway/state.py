@@ -9,6 +9,7 @@ from aiohttp import web
 from ..config import GatewayConfig
 from ..provider.base import Provider
 from .auth import Credentials
+from .journal import Journal
 from .metrics_registry import GatewayMetrics
 
 
@@ -18,6 +19,7 @@ class GatewayState:
     provider: Provider
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     credentials: Credentials | None = None
+    journal: Journal = field(default_factory=lambda: Journal(64 * 1024 * 1024))
 
 
 STATE_KEY = web.AppKey("streamfaas_state", GatewayState)

@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 
 from .. import __version__
 from .._build import build_sha
+from ..autoscale import Autoscaler
 from ..config import parse_duration
 from ..errors import BadRequest, ConfigError, StreamfaasError
 from ..provider.base import Provider
@@ -32,8 +33,10 @@ from ..provider.models import (
     go_time,
 )
 from .state import state_of
+from .stream_history import stream_history_endpoint
 
 M = TypeVar("M", bound=BaseModel)
+AUTOSCALER_KEY = web.AppKey("autoscaler", Autoscaler)
 
 
 def _json_error(exc: StreamfaasError) -> web.Response:
@@ -132,6 +135,31 @@ async def get_function(request: web.Request) -> web.Response:
     namespace = _namespace(request, request.query.get("namespace"))
     status = state_of(request).provider.status(request.match_info["name"], namespace)
     return web.json_response(status.to_json())
+
+
+async def function_scaling(request: web.Request) -> web.Response:
+    """What the autoscaler sees of a function (streamfaas's own route, for ``describe``): its
+    scaling settings, its load now and over the stable window, and the replicas it wants."""
+    namespace = _namespace(request, request.query.get("namespace"))
+    name = request.match_info["name"]
+    provider = state_of(request).provider
+    status = provider.status(name, namespace)  # 404 for an unknown function
+    autoscaler = request.app[AUTOSCALER_KEY]
+    load = provider.load(name, namespace)  # this gateway's counts now, fresher than the last look
+    live = {"inflight": load.inflight, "waiting": load.waiting, "replicas": load.replicas,
+            "availableReplicas": load.ready, "draining": load.draining}
+    view = autoscaler.view(name, namespace)
+    if view is None:  # not looked at yet (or autoscaling is off): the settings and the load now
+        scaling = autoscaler.scaling_of(status.labels)
+        view = {
+            "autoscaling": autoscaler.config.enabled and not scaling.fixed,
+            "type": scaling.type, "target": scaling.target, "targetProportion": scaling.proportion,
+            "min": scaling.min, "max": scaling.max, "zero": scaling.zero, "zeroDuration": scaling.zero_duration,
+            "load": float(load.concurrency) if scaling.type == "capacity" else None, "stableLoad": None,
+            "desiredReplicas": load.replicas, "panic": False,
+        }
+    view.update(live)
+    return web.json_response({"name": name, "namespace": status.namespace, **view})
 
 
 async def scale_function(request: web.Request) -> web.Response:
@@ -300,6 +328,7 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/system/functions", deploy_function)
     r.add_delete("/system/functions", delete_function)
     r.add_get("/system/function/{name}", get_function)
+    r.add_get("/system/function/{name}/scaling", function_scaling)
     r.add_post("/system/scale-function/{name}", scale_function)
     r.add_get("/system/info", system_info)
     r.add_get("/system/namespaces", list_namespaces)
@@ -309,3 +338,4 @@ def add_routes(app: web.Application) -> None:
     r.add_put("/system/secrets", update_secret)
     r.add_delete("/system/secrets", delete_secret)
     r.add_get("/system/function-token/{name}", function_token)
+    r.add_get("/system/stream-history", stream_history_endpoint)

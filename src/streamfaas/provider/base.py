@@ -12,6 +12,7 @@ the hot path never waits on an API call to learn where a function is.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import aiohttp
@@ -53,6 +54,32 @@ def least_loaded(ready: Sequence[E], turn: int) -> E | None:
         if candidate.inflight < best.inflight:
             best = candidate
     return best
+
+
+@dataclass(frozen=True)
+class FunctionLoad:
+    """A function's load as one gateway sees it now (the autoscaler's input).
+
+    ``inflight``: requests open on its replicas (a stream counts for its whole life), those
+    draining included; ``waiting``: requests waiting in ``acquire`` for a replica or a free
+    slot; ``requests``: requests sent to it so far (a counter: the autoscaler takes its rate);
+    ``replicas``: replicas wanted; ``ready``: ready ones taking requests; ``draining``: ones
+    taken out of rotation that still finish their streams; ``cpu_seconds``: CPU time its
+    replicas have used (a counter), None where the provider cannot tell.
+    """
+
+    inflight: int = 0
+    waiting: int = 0
+    requests: int = 0
+    replicas: int = 0
+    ready: int = 0
+    draining: int = 0
+    cpu_seconds: float | None = None
+
+    @property
+    def concurrency(self) -> int:
+        """The ``capacity`` signal: what would be open at once if nothing had to wait."""
+        return self.inflight + self.waiting
 
 
 class DeployedFunction(Protocol):
@@ -129,6 +156,10 @@ class Provider(Protocol):
         """A ready endpoint for one request: the least loaded one. A function scaled to zero is
         woken and waited for up to the cold-start timeout; ``FunctionNotReady`` (503) then, or
         at once when its replicas cannot start, with the reason."""
+
+    def load(self, name: str, namespace: str = "", *, cpu: bool = False) -> FunctionLoad:
+        """What this gateway has open on the function and waiting for it, now; with ``cpu``,
+        also the CPU time its replicas used, where the provider can tell."""
 
     def logs(self, name: str, *, tail: int, since: float | None, follow: bool, namespace: str = "") -> AsyncIterator[LogLine]:
         """The last ``tail`` lines (all if negative) at or after ``since`` (Unix seconds), then

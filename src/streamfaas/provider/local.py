@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import json
 import os
@@ -38,6 +39,7 @@ from ..sandbox import (
     spec_env,
     warn_unsandboxed,
 )
+from .base import FunctionLoad
 from .images import ImageStore, LocalImage
 from .launcher import ForkServer, ForkServerUnavailable
 from .logs import LogLine, follow_log
@@ -85,6 +87,7 @@ class LocalProvider:
         self._saved_counts: dict[str, int] = {}
         self._counts_saver: asyncio.Task[None] | None = None
         self.fork_server: ForkServer | None = None
+        self._drains: dict[Replica, asyncio.Task[None]] = {}  # replicas draining after a scale-down
 
     # ---- lifecycle -------------------------------------------------------------------------
     def function_uid(self, name: str) -> int | None:
@@ -134,6 +137,7 @@ class LocalProvider:
                 await self._counts_saver
         records = list(self.functions.values())
         await asyncio.gather(*(self._stop_replicas(r, list(r.replicas)) for r in records))
+        await asyncio.gather(*self._drains.values(), return_exceptions=True)
         self._save_counts()  # after the replicas: the requests they served are counted
         if self.fork_server is not None:
             await self.fork_server.close()
@@ -227,38 +231,72 @@ class LocalProvider:
         return self._get(name, namespace)
 
     async def acquire(self, name: str, namespace: str = "") -> Replica:
-        """A ready replica for a request; a function scaled to zero is started and waited for."""
+        """A ready replica with a free slot for a request; a function scaled to zero is started
+        and waited for. A request that finds every replica full waits (counted in ``waiting``,
+        the autoscaler's signal) for a slot or a new replica, with no deadline of its own: it
+        would have queued inside the replica before."""
         record = self._get(name, namespace)
         replica = record.pick()
         if replica is not None:
             return replica
-        deadline = asyncio.get_running_loop().time() + self.cold_start_timeout
-        while True:
-            replica = record.pick()
-            if replica is not None:
-                return replica
-            if record.desired == 0:
-                # Scaled to zero, before this request or while it waited for a start: start it
-                # (to com.openfaas.scale.min), as a request arriving now would.
-                await self.scale(name, record.scaling.wake)
-            if not record.replicas:
-                raise FunctionNotReady(f"function {name!r} has no replicas")
-            error = record.start_error()
-            if error:  # crash-looping: say why now rather than wait out the cold start
-                raise FunctionNotReady(f"function {name!r} is failing to start: {error_summary(error)}")
-            waits = [asyncio.ensure_future(r.ready.wait()) for r in record.replicas]
-            # A replica whose start fails wakes us too (one already failing is restarting).
-            waits += [asyncio.ensure_future(r.failed.wait()) for r in record.replicas if not r.failed.is_set()]
-            waits.append(asyncio.ensure_future(record.changed.wait()))
-            timeout = deadline - asyncio.get_running_loop().time()
-            try:
-                if timeout <= 0:
-                    raise FunctionNotReady(f"function {name!r} is not ready (waited {self.cold_start_timeout:g}s)")
-                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-            record = self._get(name)  # it may have been updated or removed meanwhile
+        return await self._wait_for_replica(name, record)
+
+    async def _wait_for_replica(self, name: str, record: FunctionRecord) -> Replica:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cold_start_timeout
+        record.waiting += 1  # always on ``record``, the one it waits on now (see the end of the loop)
+        try:
+            while True:
+                replica = record.pick()
+                if replica is not None:
+                    return replica
+                full = record.full()
+                if record.desired == 0:
+                    # Scaled to zero, before this request or while it waited for a start: start it
+                    # (to com.openfaas.scale.min), as a request arriving now would.
+                    await self.scale(name, record.scaling.wake)
+                if not record.replicas:
+                    raise FunctionNotReady(f"function {name!r} has no replicas")
+                error = "" if full else record.start_error()
+                if error:  # crash-looping: say why now rather than wait out the cold start
+                    raise FunctionNotReady(f"function {name!r} is failing to start: {error_summary(error)}")
+                starting = [r for r in record.replicas if not r.ready.is_set()]
+                waits = [asyncio.ensure_future(r.ready.wait()) for r in starting]
+                # A replica whose start fails wakes us too (one already failing is restarting).
+                waits += [asyncio.ensure_future(r.failed.wait()) for r in starting if not r.failed.is_set()]
+                waits.append(asyncio.ensure_future(record.changed.wait()))
+                waits.append(asyncio.ensure_future(record.freed.wait()))
+                # Waiting for a slot of a running replica is not a cold start: no deadline then.
+                timeout = None if full else deadline - loop.time()
+                try:
+                    if timeout is not None and timeout <= 0:
+                        raise FunctionNotReady(f"function {name!r} is not ready (waited {self.cold_start_timeout:g}s)")
+                    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+                if full:
+                    deadline = loop.time() + self.cold_start_timeout
+                current = self._get(name)  # it may have been updated or removed meanwhile
+                if current is not record:
+                    record.waiting -= 1
+                    current.waiting += 1
+                    record = current
+        finally:
+            record.waiting -= 1
+
+    def load(self, name: str, namespace: str = "", *, cpu: bool = False) -> FunctionLoad:
+        record = self._get(name, namespace)
+        used = sum(r.cpu_seconds() for r in [*record.replicas, *record.draining]) if cpu else None
+        return FunctionLoad(
+            inflight=record.inflight(),
+            waiting=record.waiting,
+            requests=record.invocations,
+            replicas=record.desired,
+            ready=len(record.ready_replicas()),
+            draining=len(record.draining),
+            cpu_seconds=used,
+        )
 
     async def logs(self, name: str, *, tail: int, since: float | None, follow: bool, namespace: str = "") -> AsyncIterator[LogLine]:
         self._get(name, namespace)
@@ -405,24 +443,68 @@ class LocalProvider:
     async def _reconcile(self, record: FunctionRecord, *, wait: bool = False) -> None:
         spec = self._replica_spec(record)
         started: list[Replica] = []
+        while len(record.replicas) < record.desired and record.draining:
+            # Scaled up again while some still drain: take those back, they are warm.
+            replica = record.draining.pop()
+            replica.draining = False
+            record.replicas.append(replica)
         while len(record.replicas) < record.desired:
             replica = Replica(record.name, record.next_id(), spec, self.sockets_dir / f"{next(self._socket_ids)}.sock")
+            record.adopt(replica)
             record.replicas.append(replica)
             replica.start()
             started.append(replica)
         if len(record.replicas) > record.desired:
-            extra = record.replicas[record.desired:]
-            await self._stop_replicas(record, extra)
+            self._scale_down(record, len(record.replicas) - record.desired)
         record.changed.set()
         record.changed = asyncio.Event()
         if wait and started:
             await _first_ready(started, self.cold_start_timeout)
 
+    def _scale_down(self, record: FunctionRecord, count: int) -> None:
+        """Take ``count`` replicas out of rotation: those not ready first (nothing to lose),
+        then the idle, then the least loaded. Each drains (its open streams finish) in the
+        background, so a scale request never waits for a stream."""
+        order = sorted(record.replicas, key=lambda r: (r.ready.is_set(), r.inflight))
+        for replica in order[:count]:
+            record.replicas.remove(replica)
+            replica.draining = True
+            record.draining.append(replica)
+            running = self._drains.get(replica)
+            if running is not None and not running.done():  # taken back and given up again
+                continue
+            task = asyncio.create_task(self._drain(record, replica), name=f"drain {record.name}/{replica.id}")
+            self._drains[replica] = task
+            task.add_done_callback(functools.partial(self._drained, replica))
+
+    def _drained(self, replica: Replica, task: asyncio.Task[None]) -> None:
+        if self._drains.get(replica) is task:
+            del self._drains[replica]
+
+    async def _drain(self, record: FunctionRecord, replica: Replica) -> None:
+        """Stop ``replica`` once its last request ends, or after its ``drain_timeout`` (then
+        its watchdog, on SIGTERM, gives open streams that long again): never cut a stream
+        that ends in time. Taken back (``draining`` cleared) by a scale-up: left running."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + replica.spec.drain_timeout
+        while replica.draining and replica.inflight > 0 and loop.time() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(record.freed.wait(), deadline - loop.time())
+        if not replica.draining:
+            return
+        if replica in record.draining:
+            record.draining.remove(replica)
+        await replica.stop()
+
     async def _stop_replicas(self, record: FunctionRecord, replicas: list[Replica]) -> None:
         for r in replicas:
             if r in record.replicas:
                 record.replicas.remove(r)
-        await asyncio.gather(*(r.stop() for r in replicas))
+        # Those still draining go too (removal, update, close): their watchdogs drain them.
+        draining, record.draining = record.draining, []
+        for r in draining:
+            r.draining = False  # their drain tasks end without stopping them twice
+        await asyncio.gather(*(r.stop() for r in [*replicas, *draining]))
 
 
 async def _first_ready(replicas: list[Replica], timeout: float) -> None:

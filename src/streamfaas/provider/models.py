@@ -8,13 +8,15 @@ an ``omitempty`` field whose value is empty.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..errors import BadRequest
+from ..config import AUTOSCALE_TYPES, parse_duration
+from ..errors import BadRequest, ConfigError
 
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DEFAULT_NAMESPACE = "openfaas-fn"
@@ -23,36 +25,68 @@ DEFAULT_NAMESPACE = "openfaas-fn"
 LABEL_SCALE_MIN = "com.openfaas.scale.min"
 LABEL_SCALE_MAX = "com.openfaas.scale.max"
 LABEL_SCALE_ZERO = "com.openfaas.scale.zero"
-MAX_REPLICAS = 1000  # what /system/scale-function takes at most
+LABEL_SCALE_ZERO_DURATION = "com.openfaas.scale.zero-duration"
+LABEL_SCALE_TARGET = "com.openfaas.scale.target"
+LABEL_SCALE_TYPE = "com.openfaas.scale.type"
+LABEL_SCALE_PROPORTION = "com.openfaas.scale.target-proportion"
+MAX_REPLICAS = 1000  # what /system/scale-function takes at most, and the highest max label
+DEFAULT_MAX_REPLICAS = 20  # com.openfaas.scale.max when the label is not set
+MAX_TARGET = 1_000_000
+# capacity: requests in flight (open streams) plus those waiting for a replica; rps: requests
+# started per second; cpu: millicores used.
+SCALE_TYPES = AUTOSCALE_TYPES
 
 
 @dataclass(frozen=True)
 class ScaleLabels:
     """A function's scaling labels, read once per deployment.
 
-    ``min``: replicas at the first deploy, and when a request starts a function scaled to zero
-    (at least 1 then); ``max``: the most replicas a scale request gets (more is clamped to it);
-    ``zero``: the function may be scaled to zero when idle (recorded for an idler; scaling to
-    zero by hand is always allowed). ``min == max`` turns scaling off, as on OpenFaaS.
+    ``min``: replicas at the first deploy, the autoscaler's floor, and what a request starts
+    when the function is at zero (at least 1 then); ``max``: the most replicas a scale request
+    or the autoscaler gets (more is clamped to it); ``min == max`` turns autoscaling off, as on
+    OpenFaaS. ``target`` (per replica, in ``type``'s unit) × ``proportion`` is the load one
+    replica is sized for. ``zero``: the autoscaler scales the function to zero after
+    ``zero_duration`` seconds without a request (scaling to zero by hand is always allowed).
     """
 
     min: int = 1
-    max: int = MAX_REPLICAS
+    max: int = DEFAULT_MAX_REPLICAS
     zero: bool = False
+    target: int = 50
+    type: str = "capacity"
+    proportion: float = 0.9
+    zero_duration: float = 15 * 60.0
 
     @classmethod
-    def from_labels(cls, labels: dict[str, str]) -> ScaleLabels:
-        """Read the labels; a bad value is a BadRequest that names the label."""
-        minimum = _replicas_label(labels, LABEL_SCALE_MIN, default=1, lowest=0)
-        maximum = _replicas_label(labels, LABEL_SCALE_MAX, default=MAX_REPLICAS, lowest=1)
+    def from_labels(cls, labels: dict[str, str], base: ScaleLabels | None = None) -> ScaleLabels:
+        """Read the labels; one not set keeps ``base``'s value (the defaults above, or the
+        gateway's own defaults). A bad value is a BadRequest that names the label."""
+        base = base or _DEFAULTS
+        minimum = _replicas_label(labels, LABEL_SCALE_MIN, default=base.min, lowest=0)
+        maximum = _replicas_label(labels, LABEL_SCALE_MAX, default=base.max, lowest=1)
         if minimum > maximum:
-            raise BadRequest(
-                f"labels: {LABEL_SCALE_MIN} ({minimum}) is more than {LABEL_SCALE_MAX} ({maximum})"
-            )
+            if LABEL_SCALE_MAX not in labels:  # only min was set: the default max follows it up
+                maximum = max(minimum, maximum)
+            else:
+                raise BadRequest(
+                    f"labels: {LABEL_SCALE_MIN} ({minimum}) is more than {LABEL_SCALE_MAX} ({maximum})"
+                )
         zero = labels.get(LABEL_SCALE_ZERO)
         if zero is not None and zero.strip().lower() not in _BOOLEANS:
             raise BadRequest(f"labels: {LABEL_SCALE_ZERO}: expected true or false, got {zero!r}")
-        return cls(min=minimum, max=maximum, zero=zero is not None and _BOOLEANS[zero.strip().lower()])
+        kind = labels.get(LABEL_SCALE_TYPE, base.type).strip().lower()
+        if kind not in SCALE_TYPES:
+            raise BadRequest(f"labels: {LABEL_SCALE_TYPE}: expected one of {', '.join(SCALE_TYPES)}, "
+                             f"got {labels[LABEL_SCALE_TYPE]!r}")
+        return cls(
+            min=minimum,
+            max=maximum,
+            zero=base.zero if zero is None else _BOOLEANS[zero.strip().lower()],
+            target=_whole_label(labels, LABEL_SCALE_TARGET, default=base.target, lowest=1, highest=MAX_TARGET),
+            type=kind,
+            proportion=_proportion_label(labels, base.proportion),
+            zero_duration=_duration_label(labels, base.zero_duration),
+        )
 
     def clamp(self, replicas: int) -> int:
         """What a request for ``replicas`` gets: at most ``max`` (0 stays allowed)."""
@@ -63,18 +97,60 @@ class ScaleLabels:
         """Replicas to start when a request finds none (OpenFaaS scales from zero to min)."""
         return min(max(self.min, 1), self.max)
 
+    @property
+    def fixed(self) -> bool:
+        """``min == max``: autoscaling is off for this function (hand scaling still works)."""
+        return self.min == self.max
 
+    @property
+    def per_replica(self) -> float:
+        """The load one replica is sized for: ``target × proportion``."""
+        return self.target * self.proportion
+
+
+_DEFAULTS = ScaleLabels()
 _DIGITS = re.compile(r"[0-9]{1,9}")
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-def _replicas_label(labels: dict[str, str], key: str, *, default: int, lowest: int) -> int:
+def _whole_label(labels: dict[str, str], key: str, *, default: int, lowest: int, highest: int) -> int:
     raw = labels.get(key)
     if raw is None:
         return default
     value = int(raw.strip()) if _DIGITS.fullmatch(raw.strip()) else -1
-    if not lowest <= value <= MAX_REPLICAS:
-        raise BadRequest(f"labels: {key}: expected a whole number from {lowest} to {MAX_REPLICAS}, got {raw!r}")
+    if not lowest <= value <= highest:
+        raise BadRequest(f"labels: {key}: expected a whole number from {lowest} to {highest}, got {raw!r}")
+    return value
+
+
+def _replicas_label(labels: dict[str, str], key: str, *, default: int, lowest: int) -> int:
+    return _whole_label(labels, key, default=default, lowest=lowest, highest=MAX_REPLICAS)
+
+
+def _proportion_label(labels: dict[str, str], default: float) -> float:
+    raw = labels.get(LABEL_SCALE_PROPORTION)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:  # NaN fails this too
+        raise BadRequest(f"labels: {LABEL_SCALE_PROPORTION}: expected a number above 0 and at most 1, got {raw!r}")
+    return value
+
+
+def _duration_label(labels: dict[str, str], default: float) -> float:
+    raw = labels.get(LABEL_SCALE_ZERO_DURATION)
+    if raw is None:
+        return default
+    try:
+        value = parse_duration(raw, name=LABEL_SCALE_ZERO_DURATION)
+    except ConfigError:
+        value = 0.0
+    if value <= 0:
+        raise BadRequest(f"labels: {LABEL_SCALE_ZERO_DURATION}: expected a duration above 0 "
+                         f"(e.g. 15m, 90s, 300), got {raw!r}")
     return value
 
 

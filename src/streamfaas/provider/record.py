@@ -7,7 +7,7 @@ import itertools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import BodyLimits, parse_bool
+from ..config import BodyLimits, parse_bool, parse_int
 from ..errors import BadRequest, ConfigError
 from .base import least_loaded
 from .images import LocalImage
@@ -28,6 +28,17 @@ def _flag(raw: str | None) -> bool:
         return False  # the watchdog reports the bad value; the gateway streams as by default
 
 
+def _capacity(env: dict[str, str]) -> int | None:
+    """Requests one replica serves at once: its function server's ``threads`` in ``http`` mode
+    (each stream holds a thread); None (no limit here) in the modes that fork per request."""
+    if (env.get("mode") or "http").strip().lower() != "http":
+        return None
+    try:
+        return parse_int(env.get("threads") or "64", name="threads", minimum=1)
+    except ConfigError:
+        return None  # refused at deploy; only a function saved before that check is here
+
+
 class FunctionRecord:
     """A deployed function: what was asked for, and the replicas that serve it."""
 
@@ -43,6 +54,11 @@ class FunctionRecord:
         self._ids = itertools.count(1)
         self._rr = 0
         self.changed = asyncio.Event()
+        # Scaled down, still finishing their streams: no new requests, counted in ``load``.
+        self.draining: list[Replica] = []
+        self.waiting = 0  # requests in ``acquire`` waiting for a ready replica or a free slot
+        self.freed = asyncio.Event()  # set (and replaced) when a request ends while others wait
+        self.capacity = _capacity(deployment.envVars)
         # Read once here, not on every request of the hot path.
         self.buffer_body = _flag(deployment.envVars.get("buffer_body"))
         self.body_limits = BodyLimits.from_env(deployment.envVars)
@@ -56,12 +72,35 @@ class FunctionRecord:
         return self.deployment.service
 
     def ready_replicas(self) -> list[Replica]:
-        return [r for r in self.replicas if r.ready.is_set()]
+        return [r for r in self.replicas if r.ready.is_set() and not r.draining]
 
     def pick(self) -> Replica | None:
-        """The ready replica with the fewest open requests (streams hold them for long)."""
+        """The ready replica with the fewest open requests (streams hold them for long), among
+        those with a free slot: a request that finds every replica full waits in the gateway,
+        and goes to whichever replica frees a slot or becomes ready first (a new one included),
+        rather than queueing inside one full replica."""
         self._rr += 1
-        return least_loaded(self.ready_replicas(), self._rr)
+        ready = self.ready_replicas()
+        if self.capacity is not None:
+            ready = [r for r in ready if r.inflight < self.capacity]
+        return least_loaded(ready, self._rr)
+
+    def full(self) -> bool:
+        """Every ready replica is at its capacity (there is at least one)."""
+        ready = self.ready_replicas()
+        return bool(ready) and self.capacity is not None and all(r.inflight >= self.capacity for r in ready)
+
+    def adopt(self, replica: Replica) -> None:
+        replica.on_release = self._released
+
+    def _released(self, replica: Replica) -> None:
+        if self.waiting or replica.draining:
+            self.freed.set()
+            self.freed = asyncio.Event()
+
+    def inflight(self) -> int:
+        """Requests open on its replicas, those draining included."""
+        return sum(r.inflight for r in self.replicas) + sum(r.inflight for r in self.draining)
 
     def next_id(self) -> str:
         return str(next(self._ids))

@@ -14,7 +14,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,35 @@ def error_summary(error: str) -> str:
     if frames:
         summary += f" ({frames[-1].group(1)}, line {frames[-1].group(2)})"
     return summary
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from ``/proc/PID/task/*/children``."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            continue  # gone meanwhile
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system time of a process and of its reaped children."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # Fields 14-17 of proc(5): utime, stime, cutime, cstime (here from field 3, the state).
+    return sum(int(v) for v in fields[11:15]) / _TICKS
 
 
 @dataclass(frozen=True)
@@ -79,12 +108,37 @@ class Replica:
         self.ready = asyncio.Event()
         self.failed = asyncio.Event()  # set when a start attempt did not become ready; cleared when one does
         self.error = ""  # why the last start attempt failed (multi-line); "" once one succeeds
-        self.inflight = 0
+        self._inflight = 0
+        # Called when a request on it ends (see ``inflight``): its record wakes requests that
+        # wait for a free slot, and a drain waits for the last stream to finish.
+        self.on_release: Callable[[Replica], None] | None = None
+        # Picked for scale-down: no new requests; stopped once idle or after drain_timeout.
+        self.draining = False
         self.restarts = 0
         self.pid: int | None = None
         self._stopping = False
         self._proc: WatchdogProcess | None = None
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def inflight(self) -> int:
+        """Requests the gateway has open on it (a stream holds one for its whole life)."""
+        return self._inflight
+
+    @inflight.setter
+    def inflight(self, value: int) -> None:
+        released = value < self._inflight
+        self._inflight = value
+        if released and self.on_release is not None:
+            self.on_release(self)
+
+    def cpu_seconds(self) -> float:
+        """CPU time its processes (the watchdog and everything below it) have used; those
+        that exited already are not counted (their parents reaped them: their time moved to
+        the parent's children's time, which is counted)."""
+        if self.pid is None:
+            return 0.0
+        return sum(_cpu_seconds(pid) for pid in _process_tree(self.pid))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._supervise(), name=f"replica {self.function}/{self.id}")

@@ -8,12 +8,16 @@ A pod can also be here before its Endpoints list it ready: "probed" by the gatew
 (``_activator.py``) while a request waits for a function with no ready pod. It is picked only
 while the function has no ready address, and becomes an ordinary entry, the same object with
 its count, once the Endpoints list it.
+
+A pod the Endpoints drop (terminating: scaled down, replaced) while the gateway still has
+streams open on it is kept aside as "draining" until they end: it takes no new request, and
+its streams still count in the function's load.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -23,15 +27,38 @@ from ._objects import WATCHDOG_PORT
 from ._watch import Key, key_of
 
 
-@dataclass(eq=False)
 class PodEndpoint:
-    id: str  # the pod's name (X-Served-By: NAME[POD])
-    url: str
-    session: aiohttp.ClientSession
-    inflight: int = 0
-    # While only probed (not listed ready in Endpoints): the monotonic time its probe stops
-    # vouching for it. After that a waiting request has it probed again, not sent there blind.
-    probed_until: float = 0.0
+    """One pod the gateway may send requests to. ``inflight`` counts the requests it has
+    open there; lowering it (a request ended) calls ``on_release``, so requests waiting for a
+    free slot (``KubernetesProvider.acquire``) try again."""
+
+    __slots__ = ("id", "url", "session", "key", "on_release", "probed_until", "_inflight")
+
+    def __init__(self, id: str, url: str, session: aiohttp.ClientSession, *, key: Key = ("", ""),
+                 on_release: Callable[[Key], None] | None = None) -> None:
+        self.id = id  # the pod's name (X-Served-By: NAME[POD])
+        self.url = url
+        self.session = session
+        self.key = key
+        self.on_release = on_release
+        # While only probed (not listed ready in Endpoints): the monotonic time its probe stops
+        # vouching for it. After that a waiting request has it probed again, not sent there blind.
+        self.probed_until = 0.0
+        self._inflight = 0
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @inflight.setter
+    def inflight(self, value: int) -> None:
+        released = value < self._inflight
+        self._inflight = value
+        if released and self.on_release is not None:
+            self.on_release(self.key)
+
+    def __repr__(self) -> str:
+        return f"PodEndpoint({self.id!r}, {self.url!r}, inflight={self._inflight})"
 
 
 def ready_addresses(obj: dict[str, Any]) -> list[tuple[str, str]]:
@@ -53,17 +80,29 @@ def ready_addresses(obj: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 class EndpointTable:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, on_release: Callable[[Key], None] | None = None) -> None:
         self.session = session
+        self.on_release = on_release  # a request on one of the function's pods ended
         self._by_function: dict[Key, list[PodEndpoint]] = {}
         self._probed: dict[Key, dict[str, PodEndpoint]] = {}  # by pod name
+        self._draining: dict[Key, list[PodEndpoint]] = {}  # dropped from Endpoints, streams still open
         self._turn = 0
+
+    def _new(self, key: Key, pod: str, url: str) -> PodEndpoint:
+        return PodEndpoint(pod, url, self.session, key=key, on_release=self.on_release)
 
     def update(self, obj: dict[str, Any]) -> Key:
         key = key_of(obj)
         probed = self._probed.get(key, {})
-        held = {(e.id, e.url): e for e in [*self._by_function.get(key, []), *probed.values()]}
-        fresh = [held.get(a) or PodEndpoint(a[0], a[1], self.session) for a in ready_addresses(obj)]
+        before = [*self._by_function.get(key, []), *self._draining.get(key, [])]
+        held = {(e.id, e.url): e for e in [*before, *probed.values()]}
+        fresh = [held.get(a) or self._new(key, *a) for a in ready_addresses(obj)]
+        kept = set(map(id, fresh))
+        draining = [e for e in before if e.inflight > 0 and id(e) not in kept]
+        if draining:
+            self._draining[key] = draining
+        else:
+            self._draining.pop(key, None)
         if fresh:
             self._by_function[key] = fresh
         else:
@@ -79,6 +118,7 @@ class EndpointTable:
     def remove(self, key: Key) -> None:
         self._by_function.pop(key, None)
         self._probed.pop(key, None)
+        self._draining.pop(key, None)
 
     def add_probed(self, key: Key, pod: str, url: str, until: float) -> PodEndpoint:
         """A pod that answered the gateway's readiness probe; kept (the same object) until
@@ -88,7 +128,7 @@ class EndpointTable:
         probed = self._probed.setdefault(key, {})
         held = probed.get(pod)
         if held is None or held.url != url:
-            held = probed[pod] = PodEndpoint(pod, url, self.session)
+            held = probed[pod] = self._new(key, pod, url)
         held.probed_until = until
         return held
 
@@ -104,15 +144,40 @@ class EndpointTable:
     def ready(self, key: Key) -> list[PodEndpoint]:
         return list(self._by_function.get(key, []))
 
-    def pick(self, key: Key) -> PodEndpoint | None:
-        """The ready pod with the fewest open requests (a stream holds one for its whole life);
-        ties go round in turn, so idle pods share the load."""
+    def draining(self, key: Key) -> list[PodEndpoint]:
+        """Pods no longer listed whose streams (from this gateway) are still open."""
+        held = self._draining.get(key)
+        if not held:
+            return []
+        left = [e for e in held if e.inflight > 0]
+        if len(left) != len(held):
+            if left:
+                self._draining[key] = left
+            else:
+                del self._draining[key]
+        return left
+
+    def _candidates(self, key: Key) -> list[PodEndpoint]:
         ready = self._by_function.get(key)
+        if ready:
+            return ready
+        # None listed ready yet: a pod the gateway probed itself, while that probe holds.
+        now = time.monotonic()
+        return [e for e in self._probed.get(key, {}).values() if e.probed_until > now]
+
+    def pick(self, key: Key, capacity: int | None = None) -> PodEndpoint | None:
+        """The ready pod with the fewest open requests (a stream holds one for its whole life),
+        among those with fewer than ``capacity`` open (None: no limit); ties go round in turn,
+        so idle pods share the load."""
+        ready = self._candidates(key)
+        if capacity is not None:
+            ready = [e for e in ready if e.inflight < capacity]
         if not ready:
-            # None listed ready yet: a pod the gateway probed itself, while that probe holds.
-            now = time.monotonic()
-            ready = [e for e in self._probed.get(key, {}).values() if e.probed_until > now]
-            if not ready:
-                return None
+            return None
         self._turn += 1
         return least_loaded(ready, self._turn)
+
+    def full(self, key: Key, capacity: int | None) -> bool:
+        """The function has a pod to send to, and each has ``capacity`` requests open."""
+        ready = self._candidates(key)
+        return bool(ready) and capacity is not None and all(e.inflight >= capacity for e in ready)

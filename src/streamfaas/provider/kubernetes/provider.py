@@ -31,9 +31,10 @@ from ...errors import (
     NamespaceNotFound,
 )
 from ...proxy import client_session
-from ..base import Endpoint
+from ..base import Endpoint, FunctionLoad
 from ..logs import LogLine
 from ..models import FunctionDeployment, FunctionStatus, ScaleLabels
+from ..record import _capacity as pod_capacity
 from ._activator import Activator
 from ._api import API_TIMEOUT, Forbidden, KubeClient, api_errors, not_found
 from ._deploy import apply_function
@@ -69,6 +70,7 @@ class KubeFunction:
 
     def __init__(self, obj: dict[str, Any], deployment: FunctionDeployment) -> None:
         self.invocations = 0
+        self.waiting = 0  # requests in acquire waiting for a ready pod (the autoscaler's signal)
         self.changed = asyncio.Event()  # set (and replaced) at each change of it or its pods
         self.refresh(obj, deployment)
 
@@ -77,6 +79,9 @@ class KubeFunction:
         self.deployment = deployment
         self.buffer_body = _buffer_body(deployment.envVars)
         self.body_limits = BodyLimits.from_env(deployment.envVars)
+        # Requests one pod serves at once (``threads`` in http mode), as the local provider
+        # counts a replica's: past it, a request waits in the gateway for a free slot.
+        self.capacity = pod_capacity(deployment.envVars)
         try:
             self.scaling = deployment.scaling()
         except BadRequest:  # refused at deploy; only an object edited by hand gets here
@@ -157,7 +162,7 @@ class KubernetesProvider:
         self._token_key = await self._load_token_key()
         # One pool of kept-alive connections to every pod: requests reuse them.
         self._session = client_session(aiohttp.TCPConnector(limit=0, keepalive_timeout=30))
-        self._endpoints = EndpointTable(self._session)
+        self._endpoints = EndpointTable(self._session, on_release=self._on_release)
         self._activator = Activator(self._endpoints, pods=lambda key: self._function_pods(*key), notify=self._notify,
                                     deployment=lambda key: fn.obj if (fn := self.functions.get(key)) else None,
                                     timeout=self.cold_start_timeout)
@@ -249,6 +254,11 @@ class KubernetesProvider:
     def _notify(self, key: Key) -> None:
         fn = self.functions.get(key)
         if fn is not None:
+            fn.notify()
+
+    def _on_release(self, key: Key) -> None:
+        fn = self.functions.get(key)
+        if fn is not None and fn.waiting:  # a slot freed: the requests waiting for one try again
             fn.notify()
 
     # ---- namespaces ---------------------------------------------------------------------------
@@ -356,32 +366,59 @@ class KubernetesProvider:
         return ""
 
     async def acquire(self, name: str, namespace: str = "") -> Endpoint:
+        """The least loaded ready pod with a free slot (fewer open requests from this gateway
+        than ``capacity``). A request that finds every pod full waits, counted in ``waiting``
+        (the autoscaler's signal), for a slot or a new pod, with no deadline of its own, as on
+        the local provider. With several gateways each counts only its own requests on a pod."""
         ns = self._namespace(namespace)
         key = (ns, name)
-        endpoint = self.endpoints.pick(key)
+        endpoint = self.endpoints.pick(key, self._get(name, ns).capacity)
         if endpoint is not None:
             return endpoint
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cold_start_timeout
         # While it waits, the activator probes the function's new pods itself: the request
         # goes to the first that answers, before the kubelet reports it Ready.
-        with self.activator.waiting(key):
-            while True:
-                fn = self._get(name, ns)  # it may have been removed meanwhile
-                endpoint = self.endpoints.pick(key)
-                if endpoint is not None:
-                    return endpoint
-                if replicas_wanted(fn.obj) == 0:
-                    await self.scale(name, fn.scaling.wake, ns)  # scaled to zero: a request wakes it
-                error = self._start_error(ns, name)
-                if error:  # it cannot start: say why now rather than wait out the cold start
-                    raise FunctionNotReady(f"function {name!r} is failing to start: {error}")
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    raise FunctionNotReady(f"function {name!r} is not ready (waited {self.cold_start_timeout:g}s)")
-                self.activator.refresh(key)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(fn.changed.wait(), timeout)
+        waiting = self._get(name, ns)
+        waiting.waiting += 1
+        try:
+            with self.activator.waiting(key):
+                while True:
+                    fn = self._get(name, ns)  # it may have been removed meanwhile
+                    endpoint = self.endpoints.pick(key, fn.capacity)
+                    if endpoint is not None:
+                        return endpoint
+                    if replicas_wanted(fn.obj) == 0:
+                        await self.scale(name, fn.scaling.wake, ns)  # scaled to zero: a request wakes it
+                    timeout: float | None = None
+                    if self.endpoints.full(key, fn.capacity):
+                        # Waiting for a slot of a running pod is not a cold start: no deadline then.
+                        deadline = loop.time() + self.cold_start_timeout
+                    else:
+                        error = self._start_error(ns, name)
+                        if error:  # it cannot start: say why now rather than wait out the cold start
+                            raise FunctionNotReady(f"function {name!r} is failing to start: {error}")
+                        timeout = deadline - loop.time()
+                        if timeout <= 0:
+                            raise FunctionNotReady(f"function {name!r} is not ready (waited {self.cold_start_timeout:g}s)")
+                    self.activator.refresh(key)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(fn.changed.wait(), timeout)
+        finally:
+            waiting.waiting -= 1
+
+    def load(self, name: str, namespace: str = "", *, cpu: bool = False) -> FunctionLoad:
+        """This gateway's share: several gateways each count their own (summing them is the
+        autoscaler's load source's business). CPU: not read here (``cpu_seconds`` None)."""
+        ns = self._namespace(namespace)
+        fn = self._get(name, ns)
+        ready = self.endpoints.ready((ns, name))
+        probed = [e for e in self.endpoints.probed((ns, name)).values() if e not in ready]
+        draining = self.endpoints.draining((ns, name))  # terminating pods still streaming
+        return FunctionLoad(
+            inflight=sum(e.inflight for e in [*ready, *probed, *draining]), waiting=fn.waiting, requests=fn.invocations,
+            replicas=replicas_wanted(fn.obj), ready=len(ready), draining=len(draining),
+        )
 
     def logs(self, name: str, *, tail: int, since: float | None, follow: bool, namespace: str = "") -> AsyncIterator[LogLine]:
         ns = self._namespace(namespace)

@@ -1,6 +1,7 @@
 // The functions page: list what is deployed, invoke one, and show its response as it streams.
 import { atBottom, el, formatBytes, formatMs, functionUrl, isAbort, listFunctions, readText } from "./common.js";
 import { SSEParser, cutNote, deltaOf, errorMessage } from "./sse.js";
+import { startStreamCharts } from "./charts.js";
 
 const $ = (id) => document.getElementById(id);
 const table = $("functions");
@@ -231,3 +232,4 @@ rawToggle.addEventListener("change", () => {
 });
 $("refresh").addEventListener("click", refresh);
 refresh();
+startStreamCharts({ container: $("stream-charts"), empty: $("streams-empty"), error: $("streams-error"), window: $("streams-window") });

@@ -1,0 +1,359 @@
+"""Resumable event streams: each event gets an id, and a stream's bytes are kept in a journal
+so that a client that reconnects with ``Last-Event-ID`` gets what it missed, then the live tail,
+without the function running again (issue 14).
+
+A journalled stream is read from its function by one task (the *pump*), not by the request
+that started it: the client's request only reads the journal, so the function runs on when
+that client goes away, for the function's ``resume_grace``, and a resuming request reads the
+same journal from where its client left off. A finished stream stays for ``resume_window``.
+
+Offsets: a stream is one run of bytes as its clients get them (ids added, the ``retry:`` hint
+in front); each event's id is paired with the offset just past its blank line, and a resume
+from that id starts there. Memory is bounded per stream (``resume_max_bytes``) and per gateway
+(``--resume-journal-bytes``): the oldest bytes go first, and an id whose event went with them
+can no longer be resumed from (a 404 that says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDict
+
+if TYPE_CHECKING:
+    from .journal_nats import JetStreamJournal
+
+# Where an event ends: its last line's end, then an empty line (LF or CRLF streams).
+_LF_END = b"\n\n"
+_CRLF_END = b"\r\n\r\n"
+_BLANK_LINES = (_LF_END, _CRLF_END, b"\n\r\n", b"\r\n\n")
+
+
+@dataclass(frozen=True)
+class Head:
+    """The response head every client of a stream gets, the resuming ones too."""
+
+    status: int
+    reason: str | None
+    headers: CIMultiDict[str]
+
+
+class EventIds:
+    """Gives each event of a byte stream an id, passing every byte on as it comes.
+
+    An event that carries its own ``id:`` keeps it; any other gets ``id: SID:N`` as its last
+    line, written just before the blank line that ends it (so a client has the id exactly when
+    it has the whole event). Only the current event's bytes are held, to look for a line
+    ``id:`` and for an end split across two chunks.
+    """
+
+    __slots__ = ("sid", "seq", "_event", "_sent")
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+        self.seq = 0
+        self._event = bytearray()  # the current event, from its start
+        self._sent = 0  # how much of it was passed on already
+
+    def end_event(self) -> bytes:
+        """What ends the event in progress, if one is: before a last event of the gateway's own."""
+        if not self._event:
+            return b""
+        return b"\n" if self._event.endswith((b"\n", b"\r")) else b"\n\n"
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes to send for ``chunk``: the same, with an id line at each event end."""
+        event = self._event
+        event += chunk
+        out = bytearray()
+        while True:
+            lf = event.find(_LF_END, max(0, self._sent - 1))
+            crlf = event.find(_CRLF_END, max(0, self._sent - 3))
+            if lf < 0 and crlf < 0:
+                break
+            if crlf >= 0 and (lf < 0 or crlf < lf):
+                body_end, blank_end = crlf + 2, crlf + 4  # the id goes after the last line's CRLF
+            else:
+                body_end, blank_end = lf + 1, lf + 2
+            self.seq += 1
+            own = event.startswith(b"id") or event.find(b"\nid", 0, body_end) >= 0 or event.find(b"\rid", 0, body_end) >= 0
+            if self._sent <= body_end:
+                out += event[self._sent:body_end]
+                if not own or _own_id(bytes(event[:body_end])) is None:
+                    out += b"id: %s:%d\n" % (self.sid.encode(), self.seq)
+                out += event[body_end:blank_end]
+            else:
+                # Not reached by LF or CRLF streams (a trailing CR is held back): the id's place
+                # went out with the previous chunk, so this event keeps whatever id it had.
+                out += event[self._sent:blank_end]
+            del event[:blank_end]
+            self._sent = 0
+        # A trailing CR waits for the next chunk: it may be the first half of a CRLF blank line,
+        # in front of which the id must go. (A client cannot act on it before the LF either.)
+        held = len(event) - 1 if event.endswith(b"\r") else len(event)
+        out += event[self._sent:held]
+        self._sent = held
+        return bytes(out)
+
+    def flush(self) -> bytes:
+        """What is still held back (a trailing CR), once the stream has ended."""
+        rest = bytes(self._event[self._sent:])
+        self._sent = len(self._event)
+        return rest
+
+
+def _own_id(event: bytes) -> str | None:
+    """The value of the event's last ``id`` line, if it has one."""
+    found = None
+    for line in event.splitlines():
+        if line == b"id" or line.startswith(b"id:"):
+            value = line[3:]
+            found = (value[1:] if value.startswith(b" ") else value).decode("utf-8", "replace")
+    return found
+
+
+def event_end(data: bytes, event_id: str) -> int:
+    """The offset just past the event whose id is ``event_id`` (its last such line wins), or -1
+    when ``data`` holds no whole event with that id. Looked up only when a client resumes, so
+    the journal keeps no index per event."""
+    value = event_id.encode()
+    for line in (b"id: " + value, b"id:" + value):
+        at = len(data)
+        while (at := data.rfind(line, 0, at)) >= 0:
+            after = at + len(line)
+            if (at == 0 or data[at - 1] in b"\r\n") and data[after:after + 1] in (b"\n", b"\r"):
+                # Line ends may mix: the id line the gateway adds ends in LF in a CRLF stream.
+                found = [(i, len(end)) for end in _BLANK_LINES if (i := data.find(end, after)) >= 0]
+                return min(found)[0] + min(found)[1] if found else -1
+            at -= 1
+            if at < 0:
+                break
+    return -1
+
+
+class JournalGone(LookupError):
+    """A resume that cannot be served: ``reason`` is ``unknown``, ``expired`` or ``dropped``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Stream:
+    """One journalled stream: its head, and its bytes as its clients get them (the oldest may
+    be gone). Nothing is kept per event: an id is looked up in the bytes when a client resumes."""
+
+    def __init__(self, journal: Journal, function: str, sid: str, head: Head, max_bytes: int, window: float,
+                 grace: float) -> None:
+        self.journal = journal
+        self.function = function
+        self.sid = sid
+        self.head = head
+        self.max_bytes = max_bytes
+        self.window = window
+        self.grace = grace
+        self.chunks: deque[bytes] = deque()
+        self.base = 0  # the offset of chunks[0]
+        self.end = 0  # the offset past the last byte
+        self.done = False
+        self.outcome = ""
+        self.outcome_time = 0.0  # when it ended (Unix seconds)
+        self.readers = 0
+        self.remote_seen = -1e9  # when a reader on another gateway last said it was there
+        self.on_abandon: Callable[[], None] | None = None  # stops the function (no reader left)
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ---- written by the pump ------------------------------------------------------------
+    def append(self, data: bytes) -> None:
+        if data:
+            self.chunks.append(data)
+            self.end += len(data)
+            self.journal.grew(len(data))
+            self.trim(self.max_bytes)
+        self._wake()
+
+    def finish(self, outcome: str) -> None:
+        self.done = True
+        self.outcome = outcome
+        self.outcome_time = self.outcome_time or time.time()
+        self._wake()
+        self._arm(self.window, self._expire)
+
+    # ---- read by clients -------------------------------------------------------------------
+    def kept(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def offset_after(self, event_id: str) -> int:
+        """Where a client that last had ``event_id`` goes on; ``JournalGone`` if nowhere."""
+        end = event_end(self.kept(), event_id)
+        if end >= 0:
+            return self.base + end
+        if self.base > 0:
+            raise JournalGone("dropped", f"event {event_id!r} is no longer kept: the journal of stream {self.sid} "
+                              f"keeps its last {self.max_bytes} bytes")
+        raise JournalGone("unknown", f"stream {self.sid} has no event {event_id!r}")
+
+    async def read(self, offset: int) -> bytes:
+        """The bytes from ``offset`` on, waiting for some; b"" once the stream is done."""
+        while offset >= self.end:
+            if self.done:
+                return b""
+            if self._waiter is None or self._waiter.done():
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)
+        if offset < self.base:
+            raise JournalGone("dropped", "this client fell behind the stream's journal, whose oldest bytes were dropped")
+        # From the newest chunk back: a live client reads the last one, a resuming client gets
+        # all it missed at once.
+        at = self.end
+        parts = []
+        for chunk in reversed(self.chunks):
+            at -= len(chunk)
+            if at <= offset:
+                parts.append(chunk[offset - at:] if offset > at else chunk)
+                break
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(reversed(parts))
+
+    def attach(self) -> None:
+        self.readers += 1
+        if not self.done:
+            self._disarm()
+
+    def detach(self) -> None:
+        self.readers -= 1
+        if self.readers == 0 and not self.done:
+            self._arm(self.grace, self._abandon_if_alone)
+
+    def seen_remotely(self) -> None:
+        """A reader on another gateway is on this stream (JetStream journals)."""
+        self.remote_seen = asyncio.get_running_loop().time()
+
+    # ---- internals ---------------------------------------------------------------------------
+    def trim(self, limit: int) -> None:
+        """Drop the oldest bytes until at most ``limit`` are kept (a chunk may be cut: one read
+        from the function can hold many events)."""
+        excess = self.end - self.base - limit
+        if excess <= 0:
+            return
+        self.journal.size -= excess
+        self.base += excess
+        while excess:
+            first = self.chunks[0]
+            if len(first) <= excess:
+                self.chunks.popleft()
+                excess -= len(first)
+            else:
+                self.chunks[0] = first[excess:]
+                excess = 0
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _arm(self, delay: float, then: Callable[[], None]) -> None:
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(delay, then)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _abandon_if_alone(self) -> None:
+        self._timer = None
+        if self.readers or self.done:
+            return
+        wait = self.remote_seen + self.grace - asyncio.get_running_loop().time()
+        if wait > 0:
+            self._arm(wait, self._abandon_if_alone)
+            return
+        if self.on_abandon is not None:
+            self.on_abandon()
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self.readers:  # a client still reading the tail: expire once it is done
+            self._arm(1.0, self._expire)
+            return
+        self.journal.forget(self)
+
+
+class Journal:
+    """A gateway's journalled streams, by stream id, within ``max_bytes`` in all."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.streams: OrderedDict[str, Stream] = OrderedDict()  # oldest first
+        self.pumps: set[asyncio.Task[None]] = set()  # one per stream whose function still runs
+        self.mirror: JetStreamJournal | None = None  # with the NATS queue: other gateways' streams
+
+    def open(self, function: str, head: Head, *, max_bytes: int, window: float, grace: float) -> Stream:
+        sid = secrets.token_urlsafe(12)  # 96 random bits: knowing it is what lets a client resume
+        return self.adopt(function, sid, head, max_bytes=max_bytes, window=window, grace=grace)
+
+    def adopt(self, function: str, sid: str, head: Head, *, max_bytes: int, window: float, grace: float) -> Stream:
+        """A stream under a given id: a new one, or a local copy of another gateway's."""
+        stream = Stream(self, function, sid, head, max_bytes, window, grace)
+        self.streams[sid] = stream
+        return stream
+
+    def find(self, function: str, sid: str, event_id: str) -> Stream:
+        """The stream ``sid`` of ``function``, or with no ``sid`` the newest one that sent
+        ``event_id`` (a function's own ids name no stream)."""
+        if sid:
+            stream = self.streams.get(sid)
+            if stream is not None and stream.function == function:
+                return stream
+        else:
+            for stream in reversed(self.streams.values()):
+                if stream.function == function and event_end(stream.kept(), event_id) >= 0:
+                    return stream
+        which = f"stream {sid!r}" if sid else f"stream with event {event_id!r}"
+        raise JournalGone("unknown", f"no {which} of function {function!r} is kept (unknown, or past its resume_window)")
+
+    def grew(self, nbytes: int) -> None:
+        self.size += nbytes
+        if self.size <= self.max_bytes:
+            return
+        for other in list(self.streams.values()):  # the oldest streams give up their bytes first
+            other.trim(max(0, other.end - other.base - (self.size - self.max_bytes)))
+            if other.done and other.end == other.base and not other.readers:
+                self.forget(other)
+            if self.size <= self.max_bytes:
+                return
+
+    def forget(self, stream: Stream) -> None:
+        if self.streams.get(stream.sid) is stream:
+            del self.streams[stream.sid]
+            self.size -= stream.end - stream.base
+            stream.chunks.clear()
+            stream.base = stream.end
+            stream._disarm()
+
+    async def close(self) -> None:
+        """Stop every function still streaming into the journal, and forget every stream."""
+        for task in self.pumps:
+            task.cancel()
+        await asyncio.gather(*self.pumps, return_exceptions=True)
+        if self.mirror is not None:
+            await self.mirror.close()
+        for stream in list(self.streams.values()):
+            self.forget(stream)
+
+
+def split_event_id(last_event_id: str) -> tuple[str, str]:
+    """``(stream id, event id)`` from a ``Last-Event-ID`` the gateway gave (``SID:N``); a
+    function's own id names no stream: ``("", id)``."""
+    sid, colon, seq = last_event_id.rpartition(":")
+    if colon and sid and seq.isdigit() and len(sid) == 16:
+        return sid, last_event_id
+    return "", last_event_id

@@ -1,0 +1,204 @@
+"""The request side of resumable streams (``stream_resume: true``): start a journalled stream,
+and serve a ``Last-Event-ID`` from the journal (``journal.py``), here or, with the NATS queue,
+from JetStream (``journal_nats.py``).
+
+A client learns how to resume from the response: ``X-Stream-Id`` (the stream) and each
+event's ``id:``. An ``EventSource`` does the rest by itself: it reconnects to the same URL with
+``Last-Event-ID``. A fetch-based client sends the same request again with ``Last-Event-ID``
+(and ``X-Stream-Id`` when the function sets its own event ids). The resumed response carries
+the events after that id, then the live tail; the function is not called again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+from aiohttp import ClientError, ClientResponse, hdrs, web
+from multidict import CIMultiDict
+
+from ..config import ResumeSettings, SseSettings
+from ..proxy import (
+    EVENT_STREAM,
+    HEARTBEAT,
+    StreamObserver,
+    _ended_by,
+    _Heartbeat,
+    _IdleWatch,
+    _sets_retry,
+    error_event,
+    response_headers,
+    stream_failure,
+)
+from .journal import EventIds, Head, Journal, JournalGone, Stream, split_event_id
+
+STREAM_ID_HEADER = "X-Stream-Id"
+__all__ = ["HEARTBEAT", "STREAM_ID_HEADER", "resume_or_none", "start_journalled"]
+
+
+def journal_head(upstream: ClientResponse) -> Head:
+    return Head(upstream.status, upstream.reason, response_headers(upstream))
+
+
+def start_journalled(
+    journal: Journal,
+    function: str,
+    upstream: ClientResponse,
+    settings: ResumeSettings,
+    sse: SseSettings,
+    release: Callable[[], None],
+) -> Stream:
+    """Journal ``upstream``'s event stream from now on, in a task of its own; ``release`` is
+    called when the function's side ends (the replica's request is over)."""
+    stream = journal.open(function, journal_head(upstream), max_bytes=settings.max_bytes,
+                          window=settings.window, grace=settings.grace)
+    stream.head.headers[STREAM_ID_HEADER] = stream.sid
+    retry_line = b"retry: %d\n" % sse.retry_ms if sse.retry_ms else b""
+    task = asyncio.get_running_loop().create_task(_pump(stream, upstream, retry_line, release))
+    journal.pumps.add(task)
+    task.add_done_callback(journal.pumps.discard)
+    stream.on_abandon = lambda: None if task.cancel() else None  # no client for resume_grace: stop the function
+    return stream
+
+
+async def _pump(stream: Stream, upstream: ClientResponse, retry_line: bytes, release: Callable[[], None]) -> None:
+    """Copy the function's stream into the journal, ids added, until it ends or is abandoned."""
+    ids = EventIds(stream.sid)
+    mirror = stream.journal.mirror
+    if mirror is not None:
+        await mirror.opened(stream)
+    clean = False
+    outcome = "client"  # cancelled: every client went away and none came back in time
+    last: bytes | None = None
+    try:
+        read = upstream.content.readany
+        chunk = await read()
+        if chunk:
+            out = ids.feed(chunk)
+            # The hint rides on the first event, as the plain proxy sends it: no extra event.
+            await _append(stream, retry_line + out if retry_line and not _sets_retry(chunk) else out)
+        while chunk:
+            last = chunk
+            chunk = await read()
+            if chunk:
+                await _append(stream, ids.feed(chunk))
+        await _append(stream, ids.flush())
+        outcome = _ended_by(last)
+        clean = True
+    except (ClientError, asyncio.IncompleteReadError) as exc:
+        outcome = "function"
+        await _append(stream, ids.feed(ids.end_event() + error_event(stream_failure(exc), 502)))
+    finally:
+        if clean:
+            upstream.release()
+        else:
+            upstream.close()
+        release()
+        stream.finish(outcome)
+        if mirror is not None:
+            await mirror.finished(stream)
+
+
+async def _append(stream: Stream, data: bytes) -> None:
+    """Into the journal (its readers woken at once), then into JetStream's copy, if any."""
+    offset = stream.end
+    stream.append(data)
+    mirror = stream.journal.mirror
+    if mirror is not None and data:
+        await mirror.appended(stream, offset, data)
+
+
+async def relay(
+    request: web.Request,
+    stream: Stream,
+    offset: int,
+    *,
+    extra_headers: CIMultiDict[str],
+    sse: SseSettings,
+    observer: StreamObserver | None,
+) -> web.StreamResponse:
+    """Send one client the stream from ``offset``: what the journal has, then the live tail."""
+    head = stream.head
+    resp = web.StreamResponse(status=head.status, reason=head.reason, headers=head.headers)
+    resp.headers.update(extra_headers)
+    nbytes = events = 0
+    outcome = "client"
+    stream.attach()
+    beat: _Heartbeat | None = None
+    try:
+        await resp.prepare(request)
+        if observer is not None:
+            observer.opened()
+        async with asyncio.timeout(None) as cm:
+            progress = _IdleWatch(0, cm)  # no limit here: a counter for the heartbeat
+            if sse.heartbeat_interval:
+                beat = _Heartbeat(sse.heartbeat_interval, progress, resp)
+            try:
+                chunk = await stream.read(offset)
+                if chunk and observer is not None:
+                    observer.first_byte()
+                while chunk:
+                    await resp.write(chunk)
+                    offset += len(chunk)
+                    progress.chunks += 1
+                    progress.last = chunk
+                    nbytes += len(chunk)
+                    events += chunk.count(b"\n\n")
+                    chunk = await stream.read(offset)
+            except JournalGone as gone:  # this client fell behind what the journal keeps
+                await resp.write(error_event(str(gone), 410))
+            finally:
+                if beat is not None:
+                    beat.stop()
+        outcome = stream.outcome or "complete"
+        await resp.write_eof()
+        return resp
+    except (ConnectionError, ClientError, RuntimeError):
+        outcome = "client"
+        return resp
+    finally:
+        stream.detach()
+        if observer is not None:
+            observer.ended(nbytes, events, outcome)
+
+
+async def resume_or_none(
+    journal: Journal,
+    request: web.Request,
+    function: str,
+    last_event_id: str,
+    settings: ResumeSettings,
+    *,
+    extra_headers: CIMultiDict[str],
+    sse: SseSettings,
+    observer: StreamObserver | None,
+    count: Callable[[str], None],
+) -> web.StreamResponse | None:
+    """The resumed stream for a request with ``Last-Event-ID``; None when the function should
+    be called afresh (``resume_fallback: rerun``); else a 404 that says why."""
+    sid, event_id = split_event_id(last_event_id)
+    sid = request.headers.get(STREAM_ID_HEADER, sid)
+    try:
+        try:
+            stream = journal.find(function, sid, event_id)
+        except JournalGone:
+            if journal.mirror is None or not sid:
+                raise
+            stream = await journal.mirror.adopt(function, sid, event_id)  # begun on another gateway
+        offset = stream.offset_after(event_id)
+    except JournalGone as gone:
+        count("rerun" if settings.rerun else gone.reason)
+        if settings.rerun:
+            return None
+        body = {"error": {"message": str(gone), "reason": gone.reason, "status": 404}}
+        resp = web.Response(status=404, text=json.dumps(body) + "\n", content_type="application/json")
+        resp.headers.update(extra_headers)
+        return resp
+    count("resumed")
+    return await relay(request, stream, offset, extra_headers=extra_headers, sse=sse, observer=observer)
+
+
+def is_event_stream_response(upstream: ClientResponse) -> bool:
+    content_type = upstream.headers.get(hdrs.CONTENT_TYPE, "")
+    return content_type.split(";", 1)[0].strip().lower() == EVENT_STREAM

@@ -1,0 +1,193 @@
+"""Resumable streams (``stream_resume: true``), through gateway → watchdog → python3-flask over
+real sockets: a client that drops mid-answer and comes back with ``Last-Event-ID`` gets the
+rest, the function having run once; the journal's limits and fallbacks answer as documented."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent, connect_sse
+
+from platform_fixture import Platform, Signals
+
+# Events 1..COUNT (the 4th waits for the test to open GATE), then "done". Every run, every end
+# and every close of the generator is marked, so the test knows how often the function ran and
+# whether it was stopped.
+ANSWER = """
+import os, time, urllib.request
+from flask import Response, request
+
+def _mark(name):
+    urllib.request.urlopen(urllib.request.Request(os.environ["SIGNALS"] + "/mark/" + name, data=b""), timeout=10).read()
+
+def handle(req):
+    gate = request.args.get("gate", "none")
+    count = int(request.args.get("count", "6"))
+    size = int(request.args.get("size", "0"))
+    tick = float(request.args.get("tick", "0"))
+    wait = request.args.get("wait") != "no"  # read here: the generator runs after the request context
+    _mark("run-" + gate)
+
+    def gen():
+        try:
+            for n in range(1, count + 1):
+                if n == 4 and wait:
+                    urllib.request.urlopen(os.environ["SIGNALS"] + "/wait/" + gate + "?timeout=30", timeout=40).read()
+                time.sleep(tick)
+                yield "event: token\\ndata: %d %s\\n\\n" % (n, "x" * size)
+            yield "event: done\\ndata: end\\n\\n"
+            _mark("finished-" + gate)
+        finally:
+            _mark("closed-" + gate)
+
+    return Response(gen(), mimetype="text/event-stream")
+"""
+RESUME = {"stream_resume": "true", "sse_retry": "100ms", "resume_grace": "20s"}
+
+
+@pytest.fixture(scope="module")
+def answer(tmp_path_factory: pytest.TempPathFactory, shared_platform: Platform, shared_signals: Signals) -> Iterator[str]:
+    handler = shared_platform.write_function(tmp_path_factory.mktemp("functions"), "answer", ANSWER)
+    shared_platform.deploy("answer", handler, env={"SIGNALS": shared_signals.url, **RESUME})
+    yield "answer"
+
+
+def _handler(platform: Platform, tmp: Path) -> Path:
+    return platform.write_function(tmp, "answer", ANSWER)
+
+
+def _pairs(events: list[ServerSentEvent]) -> list[tuple[str, str]]:
+    return [(e.event, e.data) for e in events]
+
+
+def _read_until(platform: Platform, url: str, n: int, signals: Signals, gate: str) -> tuple[list[ServerSentEvent], str]:
+    """Read ``n`` events, then drop the connection; returns them and the stream id header."""
+    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", url) as es:
+        assert es.response.status_code == 200
+        stream_id = es.response.headers["X-Stream-Id"]
+        events = []
+        for event in es.iter_sse():
+            events.append(event)
+            if len(events) == n:
+                break
+    return events, stream_id
+
+
+def _resume(url: str, last_id: str, headers: dict[str, str] | None = None) -> tuple[httpx.Response, list[ServerSentEvent]]:
+    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", url, headers={"Last-Event-ID": last_id, **(headers or {})}) as es:
+        if es.response.status_code != 200:
+            es.response.read()
+            return es.response, []
+        return es.response, list(es.iter_sse())
+
+
+def test_a_dropped_client_resumes_where_it_left_and_the_function_ran_once(
+    shared_platform: Platform, shared_signals: Signals, answer: str
+) -> None:
+    shared_signals.open("whole")
+    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", shared_platform.function_url(answer) + "?gate=whole") as es:
+        whole = list(es.iter_sse())
+    assert _pairs(whole)[-1] == ("done", "end") and len(whole) == 7, _pairs(whole)
+
+    url = shared_platform.function_url(answer) + "?gate=cut"
+    first, stream_id = _read_until(shared_platform, url, 3, shared_signals, "cut")
+    assert first[0].retry == 100 and first[2].id == f"{stream_id}:3"
+    # The client is gone; the function goes on into the journal (no client to cancel it).
+    shared_signals.open("cut")
+    shared_signals.wait_marks("finished-cut")
+    resp, rest = _resume(url, first[-1].id)
+    assert resp.status_code == 200 and resp.headers["X-Stream-Id"] == stream_id
+    assert _pairs(first + rest) == _pairs(whole)
+    assert len(shared_signals.marks("run-cut")) == 1
+
+
+def test_a_resume_before_the_function_finishes_gets_the_live_tail(
+    shared_platform: Platform, shared_signals: Signals, answer: str
+) -> None:
+    url = shared_platform.function_url(answer) + "?gate=live"
+    first, _ = _read_until(shared_platform, url, 2, shared_signals, "live")
+    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", url, headers={"Last-Event-ID": first[-1].id}) as es:
+        assert es.response.status_code == 200
+        events = es.iter_sse()
+        third = next(events)
+        assert _pairs([third]) == [("token", "3 ")]  # from the journal, the function waiting
+        shared_signals.open("live")  # now the rest is made while this client reads
+        rest = [third, *events]
+    assert [e.data for e in first + rest] == ["1 ", "2 ", "3 ", "4 ", "5 ", "6 ", "end"]
+    assert len(shared_signals.marks("run-live")) == 1
+
+
+def test_a_function_with_no_client_left_is_stopped_after_its_grace(
+    shared_platform: Platform, shared_signals: Signals, tmp_path: Path
+) -> None:
+    shared_platform.deploy("answer-grace", _handler(shared_platform, tmp_path), env={
+        "SIGNALS": shared_signals.url, **RESUME, "resume_grace": "500ms",
+    })
+    url = shared_platform.function_url("answer-grace") + "?gate=grace&count=100000&tick=0.05&wait=no"
+    _read_until(shared_platform, url, 2, shared_signals, "grace")
+    shared_signals.wait_marks("closed-grace", timeout=15)  # stopped: not left to run (and cost) for ever
+    assert not shared_signals.marks("finished-grace")
+
+
+def test_an_unknown_id_is_a_404_with_a_reason_or_a_fresh_call_when_the_function_says_so(
+    shared_platform: Platform, shared_signals: Signals, answer: str, tmp_path: Path
+) -> None:
+    resp, _ = _resume(shared_platform.function_url(answer) + "?gate=unknown", "AAAAAAAAAAAAAAAA:3")
+    assert resp.status_code == 404
+    assert resp.json()["error"]["reason"] == "unknown"
+    assert not shared_signals.marks("run-unknown")
+
+    shared_platform.deploy("answer-rerun", _handler(shared_platform, tmp_path), env={
+        "SIGNALS": shared_signals.url, **RESUME, "resume_fallback": "rerun",
+    })
+    shared_signals.open("rerun")
+    resp, events = _resume(shared_platform.function_url("answer-rerun") + "?gate=rerun", "AAAAAAAAAAAAAAAA:3")
+    assert resp.status_code == 200 and _pairs(events)[-1] == ("done", "end") and len(events) == 7
+    assert len(shared_signals.marks("run-rerun")) == 1
+
+    metrics = shared_platform.http.get(f"{shared_platform.url}/metrics").text
+    assert 'gateway_stream_resumes_total{function_name="answer",result="unknown"} 1.0' in metrics
+    assert 'gateway_stream_resumes_total{function_name="answer-rerun",result="rerun"} 1.0' in metrics
+
+
+def test_a_journal_over_its_byte_limit_drops_its_oldest_events(
+    shared_platform: Platform, shared_signals: Signals, tmp_path: Path
+) -> None:
+    shared_platform.deploy("answer-small", _handler(shared_platform, tmp_path), env={
+        "SIGNALS": shared_signals.url, **RESUME, "resume_max_bytes": "1KiB",
+    })
+    url = shared_platform.function_url("answer-small") + "?gate=small&count=40&size=100&wait=no"
+    first, stream_id = _read_until(shared_platform, url, 1, shared_signals, "small")
+    shared_signals.wait_marks("finished-small")
+    resp, _ = _resume(url, first[0].id)
+    assert resp.status_code == 404
+    assert resp.json()["error"]["reason"] == "dropped" and "1024 bytes" in resp.json()["error"]["message"]
+    resp, rest = _resume(url, f"{stream_id}:38")  # still kept: the last events
+    assert resp.status_code == 200
+    assert [e.data.split()[0] for e in rest] == ["39", "40", "end"]
+
+
+def test_a_function_that_sets_its_own_ids_keeps_them_and_resumes_by_them(
+    shared_platform: Platform, tmp_path: Path
+) -> None:
+    own = 'from flask import Response\n\ndef handle(req):\n    return Response(("id: m%d\\ndata: %d\\n\\n" % (n, n) for n in range(5)), mimetype="text/event-stream")\n'
+    shared_platform.deploy("own-ids", shared_platform.write_function(tmp_path, "own-ids", own), env=RESUME)
+    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", shared_platform.function_url("own-ids")) as es:
+        whole = list(es.iter_sse())
+        stream_id = es.response.headers["X-Stream-Id"]
+    assert [e.id for e in whole] == ["m0", "m1", "m2", "m3", "m4"]
+    resp, rest = _resume(shared_platform.function_url("own-ids"), "m2", {"X-Stream-Id": stream_id})
+    assert resp.status_code == 200 and [e.data for e in rest] == ["3", "4"]
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("stream_resume", "maybe"), ("resume_window", "0s"), ("resume_grace", "soon"),
+    ("resume_max_bytes", "lots"), ("resume_fallback", "sometimes"),
+])
+def test_a_bad_resume_setting_is_a_400_at_deploy_naming_it(shared_platform: Platform, key: str, value: str) -> None:
+    body = {"service": "bad-resume", "image": "bad-resume:latest", "envVars": {"stream_resume": "true", key: value}}
+    r = shared_platform.http.post(f"{shared_platform.url}/system/functions", json=body)
+    assert r.status_code == 400 and key in r.text, r.text

@@ -1,0 +1,118 @@
+"""The journal's pure parts: ids given at event ends however the bytes are chunked, a function's
+own ids kept, and the byte bounds (per stream, per gateway) dropping the oldest bytes first."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from httpx_sse._decoders import SSEDecoder
+from hypothesis import given
+from hypothesis import strategies as st
+from multidict import CIMultiDict
+
+from streamfaas.gateway.journal import (
+    EventIds,
+    Head,
+    Journal,
+    JournalGone,
+    event_end,
+    split_event_id,
+)
+
+SID = "A" * 16
+
+
+def _events(raw: bytes) -> list[tuple[str, str, str]]:
+    decoder = SSEDecoder()
+    out = []
+    for line in raw.decode().splitlines():
+        event = decoder.decode(line)
+        if event is not None:
+            out.append((event.event, event.data, event.id))
+    return out
+
+
+def _feed_all(chunks: list[bytes]) -> bytes:
+    ids = EventIds(SID)
+    return b"".join(ids.feed(chunk) for chunk in chunks) + ids.flush()
+
+
+STREAM = b"data: one\n\n: comment\n\nevent: note\ndata: two\ndata: lines\n\nid: own-7\ndata: three\n\ndata: four\r\n\r\n"
+
+
+@given(st.lists(st.integers(min_value=1, max_value=len(STREAM) - 1), unique=True, max_size=12))
+def test_ids_do_not_depend_on_how_the_stream_is_chunked(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(STREAM)]
+    assert _feed_all([STREAM[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]) == _feed_all([STREAM])
+
+
+def test_each_event_gets_an_id_at_its_end_and_a_function_id_is_kept() -> None:
+    out = _feed_all([STREAM])
+    assert [e for e in _events(out) if e[1]] == [
+        ("message", "one", f"{SID}:1"),
+        ("note", "two\nlines", f"{SID}:3"),
+        ("message", "three", "own-7"),
+        ("message", "four", f"{SID}:5"),
+    ]
+    # An event's end is just past its blank line: resuming there starts the next event.
+    assert out[event_end(out, f"{SID}:1"):].startswith(b": comment\n")
+    assert out[event_end(out, f"{SID}:2"):].startswith(b"event: note")
+    assert out[event_end(out, "own-7"):].startswith(b"data: four")
+    assert event_end(out, f"{SID}:5") == len(out)
+    assert event_end(out, f"{SID}:6") == -1 and event_end(out, "own") == -1
+
+
+def test_bytes_after_the_last_event_end_are_passed_on_at_once() -> None:
+    ids = EventIds(SID)
+    assert ids.feed(b"data: par") == b"data: par"
+    assert ids.feed(b"tial\n") == b"tial\n"
+    assert ids.feed(b"\n") == f"id: {SID}:1\n\n".encode()
+
+
+def test_split_event_id_tells_the_gateways_ids_from_a_functions() -> None:
+    assert split_event_id(f"{SID}:12") == (SID, f"{SID}:12")
+    assert split_event_id("own-7") == ("", "own-7")
+    assert split_event_id("a:b:3") == ("", "a:b:3")
+
+
+def _stream(journal: Journal, max_bytes: int = 1000):  # type: ignore[no-untyped-def]
+    return journal.open("fn", Head(200, "OK", CIMultiDict()), max_bytes=max_bytes, window=60, grace=30)
+
+
+async def test_a_stream_over_its_byte_limit_drops_its_oldest_events() -> None:
+    journal = Journal(10_000)
+    stream = _stream(journal, max_bytes=100)  # the last 3 events (≈ 32 bytes each)
+    ids = EventIds(stream.sid)
+    for n in range(10):
+        stream.append(ids.feed(b"data: %d\n\n" % n))
+    assert stream.end - stream.base <= 100 and journal.size == stream.end - stream.base
+    with pytest.raises(JournalGone) as gone:
+        stream.offset_after(f"{stream.sid}:1")
+    assert gone.value.reason == "dropped"
+    offset = stream.offset_after(f"{stream.sid}:9")
+    assert (await stream.read(offset)).startswith(b"data: 9\n")
+    stream.finish("complete")
+    await journal.close()
+
+
+async def test_the_gateway_limit_takes_bytes_from_the_oldest_stream_first() -> None:
+    journal = Journal(100)
+    old, new = _stream(journal), _stream(journal)
+    old.append(b"x" * 80)
+    new.append(b"y" * 60)
+    assert journal.size <= 100
+    assert old.end - old.base < 80 and new.end - new.base == 60
+    await journal.close()
+    assert journal.size == 0
+
+
+async def test_a_stream_with_no_reader_is_abandoned_after_its_grace() -> None:
+    journal = Journal(1000)
+    stream = journal.open("fn", Head(200, "OK", CIMultiDict()), max_bytes=100, window=60, grace=0.05)
+    abandoned = asyncio.Event()
+    stream.on_abandon = abandoned.set
+    stream.attach()
+    stream.detach()
+    await asyncio.wait_for(abandoned.wait(), 5)
+    await journal.close()

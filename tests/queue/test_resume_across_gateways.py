@@ -1,0 +1,77 @@
+"""Resumable streams across gateways (issue 14): with the NATS queue, a stream begun on one
+gateway resumes on another from JetStream's copy of its journal, and the function runs once,
+on the first gateway only; a client still reading on the second keeps it from being stopped."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+from queue_fixture import NatsServer, queue_args
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+from test_resume import ANSWER, RESUME, _pairs  # noqa: E402
+
+from platform_fixture import Platform, Signals  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory: pytest.TempPathFactory, nats_server: NatsServer) -> Iterator[tuple[Platform, Platform, Signals]]:
+    root = tmp_path_factory.mktemp("resume")
+    signals = Signals()
+    extra = queue_args("nats", nats_server.url, "STREAMFAAS_RESUME")
+    one = two = None
+    try:
+        one = Platform(root / "one", extra).start()
+        two = Platform(root / "two", extra).start()
+        for p in (one, two):
+            p.deploy("answer", p.write_function(root / p.state_dir.name, "answer", ANSWER), env={
+                "SIGNALS": signals.url, **RESUME, "resume_grace": "2s"})
+        yield one, two, signals
+    finally:
+        for p in (one, two):
+            if p is not None:
+                p.close()
+        signals.close()
+
+
+def test_a_stream_begun_on_one_gateway_resumes_on_another_and_the_function_ran_once(
+    gateways: tuple[Platform, Platform, Signals]
+) -> None:
+    one, two, signals = gateways
+    query = "?gate=across"
+    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", one.function_url("answer") + query) as es:
+        stream_id = es.response.headers["X-Stream-Id"]
+        first = []
+        for event in es.iter_sse():
+            first.append(event)
+            if len(first) == 2:
+                break
+    # Resume on the other gateway before the function goes on: the journal so far from
+    # JetStream, then the live tail, while the function (waiting on the gate) runs on gateway one.
+    with httpx.Client(timeout=30) as client, connect_sse(
+        client, "GET", two.function_url("answer") + query, headers={"Last-Event-ID": first[-1].id}
+    ) as es:
+        assert es.response.status_code == 200 and es.response.headers["X-Stream-Id"] == stream_id
+        events = es.iter_sse()
+        third = next(events)
+        # Longer than the function's resume_grace (2 s): a reader on gateway two keeps it going.
+        with pytest.raises(AssertionError):
+            signals.wait_marks("closed-across", timeout=4)
+        signals.open("across")
+        rest = [third, *events]
+    assert [e.data for e in first + rest] == ["1 ", "2 ", "3 ", "4 ", "5 ", "6 ", "end"]
+    assert _pairs(rest)[-1] == ("done", "end")
+    assert len(signals.marks("run-across")) == 1  # gateway two's replica was never called
+    signals.wait_marks("finished-across")
+
+
+def test_an_unknown_stream_is_a_404_on_every_gateway(gateways: tuple[Platform, Platform, Signals]) -> None:
+    one, two, _ = gateways
+    for p in (one, two):
+        r = httpx.get(p.function_url("answer") + "?gate=nope", headers={"Last-Event-ID": "BBBBBBBBBBBBBBBB:2"}, timeout=30)
+        assert r.status_code == 404 and r.json()["error"]["reason"] == "unknown"
