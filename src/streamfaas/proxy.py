@@ -157,56 +157,112 @@ _BOUNDARY_ENDS = (b"\n\n", b"\r\r", b"\n\r\n", b"\r\r\n")
 class _Heartbeat:
     """Writes an SSE comment after ``interval`` of silence, only at an event boundary.
 
-    Like ``_IdleWatch``, it costs nothing per chunk: a timer every half interval compares the
-    chunk counter, so a ping goes out between one and one and a half intervals into a silence,
-    then every interval. It never touches the counter, so ``idle_timeout`` still sees the
-    function's own silence.
+    Like ``_IdleWatch``, it costs nothing per chunk: a clock shared by every stream with the
+    same interval ticks every half interval and compares each stream's chunk counter, so a ping
+    goes out between one and one and a half intervals into a silence, then every interval. It
+    never touches the counter, so ``idle_timeout`` still sees the function's own silence.
     """
 
-    __slots__ = ("_period", "_progress", "_resp", "_seen", "_quiet", "_handle", "_task")
+    __slots__ = ("_clock", "_progress", "_resp", "_transport", "_seen", "_quiet", "_sending")
 
-    def __init__(self, interval: float, progress: _IdleWatch, resp: web.StreamResponse) -> None:
-        self._period = interval / 2
+    def __init__(self, interval: float, progress: _IdleWatch, resp: web.StreamResponse,
+                 transport: asyncio.BaseTransport | None) -> None:
         self._progress = progress
         self._resp = resp
+        self._transport = transport
         self._seen = 0
-        self._quiet = 0
-        self._task: asyncio.Task[None] | None = None
-        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(self._period, self._tick)
+        self._quiet = -1  # the clock's first tick may come at once: wait one more for a whole interval
+        self._sending = False
+        self._clock = _HeartbeatClock.of(interval)
+        self._clock.add(self)
 
-    def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
+    def due(self) -> bool:
+        """Called by the clock each half interval: whether a ping should go out now."""
         chunks = self._progress.chunks
         if chunks != self._seen:
             self._seen = chunks
             self._quiet = 0
-        else:
-            self._quiet += 1
-            last = self._progress.last
-            if self._quiet >= 2 and (self._task is None or self._task.done()) and (last is None or last.endswith(_BOUNDARY_ENDS)):
-                self._quiet = 0
-                self._task = loop.create_task(self._send(chunks))
-        self._handle = loop.call_later(self._period, self._tick)
+            return False
+        self._quiet += 1
+        last = self._progress.last
+        if self._quiet >= 2 and not self._sending and (last is None or last.endswith(_BOUNDARY_ENDS)) and self._idle_line():
+            self._quiet = 0
+            self._sending = True
+            return True
+        return False
 
-    async def _send(self, chunks: int) -> None:
+    def _idle_line(self) -> bool:
+        """Nothing waits to go out to the client: then the ping cannot wait on it either (the
+        clock writes every due ping in turn), and a client not keeping up needs none."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        return not isinstance(transport, asyncio.WriteTransport) or transport.get_write_buffer_size() == 0
+
+    async def send(self) -> None:
         # A chunk may have gone out between the tick and now, leaving the stream mid-event;
         # from this check to the bytes reaching the transport nothing awaits.
-        if self._progress.chunks != chunks:
-            return
         try:
-            await self._resp.write(HEARTBEAT)
+            if self._progress.chunks == self._seen:
+                await self._resp.write(HEARTBEAT)
         except (ConnectionError, ClientError, RuntimeError):
             # The client is gone: the handler's cancellation ends the stream; stop beating.
-            if self._handle is not None:
-                self._handle.cancel()
-                self._handle = None
+            self.stop()
+        finally:
+            self._sending = False
 
     def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
+        self._clock.discard(self)
+
+
+class _HeartbeatClock:
+    """One timer for every stream of an event loop that has the same heartbeat interval: at
+    5,000 streams that is one timer, not 5,000 re-armed ones, and one task per tick to write
+    the pings that are due."""
+
+    _clocks: dict[tuple[int, float], _HeartbeatClock] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self._loop = loop
+        self._key = (id(loop), interval)
+        self._period = interval / 2
+        self._beats: set[_Heartbeat] = set()  # each stream's copy loop removes its own, in a finally
+        self._handle: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def of(cls, interval: float) -> _HeartbeatClock:
+        loop = asyncio.get_running_loop()
+        clock = cls._clocks.get((id(loop), interval))
+        if clock is None or clock._loop is not loop:
+            clock = cls._clocks[(id(loop), interval)] = cls(loop, interval)
+        return clock
+
+    def add(self, beat: _Heartbeat) -> None:
+        self._beats.add(beat)
+        if self._handle is None:
+            self._handle = self._loop.call_later(self._period, self._tick)
+
+    def discard(self, beat: _Heartbeat) -> None:
+        self._beats.discard(beat)
+
+    def _tick(self) -> None:
+        if not self._beats:  # no stream left: the clock goes (a new stream makes a new one)
             self._handle = None
-        if self._task is not None:
-            self._task.cancel()
+            if self._clocks.get(self._key) is self:
+                del self._clocks[self._key]
+            return
+        due = [beat for beat in self._beats if beat.due()]
+        if due:
+            task = self._loop.create_task(self._send(due))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._handle = self._loop.call_later(self._period, self._tick)
+
+    @staticmethod
+    async def _send(due: list[_Heartbeat]) -> None:
+        for beat in due:
+            await beat.send()
 
 
 async def open_upstream(
@@ -321,7 +377,7 @@ async def stream_response(
             async with asyncio.timeout(limits.total or None) as cm:
                 idle = _IdleWatch(limits.idle, cm)
                 if hints is not None and hints.heartbeat_interval:
-                    beat = _Heartbeat(hints.heartbeat_interval, idle, resp)
+                    beat = _Heartbeat(hints.heartbeat_interval, idle, resp, request.transport)
                 try:
                     read = upstream.content.readany
                     write = resp.write

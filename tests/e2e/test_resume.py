@@ -11,7 +11,7 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, connect_sse
 
-from platform_fixture import Platform, Signals
+from platform_fixture import Platform, Signals, wait_for
 
 # Events 1..COUNT (the 4th waits for the test to open GATE), then "done". Every run, every end
 # and every close of the generator is marked, so the test knows how often the function ran and
@@ -162,7 +162,9 @@ def test_a_journal_over_its_byte_limit_drops_its_oldest_events(
     url = shared_platform.function_url("answer-small") + "?gate=small&count=40&size=100&wait=no"
     first, stream_id = _read_until(shared_platform, url, 1, shared_signals, "small")
     shared_signals.wait_marks("finished-small")
-    resp, _ = _resume(url, first[0].id)
+    assert first[0].id.startswith(stream_id), first
+    # The function is done; the gateway's journal has all of it a moment later (poll till then).
+    resp = wait_for(lambda: (r := _resume(url, first[0].id)[0]).status_code != 200 and r, 20, what="event 1 to be dropped")
     assert resp.status_code == 404
     assert resp.json()["error"]["reason"] == "dropped" and "1024 bytes" in resp.json()["error"]["message"]
     resp, rest = _resume(url, f"{stream_id}:38")  # still kept: the last events

@@ -107,12 +107,33 @@ async def test_the_gateway_limit_takes_bytes_from_the_oldest_stream_first() -> N
     assert journal.size == 0
 
 
+async def test_a_slow_reader_holds_the_writer_back_instead_of_losing_bytes() -> None:
+    journal = Journal(10_000)
+    stream = _stream(journal, max_bytes=100)
+    reader = stream.attach(0)
+    stream.append(b"x" * 80)
+    await asyncio.wait_for(stream.room(20), 1)  # 100 bytes in all: still within the journal
+    waiting = asyncio.ensure_future(stream.room(30))  # would drop 10 unread bytes
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    stream.advanced(reader, 40)
+    await asyncio.wait_for(waiting, 1)
+    # One chunk bigger than the whole journal is kept until read, then trimmed with the next.
+    stream.append(b"y" * 30)
+    stream.append(b"z" * 500)
+    assert stream.base == 40
+    stream.advanced(reader, stream.end)
+    stream.append(b".")
+    assert stream.end - stream.base <= 100
+    stream.detach(reader)
+    await journal.close()
+
+
 async def test_a_stream_with_no_reader_is_abandoned_after_its_grace() -> None:
     journal = Journal(1000)
     stream = journal.open("fn", Head(200, "OK", CIMultiDict()), max_bytes=100, window=60, grace=0.05)
     abandoned = asyncio.Event()
     stream.on_abandon = abandoned.set
-    stream.attach()
-    stream.detach()
+    stream.detach(stream.attach(0))
     await asyncio.wait_for(abandoned.wait(), 5)
     await journal.close()

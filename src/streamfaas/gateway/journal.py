@@ -165,6 +165,9 @@ class Stream:
         self.outcome = ""
         self.outcome_time = 0.0  # when it ended (Unix seconds)
         self.readers = 0
+        self.positions: dict[int, int] = {}  # each attached reader's offset, by reader number
+        self._numbers = 0
+        self._room: asyncio.Future[None] | None = None  # the pump, waiting for a slow reader
         self.remote_seen = -1e9  # when a reader on another gateway last said it was there
         self.on_abandon: Callable[[], None] | None = None  # stops the function (no reader left)
         self._waiter: asyncio.Future[None] | None = None
@@ -176,7 +179,7 @@ class Stream:
             self.chunks.append(data)
             self.end += len(data)
             self.journal.grew(len(data))
-            self.trim(self.max_bytes)
+            self.trim(self.max_bytes, keep_unread=True)
         self._wake()
 
     def finish(self, outcome: str) -> None:
@@ -222,12 +225,34 @@ class Stream:
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(reversed(parts))
 
-    def attach(self) -> None:
+    def attach(self, offset: int) -> int:
+        """A client starts reading at ``offset``; returns its number for ``advanced``/``detach``."""
         self.readers += 1
+        self._numbers += 1
+        self.positions[self._numbers] = offset
         if not self.done:
             self._disarm()
+        return self._numbers
 
-    def detach(self) -> None:
+    def advanced(self, reader: int, offset: int) -> None:
+        self.positions[reader] = offset
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
+
+    async def room(self, nbytes: int) -> None:
+        """Wait until ``nbytes`` more can be kept without dropping what a client reading this
+        stream has not read yet: a slow client holds the function back, as it holds back a plain
+        stream (TCP back pressure). A chunk bigger than the whole journal waits for every
+        client to have read everything before it."""
+        while self.positions and min(self.positions.values()) < min(self.end, self.end + nbytes - self.max_bytes):
+            if self._room is None or self._room.done():
+                self._room = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._room)
+
+    def detach(self, reader: int) -> None:
+        del self.positions[reader]
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
         self.readers -= 1
         if self.readers == 0 and not self.done:
             self._arm(self.grace, self._abandon_if_alone)
@@ -237,10 +262,13 @@ class Stream:
         self.remote_seen = asyncio.get_running_loop().time()
 
     # ---- internals ---------------------------------------------------------------------------
-    def trim(self, limit: int) -> None:
+    def trim(self, limit: int, *, keep_unread: bool = False) -> None:
         """Drop the oldest bytes until at most ``limit`` are kept (a chunk may be cut: one read
-        from the function can hold many events)."""
+        from the function can hold many events); with ``keep_unread``, none that a client here
+        has not read yet (one chunk bigger than the journal is kept whole until read)."""
         excess = self.end - self.base - limit
+        if keep_unread and self.positions:
+            excess = min(excess, min(self.positions.values()) - self.base)
         if excess <= 0:
             return
         self.journal.size -= excess

@@ -103,6 +103,7 @@ async def _pump(stream: Stream, upstream: ClientResponse, retry_line: bytes, rel
 async def _append(stream: Stream, data: bytes) -> None:
     """Into the journal (its readers woken at once), then into JetStream's copy, if any."""
     offset = stream.end
+    await stream.room(len(data))
     stream.append(data)
     mirror = stream.journal.mirror
     if mirror is not None and data:
@@ -124,7 +125,7 @@ async def relay(
     resp.headers.update(extra_headers)
     nbytes = events = 0
     outcome = "client"
-    stream.attach()
+    reader = stream.attach(offset)
     beat: _Heartbeat | None = None
     try:
         await resp.prepare(request)
@@ -133,7 +134,7 @@ async def relay(
         async with asyncio.timeout(None) as cm:
             progress = _IdleWatch(0, cm)  # no limit here: a counter for the heartbeat
             if sse.heartbeat_interval:
-                beat = _Heartbeat(sse.heartbeat_interval, progress, resp)
+                beat = _Heartbeat(sse.heartbeat_interval, progress, resp, request.transport)
             try:
                 chunk = await stream.read(offset)
                 if chunk and observer is not None:
@@ -141,6 +142,7 @@ async def relay(
                 while chunk:
                     await resp.write(chunk)
                     offset += len(chunk)
+                    stream.advanced(reader, offset)
                     progress.chunks += 1
                     progress.last = chunk
                     nbytes += len(chunk)
@@ -158,7 +160,7 @@ async def relay(
         outcome = "client"
         return resp
     finally:
-        stream.detach()
+        stream.detach(reader)
         if observer is not None:
             observer.ended(nbytes, events, outcome)
 

@@ -28,10 +28,21 @@ def _flag(raw: str | None) -> bool:
         return False  # the watchdog reports the bad value; the gateway streams as by default
 
 
-def _capacity(env: dict[str, str]) -> int | None:
+# The templates whose function server is waitress, where each open request holds one of
+# ``threads`` threads.
+THREADED_TEMPLATES = frozenset({"python3-flask", "python3-flask-debian", "python3-http"})
+
+
+def _capacity(deployment: FunctionDeployment, image: LocalImage | OciImage) -> int | None:
     """Requests one replica serves at once: its function server's ``threads`` in ``http`` mode
-    (each stream holds a thread); None (no limit here) in the modes that fork per request."""
+    (each stream holds a thread); None (no limit here) in the modes that fork per request, and
+    for a server of the function's own (``envProcess``, an OCI image) unless it says ``threads``:
+    an asyncio server holds thousands of streams."""
+    env = deployment.envVars
     if (env.get("mode") or "http").strip().lower() != "http":
+        return None
+    threaded = isinstance(image, LocalImage) and image.lang in THREADED_TEMPLATES and not deployment.envProcess
+    if not threaded and "threads" not in env:
         return None
     try:
         return parse_int(env.get("threads") or "64", name="threads", minimum=1)
@@ -58,7 +69,7 @@ class FunctionRecord:
         self.draining: list[Replica] = []
         self.waiting = 0  # requests in ``acquire`` waiting for a ready replica or a free slot
         self.freed = asyncio.Event()  # set (and replaced) when a request ends while others wait
-        self.capacity = _capacity(deployment.envVars)
+        self.capacity = _capacity(deployment, image)
         # Read once here, not on every request of the hot path.
         self.buffer_body = _flag(deployment.envVars.get("buffer_body"))
         self.body_limits = BodyLimits.from_env(deployment.envVars)

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from ...config import BodyLimits, GatewayConfig, parse_bool
+from ...config import BodyLimits, GatewayConfig, parse_bool, parse_int
 from ...errors import (
     BadRequest,
     ConfigError,
@@ -34,7 +34,6 @@ from ...proxy import client_session
 from ..base import Endpoint, FunctionLoad
 from ..logs import LogLine
 from ..models import FunctionDeployment, FunctionStatus, ScaleLabels
-from ..record import _capacity as pod_capacity
 from ._activator import Activator
 from ._api import API_TIMEOUT, Forbidden, KubeClient, api_errors, not_found
 from ._deploy import apply_function
@@ -61,6 +60,18 @@ def _buffer_body(env: dict[str, str]) -> bool:
         return parse_bool(env.get("buffer_body") or "false", name="buffer_body")
     except ConfigError:
         return False  # the watchdog reports the bad value; the gateway streams as by default
+
+
+def pod_capacity(env: dict[str, str]) -> int | None:
+    """Requests one pod serves at once: ``threads`` in ``http`` mode, where the function says
+    it (each stream holds a thread); None (no limit here) otherwise. As the local provider
+    counts an OCI image's replica: the image's own server is not known to be threaded."""
+    if (env.get("mode") or "http").strip().lower() != "http" or "threads" not in env:
+        return None
+    try:
+        return parse_int(env["threads"], name="threads", minimum=1)
+    except ConfigError:
+        return None  # refused at deploy; only an object edited by hand gets here
 
 
 class KubeFunction:
