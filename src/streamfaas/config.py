@@ -109,7 +109,7 @@ def parse_mode(text: str) -> str:
 # set or override them (e.g. point the watchdog at another upstream).
 WATCHDOG_PLATFORM_ONLY = ("STREAMFAAS_LISTEN_FD", "STREAMFAAS_READY_FD", "STREAMFAAS_REPLICA", "STREAMFAAS_FUNCTION",
                           "STREAMFAAS_SANDBOX", "STREAMFAAS_FUNCTION_SOCKET", "upstream_url", "port",
-                          "STREAMFAAS_WATCHDOG_HOST")
+                          "STREAMFAAS_WATCHDOG_HOST", "STREAMFAAS_SHUTDOWN_DELAY")
 
 
 def watchdog_setting_errors(env: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -152,6 +152,9 @@ class WatchdogConfig:
     max_inflight: int = 0
     healthcheck_interval: float = 5.0
     drain_timeout: float = 30.0
+    # After SIGTERM, serve new requests this long before draining: on Kubernetes the gateways
+    # learn that a pod is going from an Endpoints watch, a moment after the kubelet signals it.
+    shutdown_delay: float = 0.0
     function_name: str = "function"
     replica_id: str = "0"
     threads: int = 64
@@ -194,6 +197,7 @@ class WatchdogConfig:
             max_inflight=parse_int(env.get("max_inflight", "0"), name="max_inflight"),
             healthcheck_interval=duration("healthcheck_interval", 5.0),
             drain_timeout=duration("drain_timeout", 30.0),
+            shutdown_delay=duration("STREAMFAAS_SHUTDOWN_DELAY", 0.0),
             function_name=env.get("STREAMFAAS_FUNCTION", "function"),
             replica_id=env.get("STREAMFAAS_REPLICA", "0"),
             threads=parse_int(env.get("threads", "64"), name="threads", minimum=1),

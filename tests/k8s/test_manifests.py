@@ -41,6 +41,7 @@ def test_the_function_cannot_override_the_platform_settings_of_its_watchdog() ->
     env = [(e["name"], e["value"]) for e in obj["spec"]["template"]["spec"]["containers"][0]["env"]]
     assert ("port", "8080") in env and ("port", "9") not in env
     assert ("STREAMFAAS_WATCHDOG_HOST", "0.0.0.0") in env and ("B", "2") in env
+    assert ("STREAMFAAS_SHUTDOWN_DELAY", "2s") in env  # serves on while the gateways' watches catch up
     assert len({name for name, _ in env}) == len(env)
 
 

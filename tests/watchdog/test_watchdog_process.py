@@ -34,7 +34,8 @@ class Watchdog:
 
 
 @pytest.fixture
-def watchdog(tmp_path: Path) -> Iterator[Watchdog]:
+def watchdog(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Watchdog]:
+    extra_env: dict[str, str] = getattr(request, "param", {})
     handler = tmp_path / "fn"
     handler.mkdir()
     (handler / "handler.py").write_text(textwrap.dedent(SLOW))
@@ -45,6 +46,7 @@ def watchdog(tmp_path: Path) -> Iterator[Watchdog]:
         "port": "0",
         "STARTED": str(tmp_path / "started"),
         "drain_timeout": "10s",
+        **extra_env,
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamfaas.watchdog"], cwd=image.path, env=env, stdout=subprocess.PIPE,
@@ -83,6 +85,16 @@ def test_sigterm_drains_in_flight_request_then_exits(watchdog: Watchdog, tmp_pat
     assert result and result[0].status_code == 200 and result[0].text == "finished"
     assert watchdog.proc.wait(15) == 0
     wait_for(lambda: not any(alive(p) for p in function_pids), what="the function process to exit")
+
+
+@pytest.mark.parametrize("watchdog", [{"STREAMFAAS_SHUTDOWN_DELAY": "2s"}], indirect=True)
+def test_after_sigterm_a_pod_serves_new_requests_for_the_shutdown_delay_while_not_ready(watchdog: Watchdog) -> None:
+    # Kubernetes: the gateways learn of a terminating pod a moment after the kubelet's SIGTERM.
+    watchdog.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: httpx.get(watchdog.url + "/_/ready").status_code == 503, what="the watchdog to say it is going")
+    r = httpx.post(watchdog.url, content=b"x", timeout=30)
+    assert r.status_code == 200 and r.text == "finished"
+    assert watchdog.proc.wait(15) == 0
 
 
 def test_function_output_is_prefixed(tmp_path: Path) -> None:

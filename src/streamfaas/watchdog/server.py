@@ -197,6 +197,10 @@ async def run(config: WatchdogConfig, backend: Backend) -> int:
             _signal_ready(config.ready_fd)
             await stop.wait()
             state.draining = True
+        if stop.is_set() and config.shutdown_delay:
+            # Not ready any more, still serving: requests sent before every gateway saw the pod
+            # go are served, not refused or reset.
+            await asyncio.sleep(config.shutdown_delay)
         # Let in-flight requests finish (or, when the function died, report their failure).
         try:
             await asyncio.wait_for(state.idle.wait(), config.drain_timeout or None)

@@ -32,6 +32,9 @@ DEFAULT_DRAIN = 30.0
 # SIGTERM starts the watchdog's drain (drain_timeout); the kubelet's SIGKILL comes this much
 # after the drain's end, so streams that finish in time are never cut.
 GRACE_MARGIN = 5
+# After SIGTERM a pod serves on this long (not ready) while every gateway's Endpoints watch
+# catches up, then drains; it is part of GRACE_MARGIN.
+SHUTDOWN_DELAY = 2.0
 
 
 def _drain_seconds(env: dict[str, str]) -> float:
@@ -53,6 +56,7 @@ def container_env(d: FunctionDeployment) -> list[dict[str, str]]:
         {"name": "STREAMFAAS_FUNCTION", "value": d.service},
         {"name": "STREAMFAAS_WATCHDOG_HOST", "value": "0.0.0.0"},
         {"name": "port", "value": str(WATCHDOG_PORT)},
+        {"name": "STREAMFAAS_SHUTDOWN_DELAY", "value": f"{SHUTDOWN_DELAY:g}s"},
     ]
     return items
 
