@@ -170,7 +170,7 @@ class Stream:
         self._room: asyncio.Future[None] | None = None  # the pump, waiting for a slow reader
         self.remote_seen = -1e9  # when a reader on another gateway last said it was there
         self.on_abandon: Callable[[], None] | None = None  # stops the function (no reader left)
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []  # one per reader waiting for bytes
         self._timer: asyncio.TimerHandle | None = None
 
     # ---- written by the pump ------------------------------------------------------------
@@ -208,13 +208,17 @@ class Stream:
         while offset >= self.end:
             if self.done:
                 return b""
-            if self._waiter is None or self._waiter.done():
-                self._waiter = asyncio.get_running_loop().create_future()
-            await asyncio.shield(self._waiter)
+            # A future of its own: a reader cancelled while waiting (its client went away)
+            # cancels only that one.
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
         if offset < self.base:
             raise JournalGone("dropped", "this client fell behind the stream's journal, whose oldest bytes were dropped")
-        # From the newest chunk back: a live client reads the last one, a resuming client gets
-        # all it missed at once.
+        last = self.chunks[-1]
+        if offset == self.end - len(last):  # a live client: the chunk just added
+            return last
+        # From the newest chunk back: a resuming client gets all it missed at once.
         at = self.end
         parts = []
         for chunk in reversed(self.chunks):
@@ -239,12 +243,16 @@ class Stream:
         if self._room is not None and not self._room.done():
             self._room.set_result(None)
 
+    def full(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more would drop bytes a client here has not read yet."""
+        return bool(self.positions) and min(self.positions.values()) < min(self.end, self.end + nbytes - self.max_bytes)
+
     async def room(self, nbytes: int) -> None:
         """Wait until ``nbytes`` more can be kept without dropping what a client reading this
         stream has not read yet: a slow client holds the function back, as it holds back a plain
         stream (TCP back pressure). A chunk bigger than the whole journal waits for every
         client to have read everything before it."""
-        while self.positions and min(self.positions.values()) < min(self.end, self.end + nbytes - self.max_bytes):
+        while self.full(nbytes):
             if self._room is None or self._room.done():
                 self._room = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._room)
@@ -283,8 +291,10 @@ class Stream:
                 excess = 0
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _arm(self, delay: float, then: Callable[[], None]) -> None:
         self._disarm()

@@ -103,7 +103,8 @@ async def _pump(stream: Stream, upstream: ClientResponse, retry_line: bytes, rel
 async def _append(stream: Stream, data: bytes) -> None:
     """Into the journal (its readers woken at once), then into JetStream's copy, if any."""
     offset = stream.end
-    await stream.room(len(data))
+    if stream.full(len(data)):
+        await stream.room(len(data))
     stream.append(data)
     mirror = stream.journal.mirror
     if mirror is not None and data:
