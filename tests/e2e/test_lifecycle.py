@@ -261,3 +261,34 @@ def test_killed_fork_server_leaves_no_orphans_and_replicas_come_back(platform: P
     assert after and not after & before
     [server] = _fork_servers(platform)
     assert any(_parent(pid) == server for pid in after)  # forked again, not spawned directly
+
+
+def test_a_function_removed_while_its_replicas_start_is_gone_at_once(platform: Platform, tmp_path: Path) -> None:
+    # A replica stopped while its watchdog is being forked: the SIGTERM must reach a watchdog
+    # that has no process group of its own yet (or the remove waits out the drain, 35 s), and
+    # one whose fork was reported just as the stop came must not be left running.
+    assert platform.proc is not None
+    gateway = platform.proc.pid
+    before = descendants(gateway)
+    for i in range(12):
+        name = f"quick-remove-{i}"
+        (tmp_path / name).mkdir()
+        platform.images.build(f"{name}:latest", "python3-flask", tmp_path / name)
+        body = {"service": name, "image": f"{name}:latest", "envProcess": "cat", "envVars": {"mode": "serializing"},
+                "labels": {"com.openfaas.scale.min": "2"}}
+        assert platform.http.post(f"{platform.url}/system/functions", json=body).status_code == 202
+        r = platform.http.request("DELETE", f"{platform.url}/system/functions", json={"functionName": name}, timeout=10)
+        assert r.status_code == 202, r.text
+
+    def left() -> set[int]:  # besides the fork server, a child of the gateway that may start late
+        return {p for p in descendants(gateway) - before if _parent(p) != gateway}
+
+    wait_for(lambda: not left(), 15, what="the removed functions' watchdogs to exit")
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return 0

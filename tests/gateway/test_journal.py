@@ -16,6 +16,7 @@ from streamfaas.gateway.journal import (
     Head,
     Journal,
     JournalGone,
+    Reader,
     event_end,
     split_event_id,
 )
@@ -91,7 +92,7 @@ async def test_a_stream_over_its_byte_limit_drops_its_oldest_events() -> None:
         stream.offset_after(f"{stream.sid}:1")
     assert gone.value.reason == "dropped"
     offset = stream.offset_after(f"{stream.sid}:9")
-    assert (await stream.read(offset)).startswith(b"data: 9\n")
+    assert (await stream.read(Reader(offset))).startswith(b"data: 9\n")
     stream.finish("complete")
     await journal.close()
 
@@ -110,7 +111,8 @@ async def test_the_gateway_limit_takes_bytes_from_the_oldest_stream_first() -> N
 async def test_a_slow_reader_holds_the_writer_back_instead_of_losing_bytes() -> None:
     journal = Journal(10_000)
     stream = _stream(journal, max_bytes=100)
-    reader = stream.attach(0)
+    reader = Reader(0)
+    stream.attach(reader)
     stream.append(b"x" * 80)
     await asyncio.wait_for(stream.room(20), 1)  # 100 bytes in all: still within the journal
     waiting = asyncio.ensure_future(stream.room(30))  # would drop 10 unread bytes
@@ -122,10 +124,32 @@ async def test_a_slow_reader_holds_the_writer_back_instead_of_losing_bytes() -> 
     stream.append(b"y" * 30)
     stream.append(b"z" * 500)
     assert stream.base == 40
-    stream.advanced(reader, stream.end)
+    stream.advanced(reader, stream.end - reader.offset)
     stream.append(b".")
     assert stream.end - stream.base <= 100
     stream.detach(reader)
+    await journal.close()
+
+
+async def test_a_waiting_client_gets_each_chunk_from_the_writer_and_a_lagging_one_reads_it() -> None:
+    journal = Journal(10_000)
+    stream = _stream(journal)
+    got: list[bytes] = []
+
+    async def write(chunk: bytes) -> bool:
+        got.append(chunk)
+        return True
+
+    live, behind = Reader(0, write), Reader(0)
+    stream.attach(live)
+    stream.attach(behind)
+    reading = [asyncio.ensure_future(stream.read(r)) for r in (live, behind)]
+    await asyncio.sleep(0)  # both wait for the first byte
+    await stream.deliver(b"data: 1\n\n")
+    assert got == [b"data: 1\n\n"] and live.offset == stream.end  # written by the writer itself
+    assert await reading[1] == b"data: 1\n\n" and behind.offset == 0  # this one reads it
+    stream.finish("complete")
+    assert await reading[0] == b""
     await journal.close()
 
 
@@ -134,6 +158,8 @@ async def test_a_stream_with_no_reader_is_abandoned_after_its_grace() -> None:
     stream = journal.open("fn", Head(200, "OK", CIMultiDict()), max_bytes=100, window=60, grace=0.05)
     abandoned = asyncio.Event()
     stream.on_abandon = abandoned.set
-    stream.detach(stream.attach(0))
+    reader = Reader(0)
+    stream.attach(reader)
+    stream.detach(reader)
     await asyncio.wait_for(abandoned.wait(), 5)
     await journal.close()

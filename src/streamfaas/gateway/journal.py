@@ -20,7 +20,7 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -145,6 +145,22 @@ class JournalGone(LookupError):
         self.reason = reason
 
 
+class Reader:
+    """One client of a stream: how far it has read, and, while it waits with nothing left to
+    read, how the stream's writer may hand it a new chunk itself (one task switch less per
+    event: ``write`` returns False once the client is gone; ``sent`` counts what went out)."""
+
+    __slots__ = ("offset", "write", "sent", "waiter", "broken")
+
+    def __init__(self, offset: int, write: Callable[[bytes], Awaitable[bool]] | None = None,
+                 sent: Callable[[bytes], None] | None = None) -> None:
+        self.offset = offset
+        self.write = write
+        self.sent = sent
+        self.waiter: asyncio.Future[None] | None = None
+        self.broken = False
+
+
 class Stream:
     """One journalled stream: its head, and its bytes as its clients get them (the oldest may
     be gone). Nothing is kept per event: an id is looked up in the bytes when a client resumes."""
@@ -165,22 +181,52 @@ class Stream:
         self.outcome = ""
         self.outcome_time = 0.0  # when it ended (Unix seconds)
         self.readers = 0
-        self.positions: dict[int, int] = {}  # each attached reader's offset, by reader number
-        self._numbers = 0
+        self.clients: set[Reader] = set()  # the readers attached here
         self._room: asyncio.Future[None] | None = None  # the pump, waiting for a slow reader
         self.remote_seen = -1e9  # when a reader on another gateway last said it was there
         self.on_abandon: Callable[[], None] | None = None  # stops the function (no reader left)
-        self._waiters: list[asyncio.Future[None]] = []  # one per reader waiting for bytes
         self._timer: asyncio.TimerHandle | None = None
 
     # ---- written by the pump ------------------------------------------------------------
     def append(self, data: bytes) -> None:
+        """Keep ``data`` and wake every reader waiting for it."""
+        self._store(data)
+        self._wake()
+
+    async def deliver(self, data: bytes) -> None:
+        """Keep ``data``, and write it to each client that was waiting for exactly it; wake the
+        others (behind, or without a writer) to read it themselves."""
+        start = self.end
+        self._store(data)
+        direct = []
+        for reader in self.clients:
+            waiter = reader.waiter
+            if waiter is None or waiter.done():
+                continue
+            if reader.write is not None and reader.offset == start and data:
+                direct.append(reader)
+            else:
+                waiter.set_result(None)
+        for reader in direct:
+            write = reader.write
+            assert write is not None
+            if reader in self.clients and await write(data):
+                reader.offset += len(data)
+                if reader.sent is not None:
+                    reader.sent(data)
+            else:
+                reader.broken = True
+                if reader.waiter is not None and not reader.waiter.done():
+                    reader.waiter.set_result(None)
+        if direct:
+            self._advanced()
+
+    def _store(self, data: bytes) -> None:
         if data:
             self.chunks.append(data)
             self.end += len(data)
             self.journal.grew(len(data))
             self.trim(self.max_bytes, keep_unread=True)
-        self._wake()
 
     def finish(self, outcome: str) -> None:
         self.done = True
@@ -203,16 +249,22 @@ class Stream:
                               f"keeps its last {self.max_bytes} bytes")
         raise JournalGone("unknown", f"stream {self.sid} has no event {event_id!r}")
 
-    async def read(self, offset: int) -> bytes:
-        """The bytes from ``offset`` on, waiting for some; b"" once the stream is done."""
-        while offset >= self.end:
+    async def read(self, reader: Reader) -> bytes:
+        """The bytes from ``reader``'s offset on, waiting for some (the writer may deliver them
+        meanwhile); b"" once the stream is done, or the client is gone."""
+        while reader.offset >= self.end and not reader.broken:
             if self.done:
                 return b""
             # A future of its own: a reader cancelled while waiting (its client went away)
             # cancels only that one.
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
+            reader.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await reader.waiter
+            finally:
+                reader.waiter = None
+        if reader.broken:
+            return b""
+        offset = reader.offset
         if offset < self.base:
             raise JournalGone("dropped", "this client fell behind the stream's journal, whose oldest bytes were dropped")
         last = self.chunks[-1]
@@ -229,23 +281,24 @@ class Stream:
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(reversed(parts))
 
-    def attach(self, offset: int) -> int:
-        """A client starts reading at ``offset``; returns its number for ``advanced``/``detach``."""
+    def attach(self, reader: Reader) -> None:
         self.readers += 1
-        self._numbers += 1
-        self.positions[self._numbers] = offset
+        self.clients.add(reader)
         if not self.done:
             self._disarm()
-        return self._numbers
 
-    def advanced(self, reader: int, offset: int) -> None:
-        self.positions[reader] = offset
+    def advanced(self, reader: Reader, nbytes: int) -> None:
+        """``reader`` sent its client ``nbytes`` more."""
+        reader.offset += nbytes
+        self._advanced()
+
+    def _advanced(self) -> None:
         if self._room is not None and not self._room.done():
             self._room.set_result(None)
 
     def full(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more would drop bytes a client here has not read yet."""
-        return bool(self.positions) and min(self.positions.values()) < min(self.end, self.end + nbytes - self.max_bytes)
+        return bool(self.clients) and min(r.offset for r in self.clients) < min(self.end, self.end + nbytes - self.max_bytes)
 
     async def room(self, nbytes: int) -> None:
         """Wait until ``nbytes`` more can be kept without dropping what a client reading this
@@ -257,10 +310,9 @@ class Stream:
                 self._room = asyncio.get_running_loop().create_future()
             await asyncio.shield(self._room)
 
-    def detach(self, reader: int) -> None:
-        del self.positions[reader]
-        if self._room is not None and not self._room.done():
-            self._room.set_result(None)
+    def detach(self, reader: Reader) -> None:
+        self.clients.discard(reader)
+        self._advanced()
         self.readers -= 1
         if self.readers == 0 and not self.done:
             self._arm(self.grace, self._abandon_if_alone)
@@ -275,8 +327,8 @@ class Stream:
         from the function can hold many events); with ``keep_unread``, none that a client here
         has not read yet (one chunk bigger than the journal is kept whole until read)."""
         excess = self.end - self.base - limit
-        if keep_unread and self.positions:
-            excess = min(excess, min(self.positions.values()) - self.base)
+        if keep_unread and self.clients:
+            excess = min(excess, min(r.offset for r in self.clients) - self.base)
         if excess <= 0:
             return
         self.journal.size -= excess
@@ -291,10 +343,9 @@ class Stream:
                 excess = 0
 
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        for reader in self.clients:
+            if reader.waiter is not None and not reader.waiter.done():
+                reader.waiter.set_result(None)
 
     def _arm(self, delay: float, then: Callable[[], None]) -> None:
         self._disarm()

@@ -174,7 +174,7 @@ class JetStreamJournal:
                 if kind == "data":
                     offset = int((msg.headers or {}).get("Sf-Offset", "0"))
                     if offset == stream.end:  # in order, nothing missing
-                        stream.append(msg.data)
+                        await stream.deliver(msg.data)
                 elif kind == "end":
                     stream.outcome_time = float((msg.headers or {}).get("Sf-Time", "0"))
                     stream.finish((msg.headers or {}).get("Sf-Outcome", "complete"))

@@ -31,7 +31,7 @@ from ..proxy import (
     response_headers,
     stream_failure,
 )
-from .journal import EventIds, Head, Journal, JournalGone, Stream, split_event_id
+from .journal import EventIds, Head, Journal, JournalGone, Reader, Stream, split_event_id
 
 STREAM_ID_HEADER = "X-Stream-Id"
 __all__ = ["HEARTBEAT", "STREAM_ID_HEADER", "resume_or_none", "start_journalled"]
@@ -105,7 +105,7 @@ async def _append(stream: Stream, data: bytes) -> None:
     offset = stream.end
     if stream.full(len(data)):
         await stream.room(len(data))
-    stream.append(data)
+    await stream.deliver(data)
     mirror = stream.journal.mirror
     if mirror is not None and data:
         await mirror.appended(stream, offset, data)
@@ -124,10 +124,30 @@ async def relay(
     head = stream.head
     resp = web.StreamResponse(status=head.status, reason=head.reason, headers=head.headers)
     resp.headers.update(extra_headers)
-    nbytes = events = 0
+    tally = [0, 0, 0]  # bytes, events, chunks
     outcome = "client"
-    reader = stream.attach(offset)
     beat: _Heartbeat | None = None
+    progress: _IdleWatch | None = None
+
+    def sent(chunk: bytes) -> None:
+        assert progress is not None
+        if not tally[2] and observer is not None:
+            observer.first_byte()
+        progress.chunks += 1
+        progress.last = chunk
+        tally[0] += len(chunk)
+        tally[1] += chunk.count(b"\n\n")
+        tally[2] += 1
+
+    async def write(chunk: bytes) -> bool:
+        try:
+            await resp.write(chunk)
+            return True
+        except (ConnectionError, ClientError, RuntimeError):
+            return False
+
+    reader = Reader(offset, write, sent)
+    stream.attach(reader)
     try:
         await resp.prepare(request)
         if observer is not None:
@@ -137,23 +157,19 @@ async def relay(
             if sse.heartbeat_interval:
                 beat = _Heartbeat(sse.heartbeat_interval, progress, resp, request.transport)
             try:
-                chunk = await stream.read(offset)
-                if chunk and observer is not None:
-                    observer.first_byte()
-                while chunk:
+                # What the journal has, then the tail: most of it written by the pump itself
+                # while this waits (Stream.deliver); the rest read and written here.
+                while chunk := await stream.read(reader):
                     await resp.write(chunk)
-                    offset += len(chunk)
-                    stream.advanced(reader, offset)
-                    progress.chunks += 1
-                    progress.last = chunk
-                    nbytes += len(chunk)
-                    events += chunk.count(b"\n\n")
-                    chunk = await stream.read(offset)
+                    stream.advanced(reader, len(chunk))
+                    sent(chunk)
             except JournalGone as gone:  # this client fell behind what the journal keeps
                 await resp.write(error_event(str(gone), 410))
             finally:
                 if beat is not None:
                     beat.stop()
+        if reader.broken:
+            return resp
         outcome = stream.outcome or "complete"
         await resp.write_eof()
         return resp
@@ -163,7 +179,7 @@ async def relay(
     finally:
         stream.detach(reader)
         if observer is not None:
-            observer.ended(nbytes, events, outcome)
+            observer.ended(tally[0], tally[1], outcome)
 
 
 async def resume_or_none(

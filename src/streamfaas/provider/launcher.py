@@ -36,6 +36,9 @@ class WatchdogProcess(Protocol):
 
     async def wait(self) -> int | None: ...
 
+    def send_signal(self, sig: int) -> None:
+        """Signal this process alone (its group may not exist yet: see ``Replica.stop``)."""
+
 
 class ForkedWatchdog:
     """A watchdog forked by the fork server. Its exit is seen on a pidfd, which names this
@@ -52,6 +55,11 @@ class ForkedWatchdog:
         asyncio.get_running_loop().remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._exited.set()
+
+    def send_signal(self, sig: int) -> None:
+        if not self._exited.is_set():  # the pidfd names this process only, never a reused pid
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, sig)
 
     def set_code(self, code: int | None) -> None:
         if not self._code.done():
@@ -185,7 +193,15 @@ class ForkServer:
         except OSError as exc:
             raise ForkServerUnavailable(f"cannot reach the fork server: {exc.strerror}") from None
         self._pending.append(waiter)
-        return await waiter
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # Cancelled after the reply came but before this resumed (its replica was stopped
+            # meanwhile): nobody else will ever stop that watchdog. A reply still to come is
+            # handled in _on_message (the waiter is cancelled).
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                waiter.result().send_signal(signal.SIGTERM)  # it drains and stops its function
+            raise
 
     async def close(self) -> None:
         """Close our end: the server exits (its watchdogs were stopped before)."""

@@ -9,6 +9,7 @@ traceback), until a later start succeeds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -233,6 +234,11 @@ class Replica:
         proc = self._proc
         if proc is not None and proc.returncode is None:
             kill_group(proc.pid, signal.SIGTERM)
+            # A watchdog forked a moment ago may not have its own process group yet (setsid
+            # comes first thing in the child, but after the fork server reported its pid):
+            # signal the process too, or the SIGTERM is lost and the stop waits out the drain.
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), self.spec.drain_timeout + 5)
             except TimeoutError:
