@@ -17,9 +17,7 @@ import argparse
 import asyncio
 import gc
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -39,6 +37,7 @@ from benchlib import (  # noqa: E402
     Gateway,
     Run,
     Targets,
+    bench_gateway,
     build_image,
     client_session,
     cmdline,
@@ -285,18 +284,9 @@ def main() -> int:
     nofile = raise_fd_limit()  # the client holds a socket per stream; the gateway inherits it
     other_at_start = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     run = Run()
-    tmp = Path(tempfile.mkdtemp(prefix="streamfaas-burst-"))
-    gw = Gateway(tmp / "state", *(["--no-sandbox"] if args.no_sandbox else []))
-    try:
-        gw.start()
+    with bench_gateway("streamfaas-burst-", args) as (gw, tmp):
         print(f"bench_burst: gateway {gw.url}, code {describe_code(run.code)}", file=sys.stderr)
         results = uvloop.run(run_bench(gw, tmp, plan))
-    finally:
-        gw.stop()
-        if args.keep_state:
-            print(f"state kept in {gw.state_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     targets = report(results, plan)
     targets.print()
     idle = (

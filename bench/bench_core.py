@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shutil
 import sys
-import tempfile
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 from pathlib import Path
@@ -43,6 +41,7 @@ from benchlib import (  # noqa: E402
     Gateway,
     Run,
     Targets,
+    bench_gateway,
     build_image,
     client_session,
     cmdline,
@@ -57,6 +56,7 @@ from core_sections import (  # noqa: E402
     REDEPLOY_FN,
     STREAM_FN,
     Plan,
+    core_server_folder,
     deployment,
     measure_burst,
     measure_cold,
@@ -70,11 +70,7 @@ from cpuwatch import CpuWatch, wait_quiet  # noqa: E402
 def build_images(gw: Gateway, work: Path) -> Path:
     """The three functions' images; returns the redeploy function's folder (its handler is
     rewritten by the redeploy section)."""
-    stream = work / STREAM_FN
-    stream.mkdir()
-    shutil.copy2(BENCH / "core_server.py", stream / "core_server.py")
-    (stream / "handler.py").write_text("def handle(req):\n    return ''\n")
-    build_image(gw, STREAM_FN, stream)
+    build_image(gw, STREAM_FN, core_server_folder(work, STREAM_FN))
 
     cold = work / COLD_FN
     cold.mkdir()
@@ -226,22 +222,13 @@ def main() -> int:
     nofile = raise_fd_limit()  # the gateway and its replicas inherit it
     other_at_start = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     run = Run()
-    tmp = Path(tempfile.mkdtemp(prefix="streamfaas-bench-"))
-    gw = Gateway(tmp / "state", *(["--no-sandbox"] if args.no_sandbox else []))
-    try:
-        gw.start()
+    with bench_gateway("streamfaas-bench-", args) as (gw, tmp):
         print(
             f"bench_core: gateway {gw.url} (state {gw.state_dir}, RLIMIT_NOFILE {nofile}),"
             f" streamfaas from {describe_code(run.code)}",
             file=sys.stderr,
         )
         results = uvloop.run(run_sections(gw, tmp, plan))
-    finally:
-        gw.stop()
-        if args.keep_state:
-            print(f"state kept in {gw.state_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     targets = verdicts(results)
     targets.print()
     print_details(results)

@@ -19,10 +19,8 @@ import argparse
 import asyncio
 import functools
 import math
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -42,6 +40,7 @@ from benchlib import (  # noqa: E402
     Gateway,
     Run,
     Targets,
+    bench_gateway,
     build_image,
     client_session,
     cpu_seconds,
@@ -52,7 +51,7 @@ from benchlib import (  # noqa: E402
     step,
     table,
 )
-from core_sections import extra_env  # noqa: E402
+from core_sections import core_server_folder, extra_env  # noqa: E402
 from cpuwatch import CpuWatch, wait_quiet  # noqa: E402
 from streamfaas.config import DEFAULT_HEARTBEAT_INTERVAL  # noqa: E402
 
@@ -148,11 +147,7 @@ async def hold_round(
 
 
 async def measure(gw: Gateway, work: Path, args: argparse.Namespace, plan: list[Arm]) -> dict[str, Any]:
-    folder = work / IMAGE
-    folder.mkdir()
-    shutil.copy2(BENCH / "core_server.py", folder / "core_server.py")
-    (folder / "handler.py").write_text("def handle(req):\n    return ''\n")
-    build_image(gw, IMAGE, folder)
+    build_image(gw, IMAGE, core_server_folder(work, IMAGE))
     replicas = args.replicas or max(1, math.ceil(args.streams / 2500))  # a watchdog holds 2 fds a stream too
     shortest = min((a.interval for a in plan if a.interval), default=1.0)
     rounds: list[dict[str, Any]] = []
@@ -246,18 +241,9 @@ def main() -> int:
     nofile = raise_fd_limit()  # the gateway and its replicas inherit it
     other_at_start = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     run = Run()
-    tmp = Path(tempfile.mkdtemp(prefix="streamfaas-bench-"))
-    gw = Gateway(tmp / "state", *(["--no-sandbox"] if args.no_sandbox else []))
-    try:
-        gw.start()
+    with bench_gateway("streamfaas-bench-", args) as (gw, tmp):
         print(f"bench_heartbeat: gateway {gw.url}, streamfaas from {describe_code(run.code)}", file=sys.stderr)
         results = uvloop.run(measure(gw, tmp, args, plan))
-    finally:
-        gw.stop()
-        if args.keep_state:
-            print(f"state kept in {gw.state_dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     per_arm, targets = summarise(results, plan, args.streams)
     rows = [("heartbeats", "gateway CPU p50", "rounds (% of a core)", "added", "µs/beat", "pings/stream")]
     for key, a in per_arm.items():

@@ -48,7 +48,7 @@ from benchlib import (  # noqa: E402
     rss_kb,
     step,
 )
-from core_sections import extra_env  # noqa: E402
+from core_sections import core_server_folder, extra_env  # noqa: E402
 from cpuwatch import wait_quiet  # noqa: E402
 
 KINDS = ("sfplain", "sfjournal")
@@ -132,11 +132,7 @@ async def hold(session: aiohttp.ClientSession, gw: Gateway, url: str, streams: i
 
 
 async def deploy(session: aiohttp.ClientSession, gw: Gateway, work: Path, kinds: tuple[str, ...]) -> None:
-    folder = work / "sfstream"
-    if not folder.exists():
-        folder.mkdir()
-        shutil.copy2(BENCH / "core_server.py", folder / "core_server.py")
-        (folder / "handler.py").write_text("def handle(req):\n    return ''\n")
+    folder = core_server_folder(work, "sfstream")
     api = Api(session, gw)
     for kind in kinds:
         build_image(gw, kind, folder)

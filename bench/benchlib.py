@@ -12,12 +12,15 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +375,24 @@ class Gateway:
         self.orphans = [p for p in below if alive(p)]
         for pid in self.orphans:  # each replica runs in its own process group
             _killpg(pid, signal.SIGKILL)
+
+
+@contextmanager
+def bench_gateway(prefix: str, args: argparse.Namespace) -> Iterator[tuple[Gateway, Path]]:
+    """A started gateway of the bench's own (``platform_options``' --no-sandbox) in a fresh
+    folder, and that folder for the bench's files; stopped on the way out, the folder removed
+    unless --keep-state."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    gw = Gateway(tmp / "state", *(["--no-sandbox"] if args.no_sandbox else []))
+    try:
+        gw.start()
+        yield gw, tmp
+    finally:
+        gw.stop()
+        if args.keep_state:
+            print(f"state kept in {gw.state_dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import gc
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -75,6 +76,16 @@ class Plan:
 
     def warm_up(self, seconds: float) -> Plan:
         return replace(self, delay_seconds=seconds)
+
+
+def core_server_folder(work: Path, name: str) -> Path:
+    """A function folder whose server is bench/core_server.py (deployed with
+    ``envProcess: python function/core_server.py``; the handler is never called)."""
+    folder = work / name
+    folder.mkdir(exist_ok=True)
+    shutil.copy2(Path(__file__).resolve().parent / "core_server.py", folder / "core_server.py")
+    (folder / "handler.py").write_text("def handle(req):\n    return ''\n")
+    return folder
 
 
 def deployment(name: str, version: str = "") -> dict[str, Any]:

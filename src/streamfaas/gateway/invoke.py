@@ -25,12 +25,13 @@ from ..proxy import (
     UpstreamUnreachable,
     error_response,
     forward_headers,
+    is_event_stream,
     open_upstream,
     stream_response,
 )
 from .auth import check_function_access
 from .metrics_streams import StreamTally
-from .resume import is_event_stream_response, relay, resume_or_none, start_journalled
+from .resume import relay, resume_or_none, start_journalled
 from .state import GatewayState, state_of
 
 _NO_LIMITS = StreamLimits()
@@ -174,7 +175,7 @@ async def _proxy(
                 continue
             provider.record(name, namespace).invocations += 1
             del headers  # sent; not kept alive for the stream's whole life
-            if resume is not None and is_event_stream_response(upstream):
+            if resume is not None and is_event_stream(upstream.headers.get(hdrs.CONTENT_TYPE)):
                 # The function's side now belongs to the journal's pump, and so does the
                 # replica's count of it: the function runs on if this client goes away.
                 journalled = True

@@ -138,7 +138,8 @@ def event_end(data: bytes, event_id: str) -> int:
 
 
 class JournalGone(LookupError):
-    """A resume that cannot be served: ``reason`` is ``unknown``, ``expired`` or ``dropped``."""
+    """A resume that cannot be served: ``reason`` is ``unknown`` (never
+    seen, or past its window) or ``dropped`` (over the journal's bounds)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -180,7 +181,6 @@ class Stream:
         self.done = False
         self.outcome = ""
         self.outcome_time = 0.0  # when it ended (Unix seconds)
-        self.readers = 0
         self.clients: set[Reader] = set()  # the readers attached here
         self._room: asyncio.Future[None] | None = None  # the pump, waiting for a slow reader
         self.remote_seen = -1e9  # when a reader on another gateway last said it was there
@@ -281,8 +281,12 @@ class Stream:
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(reversed(parts))
 
+    @property
+    def readers(self) -> int:
+        """Clients reading this stream on this gateway now."""
+        return len(self.clients)
+
     def attach(self, reader: Reader) -> None:
-        self.readers += 1
         self.clients.add(reader)
         if not self.done:
             self._disarm()
@@ -313,8 +317,7 @@ class Stream:
     def detach(self, reader: Reader) -> None:
         self.clients.discard(reader)
         self._advanced()
-        self.readers -= 1
-        if self.readers == 0 and not self.done:
+        if not self.clients and not self.done:
             self._arm(self.grace, self._abandon_if_alone)
 
     def seen_remotely(self) -> None:

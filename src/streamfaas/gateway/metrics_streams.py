@@ -52,7 +52,7 @@ class StreamMetrics:
         self.resumes = Counter(
             "gateway_stream_resumes",
             "Requests that asked to resume a stream (Last-Event-ID), by what they got: resumed, "
-            "rerun (a fresh call), or why not (unknown, expired, dropped).",
+            "rerun (a fresh call), or why not (unknown, dropped).",
             ["function_name", "result"],
             registry=registry,
         )

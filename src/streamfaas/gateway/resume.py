@@ -15,12 +15,11 @@ import asyncio
 import json
 from collections.abc import Callable
 
-from aiohttp import ClientError, ClientResponse, hdrs, web
+from aiohttp import ClientError, ClientResponse, web
 from multidict import CIMultiDict
 
 from ..config import ResumeSettings, SseSettings
 from ..proxy import (
-    EVENT_STREAM,
     HEARTBEAT,
     StreamObserver,
     _ended_by,
@@ -217,7 +216,3 @@ async def resume_or_none(
     count("resumed")
     return await relay(request, stream, offset, extra_headers=extra_headers, sse=sse, observer=observer)
 
-
-def is_event_stream_response(upstream: ClientResponse) -> bool:
-    content_type = upstream.headers.get(hdrs.CONTENT_TYPE, "")
-    return content_type.split(";", 1)[0].strip().lower() == EVENT_STREAM
