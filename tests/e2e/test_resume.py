@@ -193,3 +193,35 @@ def test_a_bad_resume_setting_is_a_400_at_deploy_naming_it(shared_platform: Plat
     body = {"service": "bad-resume", "image": "bad-resume:latest", "envVars": {"stream_resume": "true", key: value}}
     r = shared_platform.http.post(f"{shared_platform.url}/system/functions", json=body)
     assert r.status_code == 400 and key in r.text, r.text
+
+
+def test_a_stream_resumes_only_through_its_own_function_and_a_private_ones_needs_its_token(
+    shared_platform: Platform, shared_signals: Signals, answer: str, tmp_path: Path
+) -> None:
+    shared_platform.deploy("answer-other", _handler(shared_platform, tmp_path), env={"SIGNALS": shared_signals.url, **RESUME})
+    shared_platform.deploy("answer-private", _handler(shared_platform, tmp_path / "p"), env={"SIGNALS": shared_signals.url, **RESUME},
+                           labels={"streamfaas.auth/private": "true"})
+    shared_signals.open("owned")
+    first, stream_id = _read_until(shared_platform, shared_platform.function_url(answer) + "?gate=owned", 1, shared_signals, "owned")
+    shared_signals.wait_marks("finished-owned")
+    # Another function's URL with this stream's id (in Last-Event-ID, or X-Stream-Id): nothing of it.
+    for headers in ({}, {"X-Stream-Id": stream_id}):
+        resp, events = _resume(shared_platform.function_url("answer-other"), first[0].id, headers)
+        assert resp.status_code == 404 and resp.json()["error"]["reason"] == "unknown" and not events
+    assert not shared_signals.marks("run-owned")[1:]  # and no call was made for it
+    # A private function's stream: a resume is a call like any other, so it needs the token.
+    resp, _ = _resume(shared_platform.function_url("answer-private"), first[0].id)
+    assert resp.status_code == 401
+
+
+@pytest.mark.parametrize("hostile", [
+    {"Last-Event-ID": ">>>>>>>>>>>>>>>>:1"}, {"Last-Event-ID": "*.*.*.*.*.*.*.*.:1"},
+    {"Last-Event-ID": "x", "X-Stream-Id": ">"}, {"Last-Event-ID": "x", "X-Stream-Id": "a.b"},
+    {"Last-Event-ID": "x" * 8000}, {"Last-Event-ID": "AAAAAAAAAAAAAAAA:١".encode()},
+])
+def test_a_hostile_stream_or_event_id_is_a_404_naming_no_stream(
+    shared_platform: Platform, answer: str, hostile: dict[str, str | bytes]
+) -> None:
+    url = shared_platform.function_url(answer) + "?gate=hostile"
+    r = httpx.get(url, headers=hostile, timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["reason"] == "unknown", r.text

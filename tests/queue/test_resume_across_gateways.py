@@ -75,3 +75,23 @@ def test_an_unknown_stream_is_a_404_on_every_gateway(gateways: tuple[Platform, P
     for p in (one, two):
         r = httpx.get(p.function_url("answer") + "?gate=nope", headers={"Last-Event-ID": "BBBBBBBBBBBBBBBB:2"}, timeout=30)
         assert r.status_code == 404 and r.json()["error"]["reason"] == "unknown"
+
+
+
+OWN_IDS = 'from flask import Response\n\ndef handle(req):\n    return Response(("id: m%d\\ndata: secret-%d\\n\\n" % (n, n) for n in range(5)), mimetype="text/event-stream")\n'
+
+
+@pytest.mark.parametrize("wildcard", [">", "*", "a.>"])
+def test_a_wildcard_stream_id_reads_no_other_stream_from_jetstream(
+    gateways: tuple[Platform, Platform, Signals], tmp_path: Path, wildcard: str
+) -> None:
+    # A stream id names a JetStream subject, where "*" or ">" would match every stream: with a
+    # function's own, guessable event ids, that would hand anyone the other clients' answers.
+    one, two, _ = gateways
+    for p in (one, two):
+        p.deploy("own-ids", p.write_function(tmp_path / p.state_dir.name, "own-ids", OWN_IDS), env=RESUME)
+    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", one.function_url("own-ids")) as es:
+        assert [e.data for e in es.iter_sse()][-1] == "secret-4"  # the victim's stream, in JetStream now
+    r = httpx.get(two.function_url("own-ids"), headers={"Last-Event-ID": "m2", "X-Stream-Id": wildcard}, timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["reason"] == "unknown", r.text
+    assert "secret" not in r.text

@@ -17,6 +17,7 @@ can no longer be resumed from (a 404 that says so).
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -442,10 +443,19 @@ class Journal:
             self.forget(stream)
 
 
+# What ``Journal.open`` makes (``secrets.token_urlsafe(12)``). Nothing else is taken as a stream
+# id: one names a JetStream subject, where ".", "*" and ">" would reach other streams.
+_STREAM_ID = re.compile(r"[A-Za-z0-9_-]{16}")
+
+
+def is_stream_id(text: str) -> bool:
+    return _STREAM_ID.fullmatch(text) is not None
+
+
 def split_event_id(last_event_id: str) -> tuple[str, str]:
     """``(stream id, event id)`` from a ``Last-Event-ID`` the gateway gave (``SID:N``); a
     function's own id names no stream: ``("", id)``."""
     sid, colon, seq = last_event_id.rpartition(":")
-    if colon and sid and seq.isdigit() and len(sid) == 16:
+    if colon and is_stream_id(sid) and seq.isascii() and seq.isdigit():
         return sid, last_event_id
     return "", last_event_id

@@ -32,7 +32,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from ..queue.jetstream import redact_url
-from .journal import Head, Journal, JournalGone, Stream
+from .journal import Head, Journal, JournalGone, Stream, is_stream_id
 
 log = logging.getLogger("streamfaas.journal")
 KIND = "Sf-Kind"
@@ -123,7 +123,7 @@ class JetStreamJournal:
     async def adopt(self, function: str, sid: str, event_id: str) -> Stream:
         """A local copy of stream ``sid`` from JetStream, read at least up to ``event_id``'s end
         (or its end); ``JournalGone`` when JetStream holds no such stream of ``function``."""
-        if self._nc is None or not sid:
+        if self._nc is None or not is_stream_id(sid):  # a subject token: never a wildcard
             raise JournalGone("unknown", f"no stream {sid!r} of function {function!r} is kept")
         js = self._nc.jetstream()
         subject = f"{self.subjects}.{sid}"

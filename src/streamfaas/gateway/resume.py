@@ -30,7 +30,16 @@ from ..proxy import (
     response_headers,
     stream_failure,
 )
-from .journal import EventIds, Head, Journal, JournalGone, Reader, Stream, split_event_id
+from .journal import (
+    EventIds,
+    Head,
+    Journal,
+    JournalGone,
+    Reader,
+    Stream,
+    is_stream_id,
+    split_event_id,
+)
 
 STREAM_ID_HEADER = "X-Stream-Id"
 __all__ = ["HEARTBEAT", "STREAM_ID_HEADER", "resume_or_none", "start_journalled"]
@@ -196,7 +205,9 @@ async def resume_or_none(
     """The resumed stream for a request with ``Last-Event-ID``; None when the function should
     be called afresh (``resume_fallback: rerun``); else a 404 that says why."""
     sid, event_id = split_event_id(last_event_id)
-    sid = request.headers.get(STREAM_ID_HEADER, sid)
+    given = request.headers.get(STREAM_ID_HEADER)
+    if given is not None:
+        sid = given if is_stream_id(given) else ""  # not one the gateway made: names no stream
     try:
         try:
             stream = journal.find(function, sid, event_id)
