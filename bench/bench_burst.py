@@ -120,7 +120,8 @@ async def burst_round(
                         ttfb.append((now - began) / 1e6)
                     *events, carry = (carry + chunk).split(b"\n\n")
                     for event in events:
-                        sent, seq = event[6:].split(b" ")
+                        # "data: NS SEQ", after the gateway's "retry:" hint on the first event
+                        sent, seq = event[event.index(b"data: ") + 6 :].split(b" ")
                         (first if int(seq) <= FIRST else rest).append((now - int(sent)) / 1e6)
                         seen += 1
             if seen != plan.events:
@@ -196,7 +197,12 @@ async def run_bench(gw: Gateway, work: Path, plan: Plan) -> dict[str, Any]:
     async with client_session() as session:
         # A waitress thread per stream: every stream of a level is served at once.
         env = {"threads": str(max(plan.levels) + 16), "drain_timeout": "2s"}
-        await Api(session, gw).deploy({"service": FN, "image": f"{FN}:latest", "envVars": env})
+        # One replica, pinned: the autoscaler would add replicas mid-burst (cold starts on the
+        # same cores), and the direct path measures this one replica's server.
+        pin = {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "1"}
+        await Api(session, gw).deploy(
+            {"service": FN, "image": f"{FN}:latest", "envVars": env, "labels": pin}
+        )
         await Api(session, gw).wait_ready(FN)
     # The one replica's function server (no session is opened on it here: each round opens its own).
     socket = FunctionServers(session, gw, FN).addresses()[-1].removeprefix("unix:")
