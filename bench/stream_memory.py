@@ -46,7 +46,8 @@ class OneReplicaProvider:
 
         self.session = client_session(aiohttp.UnixConnector(path=socket_path, limit=0, keepalive_timeout=30))
         self.replica = SimpleNamespace(id=0, inflight=0, session=self.session, url="http://localhost")
-        deployment = SimpleNamespace(labels={}, annotations={})
+        # heartbeat_interval 0: idle streams here stay idle (a ping would be a write a stream)
+        deployment = SimpleNamespace(labels={}, annotations={}, envVars={"heartbeat_interval": "0"})
         self._record = SimpleNamespace(deployment=deployment, body_limits=BodyLimits(), buffer_body=False, invocations=0)
 
     name = "local"
@@ -66,6 +67,9 @@ class OneReplicaProvider:
 
     def function_token(self, name: str, namespace: str = "") -> str:
         return ""
+
+    def statuses(self, namespace: str = "") -> list[Any]:
+        return []  # nothing for the autoscaler or the stream history to look at
 
     async def start(self) -> None:
         pass

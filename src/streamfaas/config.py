@@ -395,9 +395,14 @@ class GatewayConfig:
     stream_history_interval: float = 5.0
     # Every resumable stream's journal together, in this gateway; the oldest bytes go first.
     resume_journal_bytes: int = 64 * 1024 * 1024
+    # New function requests that start their work in one turn of the event loop (admission.py);
+    # the rest wait for the next turns, in order. 0: no limit.
+    admit_per_turn: int = 16
     autoscale: AutoscaleConfig = field(default_factory=lambda: AutoscaleConfig())
 
     def __post_init__(self) -> None:
+        if self.admit_per_turn < 0:
+            raise ConfigError(f"--admit-per-turn: expected 0 or more, got {self.admit_per_turn}")
         if self.provider not in PROVIDERS:
             raise ConfigError(f"--provider: expected one of {', '.join(PROVIDERS)}, got {self.provider!r}")
         if not _NAMESPACE_RE.fullmatch(self.namespace):

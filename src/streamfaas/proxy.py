@@ -32,6 +32,7 @@ from aiohttp import (
 )
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from . import proxy_direct
 from .config import SseSettings
 from .errors import StreamfaasError, UpstreamError, UpstreamTimeout
 
@@ -82,9 +83,12 @@ def forward_headers(
     headers: CIMultiDictProxy[str] | CIMultiDict[str], drop: Iterable[str] = ()
 ) -> CIMultiDict[str]:
     """Copy request or response headers, minus hop-by-hop ones and those named in Connection."""
-    named = {t.strip().lower() for t in headers.get(hdrs.CONNECTION, "").split(",") if t.strip()}
-    skip = HOP_BY_HOP | named | {d.lower() for d in drop}
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in skip)
+    named = {t.strip() for t in headers.get(hdrs.CONNECTION, "").split(",") if t.strip()}
+    out = CIMultiDict(headers)  # copied in C; then the few names to drop, case-insensitively
+    for name in (*HOP_BY_HOP, *named, *drop):
+        if name in out:
+            del out[name]  # every value of that name
+    return out
 
 
 def is_event_stream(content_type: str | None) -> bool:
@@ -369,6 +373,7 @@ async def stream_response(
     nbytes = events = 0
     beat: _Heartbeat | None = None
     idle: _IdleWatch | None = None
+    direct: proxy_direct.Direct | None = None
     try:
         await resp.prepare(request)
         if observer is not None:
@@ -398,11 +403,17 @@ async def stream_response(
                         nbytes += len(chunk)
                         if count_events:
                             events += chunk.count(b"\n\n")
+                        if direct is None:  # from the second chunk on (the headers went out)
+                            direct = proxy_direct.attach(upstream.content, request, resp, idle, count_events)
                         chunk = out = await read()
                 finally:
                     idle.stop()
                     if beat is not None:
                         beat.stop()
+                    if direct is not None:
+                        proxy_direct.detach(upstream.content)
+                        nbytes += direct.nbytes
+                        events += direct.events
         except TimeoutError:
             outcome = "timeout"
             which = "idle" if idle is not None and idle.fired else "total"

@@ -17,8 +17,17 @@ HELLO = "def handle(req):\n    return 'hello'\n"
 CRASH_AT_START = "raise SystemExit('crashing on purpose at import')\n"
 
 
-def test_scale_min_label_sets_the_replicas_of_the_first_deploy(platform: Platform, tmp_path: Path) -> None:
-    p = platform
+def test_scale_min_label_sets_the_replicas_of_the_first_deploy(tmp_path: Path) -> None:
+    # The deploy API alone: a running autoscaler would bring the hand-scaled 1 back up to the
+    # label's minimum of 3 whenever it ticks (tests/autoscale/ covers that side).
+    p = Platform(tmp_path / "state", ("--no-autoscale",)).start()
+    try:
+        _scale_min_label_sets_the_first_deploy(p, tmp_path)
+    finally:
+        p.close()
+
+
+def _scale_min_label_sets_the_first_deploy(p: Platform, tmp_path: Path) -> None:
     p.deploy("three", p.write_function(tmp_path, "three", HELLO), labels={"com.openfaas.scale.min": "3"}, wait=False)
     p.wait_ready("three", replicas=3)
     status = p.status("three")

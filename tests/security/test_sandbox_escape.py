@@ -141,6 +141,9 @@ def test_function_environment_never_reaches_platform_processes(sandboxed: Platfo
     out = _probe(p, tmp_path, "envleak", {"remount": [], "write": [], "read": [], "exists": []}, env=env)
     # The function itself gets its environment …
     assert out["env"]["PYTHONPATH"] == str(planted)
+    # … with the platform's CA certificates, not the fork server's empty ones (which it sets
+    # for its own imports only).
+    assert out["env"].get("SSL_CERT_FILE") != os.devnull and out["env"].get("SSL_CERT_DIR") != os.devnull
     # … and nothing outside its sandbox ran the planted code.
     assert not ran.exists()
     assert p.proc is not None

@@ -85,6 +85,9 @@ def autoscale_options(f: F) -> F:
               help="--provider kubernetes: the functions namespace (others labelled openfaas=1 are served too).")
 @click.option("--resume-journal-bytes", type=SIZE, default="64MiB", show_default=True,
               help="Memory for the journals of resumable streams (stream_resume), all together; the oldest bytes go first.")
+@click.option("--admit-per-turn", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Function requests that start in one turn of the event loop; the rest wait for the next turns, "
+                   "in order, so a burst of new streams does not hold back the events of open ones (0: no limit).")
 @queue_options(gateway=True)
 @autoscale_options
 @pass_ctx
@@ -93,8 +96,8 @@ def gateway(ctx: Context, host: str, port: int, state_dir: Path | None, port_fil
             public_without_auth: bool, metrics_auth: bool, basic_auth_user: str,
             basic_auth_password_file: Path | None, sandbox: bool, header_timeout: float, keepalive_timeout: float,
             stream_history_interval: float,
-            provider: str, kubeconfig: Path | None, namespace: str, resume_journal_bytes: int, queue_config: QueueConfig,
-            autoscale_config: AutoscaleConfig) -> None:
+            provider: str, kubeconfig: Path | None, namespace: str, resume_journal_bytes: int, admit_per_turn: int,
+            queue_config: QueueConfig, autoscale_config: AutoscaleConfig) -> None:
     """Run the platform (gateway + its provider) in the foreground."""
     from ..gateway import run
 
@@ -124,6 +127,7 @@ def gateway(ctx: Context, host: str, port: int, state_dir: Path | None, port_fil
             namespace=namespace,
             autoscale=autoscale_config,
             resume_journal_bytes=resume_journal_bytes,
+            admit_per_turn=admit_per_turn,
         )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     run(config)

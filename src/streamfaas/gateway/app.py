@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .._process import listen_backlog, listening_socket, open_files, raise_open_files_limit
+from ..admission import Admission
 from ..autoscale import Autoscaler, InflightCollector
 from ..config import GatewayConfig
 from ..provider import create_provider
@@ -64,7 +65,7 @@ def create_app(config: GatewayConfig, provider: Provider | None = None) -> web.A
     middlewares = [auth_middleware(credentials, metrics_auth=config.metrics_auth), system_errors]
     app = web.Application(client_max_size=0, middlewares=middlewares)
     state = GatewayState(config=config, provider=provider, credentials=credentials,
-                         journal=Journal(config.resume_journal_bytes))
+                         journal=Journal(config.resume_journal_bytes), admission=Admission(config.admit_per_turn))
     app[STATE_KEY] = state
     cluster = None
     if provider.name == "kubernetes" and config.autoscale.enabled:

@@ -74,6 +74,7 @@ def _call_headers(request: web.Request) -> tuple[str, str]:
 
 async def invoke_function(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
+    await state.admission.enter()
     name, given = split_name(request.match_info["name"])
     call_id, start_time = _call_headers(request)
     reply_headers = CIMultiDict({"X-Call-Id": call_id, "X-Start-Time": start_time, **FUNCTION_CSP})
@@ -81,7 +82,7 @@ async def invoke_function(request: web.Request) -> web.StreamResponse:
     known = given != "" and state.provider.has(name, namespace)  # "NAME." names no namespace
     metric_name = qualified_name(name, namespace)
     if known:
-        state.metrics.started.labels(function_name=metric_name).inc()
+        state.metrics.started_of(metric_name).inc()
     began = time.perf_counter()
     code = 499  # the client went away before an answer (nginx's convention)
     try:
@@ -97,9 +98,9 @@ async def invoke_function(request: web.Request) -> web.StreamResponse:
         code = exc.http_status
     finally:
         if known:
-            labels = {"function_name": metric_name, "code": str(code)}
-            state.metrics.invocations.labels(**labels).inc()
-            state.metrics.seconds.labels(**labels).observe(time.perf_counter() - began)
+            status = str(code)
+            state.metrics.invocations_of(metric_name, status).inc()
+            state.metrics.seconds_of(metric_name, status).observe(time.perf_counter() - began)
     return resp
 
 

@@ -6,7 +6,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ..autoscale.metrics import AutoscaleMetrics
 from ..queue.metrics import QueueMetrics
-from .metrics_streams import StreamMetrics
+from .metrics_streams import Children, StreamMetrics
 
 
 class GatewayMetrics:
@@ -35,6 +35,10 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 600),
         )
+        # The children used on every request, looked up once (see Children).
+        self.started_of = Children(self.started)
+        self.invocations_of = Children(self.invocations)
+        self.seconds_of = Children(self.seconds)
         self.service_count = Gauge(
             "gateway_service_count", "Replicas per function.", ["function_name"], registry=self.registry
         )

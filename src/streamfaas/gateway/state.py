@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from ..admission import Admission
 from ..config import GatewayConfig
 from ..provider.base import Provider
 from .auth import Credentials
@@ -20,6 +21,7 @@ class GatewayState:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     credentials: Credentials | None = None
     journal: Journal = field(default_factory=lambda: Journal(64 * 1024 * 1024))
+    admission: Admission = field(default_factory=Admission)
 
 
 STATE_KEY = web.AppKey("streamfaas_state", GatewayState)

@@ -35,15 +35,31 @@ from typing import Any
 MAX_MESSAGE = 1 << 20
 # Where a child finds its descriptors (the watchdog reads the numbers from its environment).
 LISTEN_FD, READY_FD = 3, 4
+_NO_CA = {"SSL_CERT_FILE": os.devnull, "SSL_CERT_DIR": os.devnull}
 
 
 def _preload() -> None:
     """Import what every watchdog imports, then freeze it: forked children share these pages
-    and the collector never touches (so never copies) them."""
+    and the collector never touches (so never copies) them.
+
+    aiohttp builds its default TLS contexts at import, loading the system's CA certificates:
+    about 2 MiB in every watchdog, which never opens a TLS connection (its peers are the
+    gateway and its own function, on local sockets). With no CA file or folder to read, those
+    contexts hold none: a verification tried anyway fails, it cannot pass. The variables are
+    gone again before any child is forked, so no function ever sees them."""
     import asyncio  # noqa: F401
 
-    import aiohttp  # noqa: F401
-    import aiohttp.web  # noqa: F401
+    saved = {k: os.environ.get(k) for k in _NO_CA}
+    os.environ.update(_NO_CA)
+    try:
+        import aiohttp  # noqa: F401
+        import aiohttp.web  # noqa: F401
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     import uvloop  # noqa: F401
 
     from . import server, spawn, static  # noqa: F401

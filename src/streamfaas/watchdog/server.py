@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import hdrs, web
 
 from .._process import listen_backlog, listening_socket
+from ..admission import Admission
 from ..config import WatchdogConfig
 from ..errors import StreamfaasError
 from ..proxy import StreamLimits, error_response, forward_headers, open_upstream, stream_response
@@ -45,6 +46,7 @@ class WatchdogState:
         self.idle = asyncio.Event()
         self.idle.set()
         self.session: aiohttp.ClientSession | None = None
+        self.admission = Admission()  # the gateway's default (admission.py)
 
     @property
     def function_down(self) -> bool:
@@ -84,6 +86,7 @@ async def ready(request: web.Request) -> web.Response:
 
 async def invoke(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE_KEY]
+    await state.admission.enter()
     config = state.config
     # While draining we still serve: the gateway stopped routing here before SIGTERM, so only
     # requests already on their way arrive, and refusing them would fail them for nothing.
