@@ -66,12 +66,14 @@ async def delay_round(session: aiohttp.ClientSession, url: str, streams: int, se
         nonlocal opened
         async with session.get(f"{url}/ticks?interval=0.05&count={count}") as resp:
             assert resp.status == 200, resp.status
-            carry = await resp.content.readany()  # ": ok" (and the retry hint)
+            chunk = await resp.content.readany()  # ": ok" (and the retry hint), maybe more
             opened += 1
             if opened == streams:
                 all_open.set()
-            seen = 0
-            while chunk := await resp.content.readany():
+            seen, carry = 0, b""
+            while chunk:
+                # Events that came with ": ok" are read now, not when the next chunk comes (that
+                # added up to an interval to their delay: the "stalls" of earlier runs).
                 now = time.monotonic_ns()
                 *events, carry = (carry + chunk).split(b"\n\n")
                 for event in events:
@@ -80,6 +82,7 @@ async def delay_round(session: aiohttp.ClientSession, url: str, streams: int, se
                         seen += 1
                         if record:
                             lags.append((now - int(line[6:].split(b" ")[0])) / 1e6)
+                chunk = await resp.content.readany()
             if seen != count:
                 raise RuntimeError(f"{url}: {seen} of {count} events")
 

@@ -368,6 +368,7 @@ async def stream_response(
     retry_line = b"retry: %d\n" % hints.retry_ms if hints is not None and hints.retry_ms else b""
     count_events = sse and observer is not None
     _forget_head(upstream)
+    proxy_direct.adopt(upstream.content)
     clean = False
     outcome = "client"  # a cancellation (the client went away) unless shown otherwise
     nbytes = events = 0

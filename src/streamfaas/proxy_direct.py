@@ -78,6 +78,23 @@ class _DirectReader(StreamReader):
             return False
         return super().feed_data(data, *args)
 
+    # aiohttp keeps each HTTP chunk's end for ``readchunk()``/``iter_chunks()``, in a deque
+    # (760 bytes a stream, for the stream's whole life); a proxied body is read with
+    # ``readany()`` only, so this reader keeps none.
+    def begin_http_chunk_receiving(self) -> None:
+        pass
+
+    def end_http_chunk_receiving(self) -> None:
+        pass
+
+
+def adopt(reader: StreamReader) -> None:
+    """Switch an upstream body's reader to this module's kind (in place, before it is read): it
+    keeps no chunk boundaries, and ``attach`` can deliver from it directly later."""
+    if type(reader) is StreamReader:
+        reader.__class__ = _DirectReader
+        reader._http_chunk_splits = None
+
 
 def attach(
     reader: StreamReader,
@@ -96,7 +113,7 @@ def attach(
         or resp.compression
     ):
         return None
-    reader.__class__ = _DirectReader
+    adopt(reader)
     direct = _ATTACHED[reader] = Direct(transport, progress, count_events)
     return direct
 

@@ -88,7 +88,14 @@ async def invoke_function(request: web.Request) -> web.StreamResponse:
     try:
         namespace = check_namespace(state.provider, name, given)
         tally = state.metrics.streams.observer(metric_name, began)
-        resp = await _proxy(state, request, name, namespace, call_id, start_time, reply_headers, tally, metric_name)
+        # Two steps, so that a stream's whole life holds only the small second frame.
+        prepared = await _prepare(state, request, name, namespace, call_id, start_time, reply_headers, tally, metric_name)
+        if isinstance(prepared, web.StreamResponse):
+            resp = prepared  # resumed from the journal
+        else:
+            forward = _forward(state, request, name, namespace, reply_headers, tally, metric_name, *prepared)
+            del prepared  # its headers are sent once, then dropped (_forward): not kept here
+            resp = await forward
         code = resp.status
     except StreamfaasError as exc:
         resp = error_response(str(exc), exc.http_status)
@@ -104,7 +111,11 @@ async def invoke_function(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def _proxy(
+# The headers and body to send upstream, the path, and the stream's settings.
+Prepared = tuple[CIMultiDict[str], bytes | aiohttp.StreamReader | None, str, SseSettings, ResumeSettings | None]
+
+
+async def _prepare(
     state: GatewayState,
     request: web.Request,
     name: str,
@@ -114,7 +125,9 @@ async def _proxy(
     reply_headers: CIMultiDict[str],
     tally: StreamTally,
     function: str,
-) -> web.StreamResponse:
+) -> Prepared | web.StreamResponse:
+    """What goes upstream (headers, body, path) and the stream's settings; or the answer
+    itself, where a resumable stream is resumed from the journal."""
     provider = state.provider
     record = provider.record(name, namespace)  # 404 for an unknown function, before anything else
     headers = forward_headers(request.headers)
@@ -156,6 +169,26 @@ async def _proxy(
     path = "/" + (parts[3] if len(parts) > 3 else "")
     if request.rel_url.raw_query_string:
         path += "?" + request.rel_url.raw_query_string
+    return headers, body, path, sse, resume
+
+
+async def _forward(
+    state: GatewayState,
+    request: web.Request,
+    name: str,
+    namespace: str,
+    reply_headers: CIMultiDict[str],
+    tally: StreamTally,
+    function: str,
+    headers: CIMultiDict[str],
+    body: bytes | aiohttp.StreamReader | None,
+    path: str,
+    sse: SseSettings,
+    resume: ResumeSettings | None,
+) -> web.StreamResponse:
+    """Send the request to a replica (another one if it cannot be reached) and stream the
+    answer back: this frame lives as long as the stream, so it holds little."""
+    provider = state.provider
     for attempt in range(CONNECT_ATTEMPTS):
         replica = await provider.acquire(name, namespace)
         reply_headers["X-Served-By"] = f"{name}[{replica.id}]"
