@@ -8,6 +8,7 @@ streams, an aborted chunked body otherwise, never a silent truncated success.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 from collections.abc import Callable, Iterable
@@ -55,6 +56,7 @@ HOP_BY_HOP = frozenset(
 )
 
 EVENT_STREAM = "text/event-stream"
+_UNTIMED: contextlib.nullcontext[None] = contextlib.nullcontext()
 _NO_TIMEOUT = ClientTimeout(total=None, connect=None, sock_connect=10, sock_read=None)
 
 
@@ -125,7 +127,7 @@ class _IdleWatch:
 
     __slots__ = ("limit", "chunks", "last", "_seen", "_handle", "_cm", "fired")
 
-    def __init__(self, limit: float, cm: asyncio.Timeout) -> None:
+    def __init__(self, limit: float, cm: asyncio.Timeout | None) -> None:
         self.limit = limit
         self.chunks = 0
         self.last: bytes | None = None  # the latest chunk, for _Heartbeat's boundary check
@@ -139,6 +141,7 @@ class _IdleWatch:
     def _check(self) -> None:
         if self.chunks == self._seen:
             self.fired = True
+            assert self._cm is not None  # a limit always comes with its timeout
             self._cm.reschedule(asyncio.get_running_loop().time())
             return
         self._seen = self.chunks
@@ -380,7 +383,9 @@ async def stream_response(
         if observer is not None:
             observer.opened()
         try:
-            async with asyncio.timeout(limits.total or None) as cm:
+            # No limit at all (the gateway's streams): no Timeout object held for the stream's life.
+            timer = asyncio.timeout(limits.total or None) if limits.total or limits.idle else _UNTIMED
+            async with timer as cm:
                 idle = _IdleWatch(limits.idle, cm)
                 if hints is not None and hints.heartbeat_interval:
                     beat = _Heartbeat(hints.heartbeat_interval, idle, resp, request.transport)
