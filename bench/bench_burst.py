@@ -236,6 +236,8 @@ async def run_bench(gw: Gateway, work: Path, plan: Plan) -> dict[str, Any]:
             "pooled": {p: pooled(rs) for p, rs in rounds.items()},
             "rounds": {p: [per_round(r) for r in rs] for p, rs in rounds.items()},
             "other_cpu_pct": watch.other_pct(f"level_{n}"),
+            # CPU time the hypervisor gave to others (a VM's "steal"): it slows both paths, unevenly.
+            "steal_pct": watch.report()[f"level_{n}"]["steal_pct"],
         }
     out["after"] = {k: memory(v) for k, v in pids.items()}
     return out
@@ -302,6 +304,9 @@ def main() -> int:
     others = {n: results[f"level_{n}"]["other_cpu_pct"] for n in plan.levels}
     if max(others.values()) > 10:
         print(f"WARNING: other processes used {others} % of the CPUs", file=sys.stderr)
+    steal = {n: results[f"level_{n}"]["steal_pct"] for n in plan.levels}
+    if max(steal.values()) > 5:
+        print(f"WARNING: the hypervisor took {steal} % of the CPUs (steal): figures are noisy", file=sys.stderr)
     body = dict(plan=asdict(plan), rlimit_nofile=nofile, other_cpu_pct_at_start=other_at_start)
     body |= dict(orphans=len(gw.orphans), targets=targets.rows, results=results)
     run.write(args.out, body, aiohttp=aiohttp.__version__, uvloop=version("uvloop"))
