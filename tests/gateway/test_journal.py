@@ -131,6 +131,25 @@ async def test_a_slow_reader_holds_the_writer_back_instead_of_losing_bytes() -> 
     await journal.close()
 
 
+async def test_a_last_chunk_over_the_limit_is_trimmed_once_read_or_its_reader_gone() -> None:
+    """No chunk comes after it to trim with: the read (or the client leaving) trims."""
+    journal = Journal(10_000)
+    for leave in (False, True):
+        stream = _stream(journal, max_bytes=100)
+        reader = Reader(0)
+        stream.attach(reader)
+        stream.append(b"x" * 400)  # the function's whole answer in one read, the client behind
+        stream.finish("complete")
+        assert stream.end - stream.base == 400  # unread: kept whole
+        if leave:
+            stream.detach(reader)
+        else:
+            stream.advanced(reader, 400)
+        assert stream.end - stream.base <= 100 and stream.base == 300
+    assert journal.size == 200  # the gateway's count follows: two streams of 100 kept
+    await journal.close()
+
+
 async def test_a_waiting_client_gets_each_chunk_from_the_writer_and_a_lagging_one_reads_it() -> None:
     journal = Journal(10_000)
     stream = _stream(journal)

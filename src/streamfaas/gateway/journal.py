@@ -298,6 +298,11 @@ class Stream:
         self._advanced()
 
     def _advanced(self) -> None:
+        # What a client here had not read was kept past the limit (a chunk bigger than the
+        # journal, or one stored while a client lagged); once read, or the client gone, it goes.
+        # Stores trim too, but a stream whose last chunk is in would otherwise stay over it.
+        if self.end - self.base > self.max_bytes:
+            self.trim(self.max_bytes, keep_unread=True)
         if self._room is not None and not self._room.done():
             self._room.set_result(None)
 

@@ -297,8 +297,10 @@ async def _stream(
         failure = UpstreamError(f"function failed mid-stream: {process.failure(code)}")
         await _fail_after_headers(request, resp, sse, failure, None)
         return resp
-    await resp.write_eof()
+    # Logged before the body's end goes out, as serializing mode logs before it answers: a
+    # client that reads the logs once its answer is complete (the certifier) finds the line.
     _log_wrote(config, written, started)
+    await resp.write_eof()
     return resp
 
 
