@@ -13,10 +13,14 @@ _PR_SET_PDEATHSIG = 1
 _SOMAXCONN = "/proc/sys/net/core/somaxconn"
 
 
-def die_with_parent(sig: int = signal.SIGTERM) -> None:
+def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> None:
     """In a child (``preexec_fn``): ask Linux to signal us when our parent dies.
 
     Without this, a gateway or watchdog killed with SIGKILL would leave its replicas running.
+    ``parent``: the pid that forked us, taken before the fork. A parent that died between the
+    fork and this call sends nothing (we were reparented already), so then the child ends here,
+    before it ``exec``s: a replica stopped while it was starting its function left the sandbox
+    running, reparented to init.
     """
     if sys.platform.startswith("linux"):
         try:
@@ -24,6 +28,8 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
             libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
         except OSError:
             pass
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def listen_backlog() -> int:

@@ -98,11 +98,12 @@ class ForkServer:
 
     async def start(self) -> None:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        gateway = os.getpid()
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-I", "-m", "streamfaas.watchdog.fork_server", str(theirs.fileno()),
                 env=self.env, cwd="/", stdin=asyncio.subprocess.DEVNULL, pass_fds=(theirs.fileno(),),
-                start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGKILL),
+                start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGKILL, gateway),
             )
         except OSError:
             mine.close()
@@ -221,9 +222,10 @@ class ForkServer:
 async def spawn_direct(env: Mapping[str, str], cwd: Path, listen: int, ready: int, log: int) -> asyncio.subprocess.Process:
     """``python -I -m streamfaas.watchdog``: -I ignores PYTHON* variables, the user site and
     the working directory (the function's image); its environment is the platform's anyway."""
+    gateway = os.getpid()
     return await asyncio.create_subprocess_exec(
         sys.executable, "-I", "-m", "streamfaas.watchdog",
         cwd=cwd, env={**env, "STREAMFAAS_LISTEN_FD": str(listen), "STREAMFAAS_READY_FD": str(ready)},
         stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-        pass_fds=(listen, ready), start_new_session=True, preexec_fn=die_with_parent,
+        pass_fds=(listen, ready), start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGTERM, gateway),
     )

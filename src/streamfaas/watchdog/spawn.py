@@ -92,6 +92,7 @@ def _start_function_process(
         # bwrap and setpriv run with none of it.
         argv, extra_fds = sandbox_command(spec, argv, env)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    parent = os.getpid()
     try:
         return subprocess.Popen(
             argv,
@@ -101,7 +102,7 @@ def _start_function_process(
             env=env,
             pass_fds=keep_fds + tuple(extra_fds),
             start_new_session=True,
-            preexec_fn=lambda: die_with_parent(signal.SIGKILL),
+            preexec_fn=lambda: die_with_parent(signal.SIGKILL, parent),
         )
     except OSError as exc:
         raise DeployError(f"cannot start fprocess {argv[0]!r}: {exc.strerror}") from None
