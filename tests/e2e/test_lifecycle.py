@@ -292,3 +292,31 @@ def _parent(pid: int) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except OSError:
         return 0
+
+
+def _processes_under(folder: Path) -> list[int]:
+    """Processes whose working directory is below ``folder`` (a replica's function runs in its
+    image's folder there), wherever they are in the process tree."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/cwd").startswith(str(folder)):
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def test_a_gateway_stopped_while_its_replicas_start_leaves_no_function_running(tmp_path: Path) -> None:
+    """Stopped at once after a deploy, the watchdog is still starting its function: a stop it
+    gets then is honoured once it can, with the function, never by dying and leaving it."""
+    for attempt in range(3):
+        state = tmp_path / f"state{attempt}"
+        p = Platform(state).start()
+        try:
+            handler = p.write_function(tmp_path, f"quick{attempt}", "def handle(req):\n    return 'x'\n")
+            p.deploy(f"quick{attempt}", handler, wait=False)
+        finally:
+            p.close()
+        wait_for(lambda state=state: not _processes_under(state), 15, what=f"no process left in {state}")

@@ -57,6 +57,12 @@ def _report(reason: str) -> None:
 def main() -> int:
     """Entry point: settings come from the environment, as with of-watchdog."""
     raise_open_files_limit()  # two descriptors a stream; the function server inherits it too
+    # A stop asked for while the function starts is only noted here, and honoured once the
+    # server's loop handles signals: killed by the default action instead, the watchdog would
+    # leave the function it was starting running (its finally below would never run).
+    stopping: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stopping.append(signum))
     try:
         settings, function_env = split_environment(os.environ)
         config = WatchdogConfig.from_env(settings)
@@ -88,7 +94,7 @@ def main() -> int:
     else:
         runner = uvloop.run
     try:
-        return runner(run(config, backend))
+        return runner(run(config, backend, stopping))
     except StreamfaasError as exc:
         print(f"watchdog: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -167,8 +167,9 @@ def create_app(config: WatchdogConfig, backend: Backend, function: FunctionProce
     return app
 
 
-async def run(config: WatchdogConfig, backend: Backend) -> int:
-    """Run one replica until SIGTERM (drain, exit 0) or the function process dies (exit 1)."""
+async def run(config: WatchdogConfig, backend: Backend, stopping: Sequence[int] = ()) -> int:
+    """Run one replica until SIGTERM (drain, exit 0) or the function process dies (exit 1).
+    ``stopping``: signals that came before this loop handled them (the stop is honoured now)."""
     function = FunctionProcess(config, backend) if isinstance(backend, Spawned) else None
     app = create_app(config, backend, function)
     state = app[STATE_KEY]
@@ -176,6 +177,8 @@ async def run(config: WatchdogConfig, backend: Backend) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if stopping:
+        stop.set()
 
     if config.listen_fd is not None:
         sock = socket.socket(fileno=config.listen_fd)
