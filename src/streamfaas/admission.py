@@ -65,7 +65,3 @@ class Admission:
                 self._admitted += 1
         if self._admitted:
             self._arm()
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)

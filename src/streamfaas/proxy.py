@@ -409,7 +409,7 @@ async def stream_response(
                         nbytes += len(chunk)
                         if count_events:
                             events += chunk.count(b"\n\n")
-                        if direct is None:  # from the second chunk on (the headers went out)
+                        if idle.chunks == 1:  # once, from the second chunk on (the headers went out)
                             direct = proxy_direct.attach(upstream.content, request, resp, idle, count_events)
                         chunk = out = await read()
                 finally:

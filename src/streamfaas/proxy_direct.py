@@ -103,17 +103,17 @@ def attach(
     progress: Any,
     count_events: bool,
 ) -> Direct | None:
-    """Direct delivery from ``reader`` to ``resp``'s client, where it can be done: None where not
-    (a reader of another kind, a body that is not chunked, no transport). Call ``detach``."""
+    """Direct delivery from ``reader`` (``adopt``ed) to ``resp``'s client, where it can be done:
+    None where not (a reader of another kind, a body that is not chunked, no transport). Call
+    ``detach``."""
     transport = request.transport
     if (
-        type(reader) not in (StreamReader, _DirectReader)
+        type(reader) is not _DirectReader
         or transport is None
         or resp.headers.get("Transfer-Encoding", "").lower() != "chunked"
         or resp.compression
     ):
         return None
-    adopt(reader)
     direct = _ATTACHED[reader] = Direct(transport, progress, count_events)
     return direct
 

@@ -81,9 +81,7 @@ def _child(server_pid: int, closing: list[int], fds: list[int], env: dict[str, s
     from .._process import die_with_parent
 
     os.setsid()  # its own session, so the provider's kill_group(pid) reaches its function too
-    die_with_parent(signal.SIGTERM)
-    if os.getppid() != server_pid:  # the server died before prctl took effect
-        return 1
+    die_with_parent(signal.SIGTERM, server_pid)  # exits here if the server is gone already
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     for fd in closing:
