@@ -24,21 +24,15 @@ from platform_fixture import Platform, Signals  # noqa: E402
 @pytest.fixture
 def platform(tmp_path: Path) -> Iterator[Platform]:
     """A fresh gateway for one test; stopped, with all its replicas, afterwards."""
-    p = Platform(tmp_path / "state").start()
-    try:
+    with Platform(tmp_path / "state").start() as p:
         yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture(scope="module")
 def shared_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """One gateway for a module's tests; each test deploys functions under its own names."""
-    p = Platform(tmp_path_factory.mktemp("state")).start()
-    try:
+    with Platform(tmp_path_factory.mktemp("state")).start() as p:
         yield p
-    finally:
-        p.close()
 
 
 @pytest.fixture

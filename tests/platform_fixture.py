@@ -240,6 +240,12 @@ class Platform:
         finally:
             self.http.close()
 
+    def __enter__(self) -> Platform:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ---- functions ----
     def write_function(self, root: Path, name: str, code: str, requirements: str = "") -> Path:
         folder = root / name

@@ -313,10 +313,7 @@ def test_a_gateway_stopped_while_its_replicas_start_leaves_no_function_running(t
     gets then is honoured once it can, with the function, never by dying and leaving it."""
     for attempt in range(3):
         state = tmp_path / f"state{attempt}"
-        p = Platform(state).start()
-        try:
+        with Platform(state).start() as p:
             handler = p.write_function(tmp_path, f"quick{attempt}", "def handle(req):\n    return 'x'\n")
             p.deploy(f"quick{attempt}", handler, wait=False)
-        finally:
-            p.close()
         wait_for(lambda state=state: not _processes_under(state), 15, what=f"no process left in {state}")

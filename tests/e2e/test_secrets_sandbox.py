@@ -53,11 +53,8 @@ VALUES = {"alpha-key": "alpha-SECRET-value-111", "beta-key": "beta-SECRET-value-
 
 @pytest.fixture
 def sandboxed(tmp_path: Path) -> Iterator[Platform]:
-    p = Platform(tmp_path / "state", sandbox=True).start()
-    try:
+    with Platform(tmp_path / "state", sandbox=True).start() as p:
         yield p
-    finally:
-        p.close()
 
 
 def test_functions_read_only_their_own_secrets(sandboxed: Platform, tmp_path: Path) -> None:

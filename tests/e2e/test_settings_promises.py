@@ -20,24 +20,17 @@ CRASH_AT_START = "raise SystemExit('crashing on purpose at import')\n"
 def test_scale_min_label_sets_the_replicas_of_the_first_deploy(tmp_path: Path) -> None:
     # The deploy API alone: a running autoscaler would bring the hand-scaled 1 back up to the
     # label's minimum of 3 whenever it ticks (tests/autoscale/ covers that side).
-    p = Platform(tmp_path / "state", ("--no-autoscale",)).start()
-    try:
-        _scale_min_label_sets_the_first_deploy(p, tmp_path)
-    finally:
-        p.close()
-
-
-def _scale_min_label_sets_the_first_deploy(p: Platform, tmp_path: Path) -> None:
-    p.deploy("three", p.write_function(tmp_path, "three", HELLO), labels={"com.openfaas.scale.min": "3"}, wait=False)
-    p.wait_ready("three", replicas=3)
-    status = p.status("three")
-    assert status["replicas"] == 3 and status["availableReplicas"] == 3
-    served_by = {httpx.get(p.function_url("three"), timeout=30).headers["x-served-by"] for _ in range(12)}
-    assert len(served_by) == 3  # all three take requests
-    # A later deploy of the same name keeps the current count (the label sets the first one).
-    assert p.http.post(p.url + "/system/scale-function/three", json={"replicas": 1}).status_code in {200, 202}
-    p.deploy("three", p.write_function(tmp_path, "three", HELLO), labels={"com.openfaas.scale.min": "3"})
-    assert p.status("three")["replicas"] == 1
+    with Platform(tmp_path / "state", ("--no-autoscale",)).start() as p:
+        p.deploy("three", p.write_function(tmp_path, "three", HELLO), labels={"com.openfaas.scale.min": "3"}, wait=False)
+        p.wait_ready("three", replicas=3)
+        status = p.status("three")
+        assert status["replicas"] == 3 and status["availableReplicas"] == 3
+        served_by = {httpx.get(p.function_url("three"), timeout=30).headers["x-served-by"] for _ in range(12)}
+        assert len(served_by) == 3  # all three take requests
+        # A later deploy of the same name keeps the current count (the label sets the first one).
+        assert p.http.post(p.url + "/system/scale-function/three", json={"replicas": 1}).status_code in {200, 202}
+        p.deploy("three", p.write_function(tmp_path, "three", HELLO), labels={"com.openfaas.scale.min": "3"})
+        assert p.status("three")["replicas"] == 1
 
 
 def test_crashing_replica_is_restarted_with_doubling_backoff(platform: Platform, tmp_path: Path) -> None:

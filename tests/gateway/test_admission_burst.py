@@ -28,11 +28,8 @@ def handle(req):
 
 @pytest.fixture
 def one_a_turn(tmp_path: Path) -> Iterator[Platform]:
-    p = Platform(tmp_path / "state", ("--admit-per-turn", "1")).start()
-    try:
+    with Platform(tmp_path / "state", ("--admit-per-turn", "1")).start() as p:
         yield p
-    finally:
-        p.close()
 
 
 def test_a_burst_admitted_one_a_turn_completes_every_stream(one_a_turn: Platform, tmp_path: Path) -> None:
