@@ -72,20 +72,20 @@ async def client(session: aiohttp.ClientSession, url: str, until: float, ttfbs: 
 
 
 async def watch(session: aiohttp.ClientSession, api: Api, name: str, stop: asyncio.Event,
-                samples: list[tuple[float, int, int]]) -> None:
-    """``(time, replicas serving or draining, requests waiting)`` every 100 ms."""
+                samples: list[tuple[float, int, int, int]]) -> None:
+    """``(time, replicas serving or draining, requests waiting, replicas wanted)`` every 100 ms."""
     url = f"{api.url}/system/function/{name}/scaling"
     while not stop.is_set():
         async with session.get(url, headers=api.headers) as r:
             view = await r.json()
-        samples.append((time.monotonic(), view["availableReplicas"] + view["draining"], view["waiting"]))
+        samples.append((time.monotonic(), view["availableReplicas"] + view["draining"], view["waiting"], view["replicas"]))
         await asyncio.sleep(0.1)
 
 
 async def one_step(session: aiohttp.ClientSession, api: Api, gw: Gateway, name: str, args: argparse.Namespace) -> dict[str, Any]:
     ttfbs: list[float] = []
     errors: list[str] = []
-    samples: list[tuple[float, int, int]] = []
+    samples: list[tuple[float, int, int, int]] = []
     stop = asyncio.Event()
     watcher = asyncio.create_task(watch(session, api, name, stop, samples))
     began = time.monotonic()
@@ -96,15 +96,17 @@ async def one_step(session: aiohttp.ClientSession, api: Api, gw: Gateway, name: 
     ended = time.monotonic()
     stop.set()
     await watcher
-    during = [(t, r, w) for t, r, w in samples if began <= t <= ended]
-    waited = [t for t, _, w in during if w > 0]
-    absorbed = next((t - began for t, _, w in during if w == 0 and waited and t > waited[0]), 0.0 if not waited else math.nan)
+    during = [s for s in samples if began <= s[0] <= ended]
+    waited = [t for t, _, w, _ in during if w > 0]
+    absorbed = next((t - began for t, _, w, _ in during if w == 0 and waited and t > waited[0]), 0.0 if not waited else math.nan)
     replica_s = sum(a[1] * (b[0] - a[0]) for a, b in zip(during, during[1:], strict=False))
     step_ttfbs = ttfbs[: args.streams]  # the first stream of each user: those that met the step
+    # (seconds into the step, replicas serving or draining, requests waiting, replicas wanted), at each change.
+    timeline = [(round(s[0] - began, 2), *s[1:]) for i, s in enumerate(during) if i == 0 or during[i - 1][1:] != s[1:]]
     return {
         "absorb_s": round(absorbed, 2), "ttfb_p50_s": round(pct(step_ttfbs, 50), 3), "ttfb_p99_s": round(pct(step_ttfbs, 99), 3),
-        "replica_seconds": round(replica_s, 1), "peak_replicas": max((r for _, r, _ in during), default=0),
-        "streams": len(ttfbs), "errors": len(errors), "first_errors": errors[:5],
+        "replica_seconds": round(replica_s, 1), "peak_replicas": max((s[1] for s in during), default=0),
+        "streams": len(ttfbs), "errors": len(errors), "first_errors": errors[:5], "timeline": timeline,
     }
 
 

@@ -40,6 +40,8 @@ FN = "idle"
 class OneReplicaProvider:
     """Just what ``invoke_function`` asks of a provider, for one function with one replica."""
 
+    on_wait = None
+
     def __init__(self, socket_path: str) -> None:
         from streamfaas.config import BodyLimits
         from streamfaas.proxy import client_session

@@ -61,6 +61,13 @@ def autoscaled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         p.close()
 
 
+@pytest.fixture(scope="module")
+def rare_rounds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """Rounds a minute apart: only a nudge from a waiting request can scale within seconds."""
+    with Platform(tmp_path_factory.mktemp("state"), ("--autoscale-interval", "60s")).start() as p:
+        yield p
+
+
 @pytest.fixture
 def streams() -> Iterator[Streams]:
     s = Streams()
@@ -136,6 +143,23 @@ def test_a_burst_of_streams_scales_out_fast_and_every_stream_completes(autoscale
     assert shown.returncode == 0, shown.stderr
     assert "Target:             16 requests in flight per replica × 0.9" in shown.stdout, shown.stdout
     assert "Desired Replicas:   1" in shown.stdout and "Autoscaling:        on; capacity" in shown.stdout
+
+
+def test_a_waiting_request_has_the_burst_scaled_up_before_the_next_round(rare_rounds: Platform, streams: Streams,
+                                                                         tmp_path: Path) -> None:
+    p, name = rare_rounds, "nudged"
+    p.deploy(name, p.write_function(tmp_path, name, TIMED), env={"threads": "4", "STEPS": "10", "STEP": "0.2"},
+             labels={TARGET: "4", MAX: "5"})
+    began = time.monotonic()
+    opened = [streams.open(p.function_url(name)) for _ in range(20)]
+    # The next round is up to a minute away: the waiting requests cue a look of their own.
+    wait_for(lambda: p.status(name)["replicas"] == 5, 5, interval=0.05, what="the burst to be scaled up")
+    print(f"\nscaled up {time.monotonic() - began:.2f}s after the burst began")
+    streams.wait(timeout=60)
+    assert [s for s in opened if s.status != 200 or not s.final] == []
+    assert len({s.served_by for s in opened}) >= 2
+    view = scaling(p, name)
+    assert view["panic"] is True and view["desiredReplicas"] == 5, view
 
 
 def test_scale_down_drains_replicas_and_cuts_no_stream(autoscaled: Platform, streams: Streams,

@@ -46,6 +46,17 @@ def test_a_burst_panics_and_scales_up_at_the_first_look() -> None:
     assert decision.desired == 14  # ceil(200 / 14.4), at once, not one replica at a time
 
 
+def test_a_peek_panics_on_the_peak_and_leaves_the_stable_mean_alone() -> None:
+    policy = FunctionPolicy(WINDOWS, born=0.0)
+    for t in range(20):
+        policy.observe(t * 0.5, streams(1), "capacity")
+    mean = policy.stable.mean(9.6)
+    policy.peek(9.6, streams(16, waiting=184))  # a nudge between two rounds
+    assert policy.stable.mean(9.6) == mean == 1.0
+    decision = policy.decide(9.6, STREAMS, current=1)
+    assert decision.direction == UP and decision.panic and decision.desired == 14
+
+
 def test_panic_never_scales_down_and_ends_a_stable_window_after_it_held() -> None:
     policy = FunctionPolicy(WINDOWS, born=0.0)
     policy.observe(0.0, streams(200), "capacity")

@@ -17,6 +17,12 @@ Interfaces (what a provider or a cluster plugs in):
 
 A function at 0 replicas is left there (a request wakes it, in ``Provider.acquire``), and one
 whose ``min`` equals its ``max`` is never scaled (hand scaling still works).
+
+Between rounds, a request that has to wait for a replica nudges the autoscaler (the provider's
+``on_wait``): ``NUDGE_DELAY`` later it looks at that one ``capacity`` function again, for the
+panic window only, and scales it up if the peak says so; never down. So a burst is met within a
+tenth of a second, not up to a whole ``interval`` later, and the stable window keeps its
+cadence (a burst does not add samples to the mean that sizes the function and scales it down).
 """
 
 from __future__ import annotations
@@ -34,9 +40,15 @@ from ..errors import BadRequest, StreamfaasError
 from ..provider.base import FunctionLoad, Provider
 from ..provider.models import ScaleLabels
 from .metrics import AutoscaleMetrics
-from .policy import NONE, Decision, FunctionPolicy, Windows
+from .policy import NONE, UP, Decision, FunctionPolicy, Windows
 
 log = logging.getLogger("streamfaas.autoscale")
+
+# A burst's requests begin to wait within a few milliseconds of each other: the look they cue
+# comes this long after the first, so it sees the burst rather than its first waiting request.
+NUDGE_DELAY = 0.05
+# At most one nudged look per function in this long, however many requests wait meanwhile.
+NUDGE_SPACING = 0.25
 
 
 class LoadSource(Protocol):
@@ -106,23 +118,76 @@ class Autoscaler:
                                     zero_duration=self.config.default_zero_duration)
         self.watched: dict[tuple[str, str], Watched] = {}  # by (namespace or "", name)
         self._task: asyncio.Task[None] | None = None
+        self._nudges: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._deciding = asyncio.Lock()  # a round's look and a nudged one never interleave
 
     async def start(self) -> None:
         if self.config.enabled:
             self._task = asyncio.create_task(self._run(), name="autoscaler")
+            self.provider.on_wait = self.nudge
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        if self.provider.on_wait == self.nudge:
+            self.provider.on_wait = None
+        tasks = [t for t in (self._task, *self._nudges.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._task = None
+        self._nudges.clear()
+
+    def _key(self, name: str, namespace: str) -> tuple[str, str]:
+        return ("" if namespace in ("", self.provider.default_namespace) else namespace, name)
+
+    def nudge(self, name: str, namespace: str = "") -> None:
+        """A request began to wait for a replica of this function: look at it soon (see the
+        module's docstring). Cheap to call on every waiting request: one look is pending at most."""
+        key = self._key(name, namespace)
+        if self._task is not None and key not in self._nudges:
+            self._nudges[key] = asyncio.create_task(self._nudged(key), name=f"autoscaler nudge {qualified(name, key[0])}")
+
+    async def _nudged(self, key: tuple[str, str]) -> None:
+        try:
+            await asyncio.sleep(NUDGE_DELAY)
+            if self.is_leader():
+                async with self._deciding:
+                    await self._peek(key)
+            await asyncio.sleep(NUDGE_SPACING - NUDGE_DELAY)
+        except StreamfaasError as exc:  # removed or changed meanwhile; the next round sees it
+            log.warning("autoscaler: %s: %s", qualified(key[1], key[0]), exc)
+        except Exception:
+            log.exception("autoscaler: nudged look failed")
+        finally:
+            self._nudges.pop(key, None)
+
+    async def _peek(self, key: tuple[str, str]) -> None:
+        """A nudged look: the panic window only, and up only."""
+        ns, name = key
+        status = self.provider.status(name, ns)
+        watched = self.watched.get(key)
+        if watched is None:  # deployed since the last round: a whole look starts watching it
+            await self._look(key, status.labels, status.replicas)
+            return
+        current = status.replicas
+        if watched.scaling.fixed or watched.scaling.type != "capacity" or current == 0:
+            return  # not sized on waiting requests; or at 0, which a request wakes (in acquire)
+        load = await self.source.load(name, ns, cpu=False)
+        now = self.clock()
+        watched.load = load
+        watched.policy.peek(now, load)
+        decision = watched.policy.decide(now, watched.scaling, current)
+        if decision.direction == UP:
+            watched.decision = decision
+            await self._scale(key, watched.scaling, current, decision)
 
     async def _run(self) -> None:
         while True:
             began = self.clock()
             try:
-                await self.tick()
+                async with self._deciding:
+                    await self.tick()
             except Exception:  # one bad round must not end autoscaling for good
                 log.exception("autoscaler: round failed")
             await asyncio.sleep(max(self.config.interval - (self.clock() - began), 0.0))
@@ -178,9 +243,14 @@ class Autoscaler:
             return
         decision = watched.policy.decide(now, scaling, current)
         watched.decision = decision
-        self._show(key, scaling, decision.desired)
         if decision.direction == NONE:
+            self._show(key, scaling, decision.desired)
             return
+        await self._scale(key, scaling, current, decision)
+
+    async def _scale(self, key: tuple[str, str], scaling: ScaleLabels, current: int, decision: Decision) -> None:
+        ns, name = key
+        self._show(key, scaling, decision.desired)
         got = await self.provider.scale(name, decision.desired, ns)
         log.info("autoscaler: %s %d -> %d (%s, load %.2f)", qualified(name, ns), current, got, decision.reason, decision.load)
         if self.metrics is not None:

@@ -107,6 +107,13 @@ class FunctionPolicy:
         self.panic.add(now, value)
         return value
 
+    def peek(self, now: float, load: FunctionLoad) -> None:
+        """A ``capacity`` sample between two rounds, for the panic window only: its peak does
+        not depend on how often it is sampled, the stable window's mean would."""
+        if load.inflight or load.waiting:
+            self.last_active = now
+        self.panic.add(now, float(load.concurrency))
+
     def _rate(self, now: float, requests: int) -> float:
         last, self._requests = self._requests, (now, requests)
         if last is None or now <= last[0]:

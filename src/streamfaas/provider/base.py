@@ -11,7 +11,7 @@ the hot path never waits on an API call to learn where a function is.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -117,7 +117,15 @@ class SecretStore(Protocol):
         """The functions that mount it."""
 
 
+WaitHook = Callable[[str, str], None]
+
+
 class Provider(Protocol):
+    on_wait: WaitHook | None
+    """Called with ``(name, namespace)`` each time a request begins to wait in ``acquire`` for
+    a replica or a free slot: the autoscaler's cue to look at the function now rather than at
+    its next round. Set by the autoscaler; None otherwise."""
+
     @property
     def name(self) -> str:
         """``local`` or ``kubernetes`` (``/system/info``'s orchestration)."""

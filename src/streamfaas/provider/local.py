@@ -39,7 +39,7 @@ from ..sandbox import (
     spec_env,
     warn_unsandboxed,
 )
-from .base import FunctionLoad
+from .base import FunctionLoad, WaitHook
 from .images import ImageStore, LocalImage
 from .launcher import ForkServer, ForkServerUnavailable
 from .logs import LogLine, follow_log
@@ -64,6 +64,7 @@ class LocalProvider:
 
     def __init__(self, state_dir: Path, *, cold_start_timeout: float = 60.0, sandbox: bool = True) -> None:
         self.state_dir = state_dir
+        self.on_wait: WaitHook | None = None
         self.sandbox_wanted = sandbox
         self.bwrap = bwrap_path() if sandbox else None
         # A root platform runs each sandboxed function as its own unprivileged uid, which then
@@ -170,6 +171,7 @@ class LocalProvider:
         async with self._deploy_lock:
             record = self._get(name)
             del self.functions[name]
+            record.wake()  # its waiting requests find it gone
             (self.functions_dir / f"{name}.json").unlink(missing_ok=True)
             await self._stop_replicas(record, list(record.replicas))
             self.secret_files.forget(name)
@@ -245,6 +247,8 @@ class LocalProvider:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cold_start_timeout
         record.waiting += 1  # always on ``record``, the one it waits on now (see the end of the loop)
+        if self.on_wait is not None:
+            self.on_wait(name, record.deployment.namespace)
         try:
             while True:
                 replica = record.pick()
@@ -260,21 +264,13 @@ class LocalProvider:
                 error = "" if full else record.start_error()
                 if error:  # crash-looping: say why now rather than wait out the cold start
                     raise FunctionNotReady(f"function {name!r} is failing to start: {error_summary(error)}")
-                starting = [r for r in record.replicas if not r.ready.is_set()]
-                waits = [asyncio.ensure_future(r.ready.wait()) for r in starting]
-                # A replica whose start fails wakes us too (one already failing is restarting).
-                waits += [asyncio.ensure_future(r.failed.wait()) for r in starting if not r.failed.is_set()]
-                waits.append(asyncio.ensure_future(record.changed.wait()))
-                waits.append(asyncio.ensure_future(record.freed.wait()))
                 # Waiting for a slot of a running replica is not a cold start: no deadline then.
                 timeout = None if full else deadline - loop.time()
-                try:
-                    if timeout is not None and timeout <= 0:
-                        raise FunctionNotReady(f"function {name!r} is not ready (waited {self.cold_start_timeout:g}s)")
-                    await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    for w in waits:
-                        w.cancel()
+                if timeout is not None and timeout <= 0:
+                    raise FunctionNotReady(f"function {name!r} is not ready (waited {self.cold_start_timeout:g}s)")
+                # Woken by a freed slot, a replica that became ready or failed to start, or a
+                # change of replicas (record.wake).
+                await record.wait_turn(timeout)
                 if full:
                     deadline = loop.time() + self.cold_start_timeout
                 current = self._get(name)  # it may have been updated or removed meanwhile
@@ -420,7 +416,7 @@ class LocalProvider:
                 why = f"it failed to start:\n{error}" if error else f"it was not ready within {self.cold_start_timeout:g}s"
                 raise DeployError(f"update of {record.name!r} failed, the old version keeps serving; {why}")
         self.functions[record.name] = record
-        old.changed.set()
+        old.wake()  # its waiting requests go on waiting on the new record
         await self._stop_replicas(old, list(old.replicas))
 
     async def _image(self, deployment: FunctionDeployment) -> LocalImage | OciImage:
@@ -456,8 +452,7 @@ class LocalProvider:
             started.append(replica)
         if len(record.replicas) > record.desired:
             self._scale_down(record, len(record.replicas) - record.desired)
-        record.changed.set()
-        record.changed = asyncio.Event()
+        record.wake()
         if wait and started:
             await _first_ready(started, self.cold_start_timeout)
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +52,43 @@ def _capacity(deployment: FunctionDeployment, image: LocalImage | OciImage) -> i
         return None  # refused at deploy; only a function saved before that check is here
 
 
+class Turns:
+    """Requests waiting for a slot, in arrival order: ``wake(n)`` lets the oldest ``n`` go (a
+    freed slot wakes one request, not all of them), ``wake()`` every one."""
+
+    def __init__(self) -> None:
+        self._queue: deque[asyncio.Future[None]] = deque()
+
+    def __len__(self) -> int:
+        return sum(not turn.done() for turn in self._queue)
+
+    async def wait(self, timeout: float | None) -> None:
+        """Until woken, or ``timeout`` seconds (None: no limit)."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(turn)
+        try:
+            await asyncio.wait_for(turn, timeout)
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.wake(1)  # woken, then gone (its client left): the turn passes on
+            raise
+        finally:
+            if turn.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(turn)
+
+    def wake(self, count: int | None = None) -> None:
+        queue = self._queue
+        while queue and (count is None or count > 0):
+            turn = queue.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                if count is not None:
+                    count -= 1
+
+
 class FunctionRecord:
     """A deployed function: what was asked for, and the replicas that serve it."""
 
@@ -64,11 +103,13 @@ class FunctionRecord:
         self.invocations = 0
         self._ids = itertools.count(1)
         self._rr = 0
-        self.changed = asyncio.Event()
         # Scaled down, still finishing their streams: no new requests, counted in ``load``.
         self.draining: list[Replica] = []
         self.waiting = 0  # requests in ``acquire`` waiting for a ready replica or a free slot
-        self.freed = asyncio.Event()  # set (and replaced) when a request ends while others wait
+        # Their turns, oldest first (``wait_turn``); a freed slot or a new replica wakes as many
+        # as it can take, not every one of them.
+        self._turns = Turns()
+        self.freed = asyncio.Event()  # set (and replaced) when a request on a draining replica ends
         self.capacity = _capacity(deployment, image)
         # Read once here, not on every request of the hot path.
         self.buffer_body = _flag(deployment.envVars.get("buffer_body"))
@@ -103,11 +144,27 @@ class FunctionRecord:
 
     def adopt(self, replica: Replica) -> None:
         replica.on_release = self._released
+        replica.on_change = self._replica_changed
 
     def _released(self, replica: Replica) -> None:
-        if self.waiting or replica.draining:
+        if replica.draining:
             self.freed.set()
             self.freed = asyncio.Event()
+        else:
+            self._turns.wake(1)
+
+    def _replica_changed(self, replica: Replica) -> None:
+        # Ready: as many as it holds. Failed: every one, to see whether the function can start.
+        self.wake(self.capacity if replica.ready.is_set() else None)
+
+    async def wait_turn(self, timeout: float | None) -> None:
+        """Wait until ``wake`` gives this request a turn (in arrival order), or ``timeout``."""
+        await self._turns.wait(timeout)
+
+    def wake(self, count: int | None = None) -> None:
+        """Give ``count`` waiting requests their turn, the oldest first; all of them if None
+        (replicas were added, removed or replaced: each looks again)."""
+        self._turns.wake(count)
 
     def inflight(self) -> int:
         """Requests open on its replicas, those draining included."""

@@ -113,6 +113,8 @@ class Replica:
         # Called when a request on it ends (see ``inflight``): its record wakes requests that
         # wait for a free slot, and a drain waits for the last stream to finish.
         self.on_release: Callable[[Replica], None] | None = None
+        # Called when it becomes ready or fails a start: its record wakes waiting requests.
+        self.on_change: Callable[[Replica], None] | None = None
         # Picked for scale-down: no new requests; stopped once idle or after drain_timeout.
         self.draining = False
         self.restarts = 0
@@ -202,6 +204,8 @@ class Replica:
             self.error = ""
             self.failed.clear()
             self.ready.set()
+            if self.on_change is not None:
+                self.on_change(self)
             code = await self._proc.wait()
             self.ready.clear()
             return code
@@ -226,6 +230,8 @@ class Replica:
             self._note(error)
         self.error = error
         self.failed.set()
+        if self.on_change is not None:
+            self.on_change(self)
 
     async def stop(self) -> None:
         """Drain and stop: the caller has already taken this replica out of rotation."""

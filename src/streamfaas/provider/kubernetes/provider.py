@@ -31,7 +31,7 @@ from ...errors import (
     NamespaceNotFound,
 )
 from ...proxy import client_session
-from ..base import Endpoint, FunctionLoad
+from ..base import Endpoint, FunctionLoad, WaitHook
 from ..logs import LogLine
 from ..models import FunctionDeployment, FunctionStatus, ScaleLabels
 from ._activator import Activator
@@ -110,6 +110,7 @@ class KubernetesProvider:
         self.kubeconfig = kubeconfig
         self.default_namespace = namespace
         self.cold_start_timeout = cold_start_timeout
+        self.on_wait: WaitHook | None = None
         self.functions: dict[Key, KubeFunction] = {}
         self._served: ServedNamespaces | None = None
         self._client: KubeClient | None = None
@@ -392,6 +393,8 @@ class KubernetesProvider:
         # goes to the first that answers, before the kubelet reports it Ready.
         waiting = self._get(name, ns)
         waiting.waiting += 1
+        if self.on_wait is not None:
+            self.on_wait(name, ns)
         try:
             with self.activator.waiting(key):
                 while True:
