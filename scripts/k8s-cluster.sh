@@ -325,7 +325,11 @@ start_kubelet() {
     --pod-infra-container-image "$PAUSE_IMAGE" --cgroups-per-qos=false --enforce-node-allocatable= \
     --eviction-hard= --image-gc-high-threshold 100 --image-gc-low-threshold 99 \
     --make-iptables-util-chains=false --serialize-image-pulls=false \
-    --node-status-update-frequency 2s --sync-frequency 5s
+    --node-status-update-frequency 2s --sync-frequency 5s \
+    --kube-api-qps 50 --kube-api-burst 100 --event-qps 50 --event-burst 100
+  # The API limits are Kubernetes 1.27's defaults. 1.20's (5 requests a second, bursts of 10)
+  # throttled the status updates and events of pods started together: ten pods of a burst were
+  # Ready after 14 s instead of 5-7 s (tests/k8s/test_autoscale_k8s.py).
   wait_for 90 "the node to be Ready" node_ready
 }
 
