@@ -182,7 +182,14 @@ def test_cli_chat_ctrl_c_stops_the_answer_and_keeps_chatting(chat: Platform, llm
         assert select.select([proc.stdout], [], [], 60)[0]
         assert os.read(proc.stdout.fileno(), 100)
         proc.send_signal(signal.SIGINT)
-        wait_for(lambda: _stats(llm_server)["cancelled_total"] > before, 20, what="the model to stop")
+        try:
+            wait_for(lambda: _stats(llm_server)["cancelled_total"] > before, 20, what="the model to stop")
+        except AssertionError as exc:  # say what the model, the CLI and the function did instead
+            proc.kill()
+            _, err = proc.communicate(timeout=10)
+            logs = subprocess.run(streamfaas_cmd("logs", "chat", "--tail", "20"), env=chat.env(), capture_output=True,
+                                  text=True, stdin=subprocess.DEVNULL, timeout=30).stdout
+            raise AssertionError(f"{exc}\nmodel: {_stats(llm_server)}\nCLI stderr: {err.decode()[-2000:]}\nlogs:\n{logs}") from None
         proc.stdin.write(b"Say OK.\n")
         proc.stdin.close()
         assert proc.wait(120) == 0
