@@ -172,8 +172,15 @@ def test_langchain_example_streams_the_same_events(chat: Platform, llm_server: L
 
 def test_cli_chat_ctrl_c_stops_the_answer_and_keeps_chatting(chat: Platform, llm_server: LLMServer) -> None:
     before = _stats(llm_server)["cancelled_total"]
-    proc = subprocess.Popen(streamfaas_cmd("chat", "chat", "--no-stats"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=chat.env())
+    # The CLI gets Ctrl-C as a terminal's user does. A test run started in the background of a
+    # non-interactive shell has SIGINT ignored, and an ignored signal stays ignored across exec
+    # (the CLI then rightly goes on, as under nohup); a handled one is reset to the default.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(streamfaas_cmd("chat", "chat", "--no-stats"), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=chat.env())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         proc.stdin.write(STORY_PROMPT.encode() + b"\n")
