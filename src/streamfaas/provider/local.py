@@ -171,7 +171,7 @@ class LocalProvider:
         async with self._deploy_lock:
             record = self._get(name)
             del self.functions[name]
-            record.wake()  # its waiting requests find it gone
+            record.turns.wake()  # its waiting requests find it gone
             (self.functions_dir / f"{name}.json").unlink(missing_ok=True)
             await self._stop_replicas(record, list(record.replicas))
             self.secret_files.forget(name)
@@ -269,8 +269,8 @@ class LocalProvider:
                 if timeout is not None and timeout <= 0:
                     raise FunctionNotReady(f"function {name!r} is not ready (waited {self.cold_start_timeout:g}s)")
                 # Woken by a freed slot, a replica that became ready or failed to start, or a
-                # change of replicas (record.wake).
-                await record.wait_turn(timeout)
+                # change of replicas (record.turns).
+                await record.turns.wait(timeout)
                 if full:
                     deadline = loop.time() + self.cold_start_timeout
                 current = self._get(name)  # it may have been updated or removed meanwhile
@@ -416,7 +416,7 @@ class LocalProvider:
                 why = f"it failed to start:\n{error}" if error else f"it was not ready within {self.cold_start_timeout:g}s"
                 raise DeployError(f"update of {record.name!r} failed, the old version keeps serving; {why}")
         self.functions[record.name] = record
-        old.wake()  # its waiting requests go on waiting on the new record
+        old.turns.wake()  # its waiting requests go on waiting on the new record
         await self._stop_replicas(old, list(old.replicas))
 
     async def _image(self, deployment: FunctionDeployment) -> LocalImage | OciImage:
@@ -452,7 +452,7 @@ class LocalProvider:
             started.append(replica)
         if len(record.replicas) > record.desired:
             self._scale_down(record, len(record.replicas) - record.desired)
-        record.wake()
+        record.turns.wake()
         if wait and started:
             await _first_ready(started, self.cold_start_timeout)
 

@@ -106,9 +106,9 @@ class FunctionRecord:
         # Scaled down, still finishing their streams: no new requests, counted in ``load``.
         self.draining: list[Replica] = []
         self.waiting = 0  # requests in ``acquire`` waiting for a ready replica or a free slot
-        # Their turns, oldest first (``wait_turn``); a freed slot or a new replica wakes as many
-        # as it can take, not every one of them.
-        self._turns = Turns()
+        # Their turns, oldest first: a freed slot or a new replica wakes as many as it can take,
+        # not every one of them; ``turns.wake()`` (replicas added, removed or replaced) all.
+        self.turns = Turns()
         self.freed = asyncio.Event()  # set (and replaced) when a request on a draining replica ends
         self.capacity = _capacity(deployment, image)
         # Read once here, not on every request of the hot path.
@@ -151,20 +151,11 @@ class FunctionRecord:
             self.freed.set()
             self.freed = asyncio.Event()
         else:
-            self._turns.wake(1)
+            self.turns.wake(1)
 
     def _replica_changed(self, replica: Replica) -> None:
         # Ready: as many as it holds. Failed: every one, to see whether the function can start.
-        self.wake(self.capacity if replica.ready.is_set() else None)
-
-    async def wait_turn(self, timeout: float | None) -> None:
-        """Wait until ``wake`` gives this request a turn (in arrival order), or ``timeout``."""
-        await self._turns.wait(timeout)
-
-    def wake(self, count: int | None = None) -> None:
-        """Give ``count`` waiting requests their turn, the oldest first; all of them if None
-        (replicas were added, removed or replaced: each looks again)."""
-        self._turns.wake(count)
+        self.turns.wake(self.capacity if replica.ready.is_set() else None)
 
     def inflight(self) -> int:
         """Requests open on its replicas, those draining included."""
