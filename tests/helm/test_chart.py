@@ -153,6 +153,16 @@ def test_gateway_runs_two_replicas_with_the_kubernetes_provider_and_probes(defau
     assert volumes["auth"]["secret"]["secretName"] == "rel-streamfaas-auth"
 
 
+def test_annotation_values_are_strings_whatever_they_look_like(helm: Path) -> None:
+    # helm --set reads 53982554 as a number and true as a bool; the API server refuses both in
+    # an annotation ("expected string"), so an upgrade with such a value failed.
+    objects = render(helm, "gateway.podAnnotations.rev=53982554", "gateway.podAnnotations.canary=true",
+                     "gateway.podAnnotations.note=plain", "serviceAccount.annotations.id=0012")
+    pod = find(objects, "Deployment", "rel-streamfaas-gateway")["spec"]["template"]["metadata"]
+    assert pod["annotations"] == {"rev": "53982554", "canary": "true", "note": "plain"}
+    assert find(objects, "ServiceAccount")["metadata"]["annotations"] == {"id": "0012"}
+
+
 def test_service_and_disruption_budget_select_the_gateways(default: list[dict[str, Any]]) -> None:
     labels = find(default, "Deployment", "rel-streamfaas-gateway")["spec"]["template"]["metadata"]["labels"]
     svc = find(default, "Service", "rel-streamfaas-gateway")

@@ -91,3 +91,11 @@ securityContext:
   seccompProfile:
     type: RuntimeDefault
 {{- end -}}
+
+{{/* Annotations from a values map, every value a string: `--set podAnnotations.rev=123` (or true)
+would otherwise reach the API server as a number, which refuses it. */}}
+{{- define "streamfaas.annotations" -}}
+{{- range $key, $value := . }}
+{{ $key | quote }}: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
