@@ -62,3 +62,27 @@ def test_a_wait_times_out_and_leaves_the_queue() -> None:
         turns.wake(1)  # nobody left to wake: a no-op
 
     asyncio.run(main())
+
+
+def test_a_crowd_leaving_is_forgotten_without_losing_anyones_place() -> None:
+    # Requests that leave stay in the queue until wake() passes them or the queue is compacted
+    # (taking each one out of the middle would cost a walk of the queue per request).
+    async def main() -> None:
+        turns, done = Turns(), []
+        tasks = await _waiters(turns, 1000, done)
+        keep = {10, 500, 998}
+        for i, task in enumerate(tasks):
+            if i not in keep:
+                task.cancel()
+        await asyncio.gather(*(t for i, t in enumerate(tasks) if i not in keep), return_exceptions=True)
+        assert len(turns) == 3
+        assert len(turns._queue) < 100  # compacted, not 1,000 entries for 3 waiters
+        turns.wake(1)
+        await tasks[10]
+        await asyncio.sleep(0)
+        assert done == [10]  # the oldest who stayed, first
+        turns.wake()
+        await asyncio.gather(tasks[500], tasks[998])
+        assert done == [10, 500, 998] and len(turns) == 0 and not turns._queue
+
+    asyncio.run(main())

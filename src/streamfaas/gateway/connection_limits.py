@@ -36,6 +36,16 @@ class _HeadDeadlineHandler(RequestHandler):
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+            # aiohttp arms its keep-alive timer when the connection opens and lets it run out
+            # even once a request is in (it then finds the handler busy and does nothing): a
+            # timer held by every new stream for its first keepalive_timeout, ≈ 0.5 KiB of the
+            # gateway's ≈ 20 KiB a stream (bench/stream_memory.py). The head timer above covers
+            # a connection that sends nothing, and aiohttp arms the keep-alive timer again once
+            # the response is done, for the idle time between requests.
+            keepalive = self._keepalive_handle
+            if keepalive is not None:
+                keepalive.cancel()
+                self._keepalive_handle = None
         elif self._head_timer is None and self._waiter is not None and not self._waiter.done():
             # Part of a head on a connection that sat idle between requests. A head that
             # arrives whole, the usual case, never starts a timer.

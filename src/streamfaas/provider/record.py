@@ -58,6 +58,7 @@ class Turns:
 
     def __init__(self) -> None:
         self._queue: deque[asyncio.Future[None]] = deque()
+        self._gone = 0  # turns in the queue whose request left (cancelled or timed out)
 
     def __len__(self) -> int:
         return sum(not turn.done() for turn in self._queue)
@@ -76,14 +77,22 @@ class Turns:
             raise
         finally:
             if turn.cancelled():
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(turn)
+                # Left where it is: removing it from the middle costs a walk of the queue, so a
+                # crowd of waiters leaving at once (clients gone, or a timeout) would cost the
+                # square of their number. wake() skips it; the queue is compacted once at
+                # least half of it is such turns.
+                self._gone += 1
+                if self._gone > 32 and 2 * self._gone > len(self._queue):
+                    self._queue = deque(t for t in self._queue if not t.done())
+                    self._gone = 0
 
     def wake(self, count: int | None = None) -> None:
         queue = self._queue
         while queue and (count is None or count > 0):
             turn = queue.popleft()
-            if not turn.done():
+            if turn.done():
+                self._gone -= 1
+            else:
                 turn.set_result(None)
                 if count is not None:
                     count -= 1
