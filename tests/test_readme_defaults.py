@@ -24,7 +24,7 @@ QUEUE_DEFAULTS: dict[str, object] = {
 }
 DOCUMENTED: dict[str, dict[str, object]] = {
     "gateway": {"--port": 8080, "--host": "127.0.0.1", "--header-timeout": "10s", "--keepalive-timeout": "75s",
-                "--max-async-body": "1MiB", "--admit-per-turn": 16, "--queue-worker": True, "--sandbox": True, **QUEUE_DEFAULTS},
+                "--max-async-body": "1MiB", "--admit-per-turn": 1, "--queue-worker": True, "--sandbox": True, **QUEUE_DEFAULTS},
     "queue-worker": QUEUE_DEFAULTS,
     "deploy": {"--timeout": "2m", "--wait": True},
     "up": {"--timeout": "2m", "--wait": True},

@@ -6,7 +6,7 @@ turn, and the loop runs them all (about half a millisecond each in the gateway) 
 at its sockets again. Meanwhile the streams already open wait: their next event sits in a
 socket for tens of milliseconds (bench_burst.py, "first 3 events"). And since every opening
 request advances one step per turn, in lockstep, most of them get their first byte near the
-end of the burst. Admitting a few per turn interleaves opening with serving, and lets the
+end of the burst. Admitting one per turn interleaves opening with serving, and lets the
 first requests finish opening first: the same work in the same order, not all at once.
 
 A turn with fewer than N new requests admits them at once; an idle gateway never waits here.
@@ -17,7 +17,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-DEFAULT_PER_TURN = 16
+# One a turn: a 100-stream burst's first events p99 fell from 20-27 ms (16 a turn) to 8-10 ms, with
+# the 1,000-stream figures and short-request throughput unchanged beyond their noise
+# (bench/README.md, "One new request a turn").
+DEFAULT_PER_TURN = 1
 
 
 class Admission:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .admission import DEFAULT_PER_TURN
 from .errors import ConfigError
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
@@ -397,7 +398,7 @@ class GatewayConfig:
     resume_journal_bytes: int = 64 * 1024 * 1024
     # New function requests that start their work in one turn of the event loop (admission.py);
     # the rest wait for the next turns, in order. 0: no limit.
-    admit_per_turn: int = 16
+    admit_per_turn: int = DEFAULT_PER_TURN
     autoscale: AutoscaleConfig = field(default_factory=lambda: AutoscaleConfig())
 
     def __post_init__(self) -> None:

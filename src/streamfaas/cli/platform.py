@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from ..admission import DEFAULT_PER_TURN
 from ..config import AUTOSCALE_TYPES, AutoscaleConfig, GatewayConfig, QueueConfig
 from ._options import Context, flag_errors, pass_ctx
 from ._types import DURATION, K8S_NAME, POSITIVE_DURATION, SIZE
@@ -85,7 +86,7 @@ def autoscale_options(f: F) -> F:
               help="--provider kubernetes: the functions namespace (others labelled openfaas=1 are served too).")
 @click.option("--resume-journal-bytes", type=SIZE, default="64MiB", show_default=True,
               help="Memory for the journals of resumable streams (stream_resume), all together; the oldest bytes go first.")
-@click.option("--admit-per-turn", type=click.IntRange(min=0), default=16, show_default=True,
+@click.option("--admit-per-turn", type=click.IntRange(min=0), default=DEFAULT_PER_TURN, show_default=True,
               help="Function requests that start in one turn of the event loop; the rest wait for the next turns, "
                    "in order, so a burst of new streams does not hold back the events of open ones (0: no limit).")
 @queue_options(gateway=True)
