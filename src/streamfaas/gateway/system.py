@@ -222,6 +222,9 @@ def _parse_follow(raw: str | None) -> bool:
     raise BadRequest(f"follow: expected true or false, got {raw!r}")
 
 
+MAX_TAIL = 2**31 - 1
+
+
 async def function_logs(request: web.Request) -> web.StreamResponse:
     """Newline-delimited JSON log messages (faas-provider's ``logs.Message``), streamed as the
     lines are written. ``tail`` keeps the last N lines (all when negative or absent)."""
@@ -234,6 +237,8 @@ async def function_logs(request: web.Request) -> web.StreamResponse:
         tail = int(q.get("tail", "-1"))
     except ValueError:
         raise BadRequest(f"tail: expected an integer, got {q.get('tail')!r}") from None
+    if tail > MAX_TAIL:
+        tail = -1  # more lines than any log holds: all of them (and no overflow further down)
     follow = _parse_follow(q.get("follow"))
     since = _parse_since(q.get("since"))
     instance = q.get("instance", "")

@@ -162,6 +162,28 @@ def check_name(value: str) -> str:
     return value
 
 
+# An environment variable's name as Kubernetes takes it everywhere (a C identifier, plus '.' and
+# '-'): no '=', which would set another name, and no NUL, which would end the entry early.
+ENV_NAME_RE = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+# What a function's environment may hold in all (names and values): it travels to the replica
+# on a command line or in one variable, which Linux caps at 128 KiB a string.
+MAX_ENV_BYTES = 64 * 1024
+
+
+def check_env(env: dict[str, str]) -> dict[str, str]:
+    size = 0
+    for name, value in env.items():
+        if not ENV_NAME_RE.fullmatch(name):
+            raise ValueError(f"invalid environment variable name {name!r}: use letters, digits, '_', '.' and '-', "
+                             "not starting with a digit")
+        if "\0" in value:
+            raise ValueError(f"environment variable {name!r}: a value cannot hold a NUL character")
+        size += len(name.encode()) + len(value.encode()) + 2
+    if size > MAX_ENV_BYTES:
+        raise ValueError(f"envVars hold {size} bytes; at most {MAX_ENV_BYTES} (use a secret for larger values)")
+    return env
+
+
 class GoRequest(BaseModel):
     """A request body as Go decodes it: unknown keys ignored, ``null`` meaning "not given"
     (older faas-cli releases send ``"labels": null``; Go clients send nil maps as ``null``)."""
@@ -230,6 +252,20 @@ class FunctionDeployment(GoRequest):
     @classmethod
     def _valid_service(cls, value: str) -> str:
         return check_name(value)
+
+    @field_validator("envVars")
+    @classmethod
+    def _valid_env(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_env(value)
+
+    @field_validator("envProcess", "labels", "annotations", "constraints")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # A NUL cannot reach a command line, an environment or the Kubernetes API.
+        texts = [value] if isinstance(value, str) else [*value, *value.values()] if isinstance(value, dict) else value or []
+        if any("\0" in text for text in texts):
+            raise ValueError("a NUL character is not allowed here")
+        return value
 
     @field_validator("image")
     @classmethod
