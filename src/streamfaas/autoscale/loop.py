@@ -197,7 +197,7 @@ class Autoscaler:
 
     def view(self, name: str, namespace: str = "") -> dict[str, Any] | None:
         """What the autoscaler saw of the function at its last round; None if it has not yet."""
-        watched = self.watched.get((namespace if namespace != self.provider.default_namespace else "", name))
+        watched = self.watched.get(self._key(name, namespace))
         return watched.view(self.clock(), self.config.enabled) if watched is not None else None
 
     async def tick(self) -> None:

@@ -262,7 +262,12 @@ class FunctionDeployment(GoRequest):
     @classmethod
     def _no_nul(cls, value: Any) -> Any:
         # A NUL cannot reach a command line, an environment or the Kubernetes API.
-        texts = [value] if isinstance(value, str) else [*value, *value.values()] if isinstance(value, dict) else value or []
+        if isinstance(value, str):
+            texts = [value]
+        elif isinstance(value, dict):
+            texts = [*value, *value.values()]
+        else:
+            texts = value or []
         if any("\0" in text for text in texts):
             raise ValueError("a NUL character is not allowed here")
         return value
