@@ -45,9 +45,11 @@ class OneReplicaProvider:
     def __init__(self, socket_path: str) -> None:
         from streamfaas.config import BodyLimits
         from streamfaas.proxy import client_session
+        from streamfaas.upstream import Pool
 
         self.session = client_session(aiohttp.UnixConnector(path=socket_path, limit=0, keepalive_timeout=30))
-        self.replica = SimpleNamespace(id=0, inflight=0, session=self.session, url="http://localhost")
+        self.pool = Pool(unix_path=socket_path, keepalive=30)
+        self.replica = SimpleNamespace(id=0, inflight=0, session=self.session, pool=self.pool, url="http://localhost")
         # heartbeat_interval 0: idle streams here stay idle (a ping would be a write a stream)
         deployment = SimpleNamespace(labels={}, annotations={}, envVars={"heartbeat_interval": "0"})
         self._record = SimpleNamespace(deployment=deployment, body_limits=BodyLimits(), buffer_body=False, invocations=0)
@@ -78,6 +80,7 @@ class OneReplicaProvider:
 
     async def close(self) -> None:
         await self.session.close()
+        self.pool.close()
 
 
 async def gateway(socket_path: str, state_dir: str, top: int) -> None:

@@ -17,15 +17,11 @@ from typing import Protocol
 
 from aiohttp import (
     BaseConnector,
-    ClientConnectorError,
     ClientError,
     ClientOSError,
     ClientPayloadError,
-    ClientResponse,
     ClientSession,
-    ClientTimeout,
     DummyCookieJar,
-    RequestInfo,
     ServerDisconnectedError,
     StreamReader,
     hdrs,
@@ -36,6 +32,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from . import proxy_direct
 from .config import SseSettings
 from .errors import StreamfaasError, UpstreamError, UpstreamTimeout
+from .upstream import Pool, Response, UpstreamUnreachable
 
 # RFC 9110 §7.6.1 connection-specific headers, plus the ones aiohttp sets itself per hop.
 HOP_BY_HOP = frozenset(
@@ -57,11 +54,7 @@ HOP_BY_HOP = frozenset(
 
 EVENT_STREAM = "text/event-stream"
 _UNTIMED: contextlib.nullcontext[None] = contextlib.nullcontext()
-_NO_TIMEOUT = ClientTimeout(total=None, connect=None, sock_connect=10, sock_read=None)
-
-
-class UpstreamUnreachable(UpstreamError):
-    """The connection could not be made: nothing was sent, so the request may go elsewhere."""
+__all__ = ["UpstreamUnreachable"]  # raised by open_upstream; defined with the pool
 
 
 class StreamTimeout(StreamfaasError):
@@ -273,32 +266,21 @@ class _HeartbeatClock:
 
 
 async def open_upstream(
-    session: ClientSession,
+    pool: Pool,
     method: str,
-    url: str,
+    base: str,
+    target: str,
     *,
     headers: CIMultiDict[str],
     body: bytes | StreamReader | None,
     timeout: float,
-) -> ClientResponse:
+) -> Response:
     """Send the request and wait for the response headers; map failures to 502/504."""
     try:
         async with asyncio.timeout(timeout or None):
-            return await session.request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                allow_redirects=False,
-                auto_decompress=False,
-                timeout=_NO_TIMEOUT,
-            )
+            return await pool.request(method, base, target, headers, body)
     except TimeoutError:
         raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s") from None
-    except ClientConnectorError as exc:
-        raise UpstreamUnreachable(f"upstream unavailable: {exc.__class__.__name__}") from None
-    except ClientError as exc:
-        raise UpstreamError(f"upstream unavailable: {exc.__class__.__name__}") from None
 
 
 def stream_failure(exc: BaseException) -> str:
@@ -311,18 +293,7 @@ def stream_failure(exc: BaseException) -> str:
     return f"the stream from the function broke before finishing ({exc.__class__.__name__})"
 
 
-_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
-
-
-def _forget_head(upstream: ClientResponse) -> None:
-    """Drop the sent request's headers, which aiohttp keeps in ``request_info`` for the
-    response's whole life: ≈ 1.1 KiB of a gateway stream's ≈ 23 KiB, for hours on a long stream
-    (bench/stream_memory.py). Nothing reads them once the response head is in."""
-    info = upstream._request_info
-    upstream._request_info = RequestInfo(info.url, info.method, _NO_HEADERS, info.real_url)
-
-
-def response_headers(upstream: ClientResponse) -> CIMultiDict[str]:
+def response_headers(upstream: Response) -> CIMultiDict[str]:
     headers = forward_headers(upstream.headers)
     if is_event_stream(upstream.headers.get(hdrs.CONTENT_TYPE)):
         # A proxy in front (nginx and friends) must not hold events back.
@@ -344,7 +315,7 @@ class StreamObserver(Protocol):
 
 async def stream_response(
     request: web.Request,
-    upstream: ClientResponse,
+    upstream: Response,
     *,
     limits: StreamLimits,
     extra_headers: CIMultiDict[str] | None = None,
@@ -370,8 +341,6 @@ async def stream_response(
     hints = sse_settings if sse else None
     retry_line = b"retry: %d\n" % hints.retry_ms if hints is not None and hints.retry_ms else b""
     count_events = sse and observer is not None
-    _forget_head(upstream)
-    proxy_direct.adopt(upstream.content)
     clean = False
     outcome = "client"  # a cancellation (the client went away) unless shown otherwise
     nbytes = events = 0

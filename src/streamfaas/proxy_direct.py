@@ -1,14 +1,14 @@
 """Direct delivery: a chunk from upstream written to the client by the upstream connection's own
 read callback, while the copy loop is parked waiting for exactly that chunk.
 
-The copy loop in ``proxy.stream_response`` reads each chunk from aiohttp's ``StreamReader`` and
-writes it with ``StreamResponse.write``: per chunk, the parser wakes a future, the event loop
+The copy loop in ``proxy.stream_response`` reads each chunk from the upstream body
+(``upstream.Body``) and writes it with ``StreamResponse.write``: per chunk, the parser wakes a future, the event loop
 schedules the task, and the task writes. Under load the task waits its turn behind every other
 ready task, and that wait, not the copy, is most of an event's delay while a burst of streams
 opens (bench_burst.py); it is also most of a chunk's CPU in both hops.
 
-Here the chunk goes out from ``feed_data``, which aiohttp's parser calls as the bytes arrive,
-when nothing could be reordered by it:
+Here the chunk goes out from the body's ``sink``, which the response parser's callback calls as
+the bytes arrive, when nothing could be reordered by it:
 
 * the copy loop is waiting in ``readany`` and nothing is buffered ahead (else it takes the chunk
   the usual way);
@@ -16,7 +16,7 @@ when nothing could be reordered by it:
   aiohttp's flow control handle it);
 * the response is chunked and its first chunk went out through aiohttp (its headers with it).
 
-aiohttp's parser still parses everything: this only changes where a parsed chunk is written.
+The parser (httptools) still parses everything: this only changes where a parsed chunk is written.
 The chunk is framed as aiohttp frames one (``len-hex CRLF data CRLF``), in one ``writelines``,
 so a heartbeat written by ``resp.write`` can only come between two chunks.
 """
@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiohttp import StreamReader, web
+from aiohttp import web
+
+from .upstream import Body
 
 
 class Direct:
@@ -57,66 +59,26 @@ class Direct:
         return True
 
 
-_ATTACHED: dict[StreamReader, Direct] = {}
-
-
-class _DirectReader(StreamReader):
-    """aiohttp's ``StreamReader`` with direct delivery; same layout (no slots of its own), so an
-    upstream response's reader can be switched to it in place."""
-
-    __slots__ = ()
-
-    def feed_data(self, data: bytes, *args: Any) -> Any:
-        direct = _ATTACHED.get(self)
-        if (
-            direct is not None
-            and self._waiter is not None
-            and not self._buffer
-            and data
-            and direct.take(data)
-        ):
-            return False
-        return super().feed_data(data, *args)
-
-    # aiohttp keeps each HTTP chunk's end for ``readchunk()``/``iter_chunks()``, in a deque
-    # (760 bytes a stream, for the stream's whole life); a proxied body is read with
-    # ``readany()`` only, so this reader keeps none.
-    def begin_http_chunk_receiving(self) -> None:
-        pass
-
-    def end_http_chunk_receiving(self) -> None:
-        pass
-
-
-def adopt(reader: StreamReader) -> None:
-    """Switch an upstream body's reader to this module's kind (in place, before it is read): it
-    keeps no chunk boundaries, and ``attach`` can deliver from it directly later."""
-    if type(reader) is StreamReader:
-        reader.__class__ = _DirectReader
-        reader._http_chunk_splits = None
-
-
 def attach(
-    reader: StreamReader,
+    body: Body,
     request: web.BaseRequest,
     resp: web.StreamResponse,
     progress: Any,
     count_events: bool,
 ) -> Direct | None:
-    """Direct delivery from ``reader`` (``adopt``ed) to ``resp``'s client, where it can be done:
-    None where not (a reader of another kind, a body that is not chunked, no transport). Call
-    ``detach``."""
+    """Direct delivery from ``body`` to ``resp``'s client, where it can be done: None where not
+    (a body that is not chunked, no transport). Call ``detach``."""
     transport = request.transport
     if (
-        type(reader) is not _DirectReader
-        or transport is None
+        transport is None
         or resp.headers.get("Transfer-Encoding", "").lower() != "chunked"
         or resp.compression
     ):
         return None
-    direct = _ATTACHED[reader] = Direct(transport, progress, count_events)
+    direct = Direct(transport, progress, count_events)
+    body.sink = direct.take
     return direct
 
 
-def detach(reader: StreamReader) -> None:
-    _ATTACHED.pop(reader, None)
+def detach(body: Body) -> None:
+    body.sink = None

@@ -197,7 +197,7 @@ async def _forward(
         try:
             try:
                 upstream = await open_upstream(
-                    replica.session, request.method, replica.url + path, headers=headers, body=body,
+                    replica.pool, request.method, replica.url, path, headers=headers, body=body,
                     timeout=state.config.upstream_timeout,
                 )
             except UpstreamUnreachable:

@@ -15,7 +15,7 @@ import asyncio
 import json
 from collections.abc import Callable
 
-from aiohttp import ClientError, ClientResponse, web
+from aiohttp import ClientError, web
 from multidict import CIMultiDict
 
 from ..config import ResumeSettings, SseSettings
@@ -30,6 +30,7 @@ from ..proxy import (
     response_headers,
     stream_failure,
 )
+from ..upstream import Response
 from .journal import (
     EventIds,
     Head,
@@ -45,14 +46,14 @@ STREAM_ID_HEADER = "X-Stream-Id"
 __all__ = ["HEARTBEAT", "STREAM_ID_HEADER", "resume_or_none", "start_journalled"]
 
 
-def journal_head(upstream: ClientResponse) -> Head:
+def journal_head(upstream: Response) -> Head:
     return Head(upstream.status, upstream.reason, response_headers(upstream))
 
 
 def start_journalled(
     journal: Journal,
     function: str,
-    upstream: ClientResponse,
+    upstream: Response,
     settings: ResumeSettings,
     sse: SseSettings,
     release: Callable[[], None],
@@ -70,7 +71,7 @@ def start_journalled(
     return stream
 
 
-async def _pump(stream: Stream, upstream: ClientResponse, retry_line: bytes, release: Callable[[], None]) -> None:
+async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: Callable[[], None]) -> None:
     """Copy the function's stream into the journal, ids added, until it ends or is abandoned."""
     ids = EventIds(stream.sid)
     mirror = stream.journal.mirror

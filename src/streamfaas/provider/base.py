@@ -18,6 +18,7 @@ from typing import Protocol, TypeVar
 import aiohttp
 
 from ..config import BodyLimits
+from ..upstream import Pool
 from .logs import LogLine
 from .models import FunctionDeployment, FunctionStatus
 
@@ -25,7 +26,7 @@ from .models import FunctionDeployment, FunctionStatus
 class Endpoint(Protocol):
     """Where one request goes: a ready replica. The gateway counts the requests it has open
     on it in ``inflight`` (so the provider picks the least loaded one) and sends them through
-    ``session`` to ``url``."""
+    ``pool`` to ``url`` (``session``, to the same place, is for probes)."""
 
     @property
     def id(self) -> str: ...
@@ -35,6 +36,9 @@ class Endpoint(Protocol):
 
     @property
     def session(self) -> aiohttp.ClientSession: ...
+
+    @property
+    def pool(self) -> Pool: ...
 
     inflight: int
 

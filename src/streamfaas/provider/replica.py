@@ -23,6 +23,7 @@ import aiohttp
 
 from .._process import kill_group, listen_backlog
 from ..proxy import client_session
+from ..upstream import Pool
 from ..watchdog.start_report import FAILED, READY, REPORT_LIMIT
 from .launcher import ForkServer, ForkServerUnavailable, WatchdogProcess, spawn_direct
 
@@ -106,6 +107,7 @@ class Replica:
         self.url = "http://localhost"
         # Every stream to this replica holds one of its connections for its whole life.
         self.session: aiohttp.ClientSession = client_session(aiohttp.UnixConnector(path=str(socket_path), limit=0, keepalive_timeout=30))
+        self.pool = Pool(unix_path=str(socket_path), keepalive=30)
         self.ready = asyncio.Event()
         self.failed = asyncio.Event()  # set when a start attempt did not become ready; cleared when one does
         self.error = ""  # why the last start attempt failed (multi-line); "" once one succeeds
@@ -254,5 +256,6 @@ class Replica:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         await self.session.close()
+        self.pool.close()
         self.socket_path.unlink(missing_ok=True)
         self.socket_path.with_suffix(".fn.sock").unlink(missing_ok=True)

@@ -15,6 +15,7 @@ import aiohttp
 from .._process import kill_group
 from ..config import WatchdogConfig
 from ..errors import DeployError
+from ..upstream import Pool
 from .spawn import Spawned
 from .start_report import TAIL_LINES
 
@@ -85,6 +86,10 @@ class FunctionProcess:
         if self.spawned.socket_path is not None:
             return aiohttp.UnixConnector(path=self.spawned.socket_path, limit=0, force_close=False, keepalive_timeout=60)
         return aiohttp.TCPConnector(limit=0, force_close=False, keepalive_timeout=60)
+
+    def pool(self) -> Pool:
+        """The connections requests take to the function server (the same address)."""
+        return Pool(unix_path=self.spawned.socket_path, keepalive=60)
 
     async def start(self) -> None:
         """Take over the already running process on this event loop."""

@@ -20,6 +20,7 @@ from ..admission import Admission
 from ..config import WatchdogConfig
 from ..errors import StreamfaasError
 from ..proxy import StreamLimits, error_response, forward_headers, open_upstream, stream_response
+from ..upstream import Pool
 from .forking import invoke_serializing, invoke_streaming
 from .function_process import FunctionProcess
 from .spawn import RequestCommand, Spawned
@@ -45,7 +46,8 @@ class WatchdogState:
         self.inflight = 0
         self.idle = asyncio.Event()
         self.idle.set()
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # health probes
+        self.pool: Pool | None = None  # requests
         self.admission = Admission()  # the gateway's default (admission.py)
 
     @property
@@ -110,7 +112,7 @@ async def proxy_to_function(request: web.Request, state: WatchdogState) -> web.S
     """HTTP mode: pass the request to the function server and stream its answer back."""
     config = state.config
     function = state.function
-    assert function is not None and state.session is not None
+    assert function is not None and state.pool is not None
     started = time.monotonic()
     headers = forward_headers(request.headers)
     headers[hdrs.HOST] = request.host
@@ -128,9 +130,10 @@ async def proxy_to_function(request: web.Request, state: WatchdogState) -> web.S
     total = config.exec_timeout
     headers_limit = min(x for x in (config.write_timeout, total) if x) if (config.write_timeout or total) else 0.0
     upstream = await open_upstream(
-        state.session,
+        state.pool,
         request.method,
-        function.upstream_url + request.rel_url.raw_path_qs,
+        function.upstream_url,
+        request.rel_url.raw_path_qs,
         headers=headers,
         body=body,
         timeout=headers_limit,
@@ -223,6 +226,8 @@ async def run(config: WatchdogConfig, backend: Backend, stopping: Sequence[int] 
         await runner.cleanup()  # cancels what still runs: per-request processes are killed
         if state.session is not None:
             await state.session.close()
+        if state.pool is not None:
+            state.pool.close()
     return code
 
 
@@ -237,6 +242,7 @@ async def _run_function_server(state: WatchdogState, function: FunctionProcess, 
         # or Content-Type (the function would take them for the caller's).
         skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
     )
+    state.pool = function.pool()
     await function.start()
     waiter = asyncio.create_task(function.exited.wait())
     stopper = asyncio.create_task(stop.wait())

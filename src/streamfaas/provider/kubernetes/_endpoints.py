@@ -22,6 +22,7 @@ from typing import Any
 
 import aiohttp
 
+from ...upstream import Pool
 from ..base import least_loaded
 from ._objects import WATCHDOG_PORT
 from ._watch import Key, key_of
@@ -32,13 +33,14 @@ class PodEndpoint:
     open there; lowering it (a request ended) calls ``on_release``, so requests waiting for a
     free slot (``KubernetesProvider.acquire``) try again."""
 
-    __slots__ = ("id", "url", "session", "key", "on_release", "probed_until", "_inflight")
+    __slots__ = ("id", "url", "session", "pool", "key", "on_release", "probed_until", "_inflight")
 
-    def __init__(self, id: str, url: str, session: aiohttp.ClientSession, *, key: Key = ("", ""),
+    def __init__(self, id: str, url: str, session: aiohttp.ClientSession, pool: Pool, *, key: Key = ("", ""),
                  on_release: Callable[[Key], None] | None = None) -> None:
         self.id = id  # the pod's name (X-Served-By: NAME[POD])
         self.url = url
-        self.session = session
+        self.session = session  # probes
+        self.pool = pool  # requests
         self.key = key
         self.on_release = on_release
         # While only probed (not listed ready in Endpoints): the monotonic time its probe stops
@@ -80,8 +82,10 @@ def ready_addresses(obj: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 class EndpointTable:
-    def __init__(self, session: aiohttp.ClientSession, on_release: Callable[[Key], None] | None = None) -> None:
+    def __init__(self, session: aiohttp.ClientSession, on_release: Callable[[Key], None] | None = None,
+                 pool: Pool | None = None) -> None:
         self.session = session
+        self.pool = pool if pool is not None else Pool(keepalive=30)
         self.on_release = on_release  # a request on one of the function's pods ended
         self._by_function: dict[Key, list[PodEndpoint]] = {}
         self._probed: dict[Key, dict[str, PodEndpoint]] = {}  # by pod name
@@ -89,7 +93,7 @@ class EndpointTable:
         self._turn = 0
 
     def _new(self, key: Key, pod: str, url: str) -> PodEndpoint:
-        return PodEndpoint(pod, url, self.session, key=key, on_release=self.on_release)
+        return PodEndpoint(pod, url, self.session, self.pool, key=key, on_release=self.on_release)
 
     def update(self, obj: dict[str, Any]) -> Key:
         key = key_of(obj)

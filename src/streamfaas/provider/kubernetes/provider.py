@@ -207,6 +207,8 @@ class KubernetesProvider:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._endpoints is not None:
+            self._endpoints.pool.close()
         if self._client is not None:
             await self._client.close()
             self._client = None
