@@ -338,6 +338,7 @@ async def stream_response(
     if length is not None and upstream.headers.get(hdrs.TRANSFER_ENCODING) is None:
         resp.content_length = length
     sse = is_event_stream(upstream.headers.get(hdrs.CONTENT_TYPE))
+    upstream.forget_headers()
     hints = sse_settings if sse else None
     retry_line = b"retry: %d\n" % hints.retry_ms if hints is not None and hints.retry_ms else b""
     count_events = sse and observer is not None

@@ -120,7 +120,8 @@ class Response:
     """The response head, and its ``content``. End it with ``release()`` (read to its end: the
     connection may be reused) or ``close()`` (anything else: the connection is closed)."""
 
-    __slots__ = ("status", "reason", "headers", "content", "_conn", "_raw", "_head", "_complete", "_keep", "_head_only", "_sent", "_sender")
+    __slots__ = ("status", "reason", "headers", "content", "_conn", "_raw", "_head", "_complete", "_keep", "_head_only",
+                 "_delimited", "_sent", "_sender")
 
     def __init__(self, conn: _Conn, head_only: bool) -> None:
         self.status = 0
@@ -133,6 +134,7 @@ class Response:
         self._complete = False
         self._keep = False
         self._head_only = head_only
+        self._delimited = True  # by a length or by chunks (else by the connection's close)
         self._sent = False  # the whole request went out
         self._sender: asyncio.Task[None] | None = None
 
@@ -140,6 +142,10 @@ class Response:
     def content_length(self) -> int | None:
         value = self.headers.get("Content-Length")
         return int(value) if value is not None and value.isdigit() else None
+
+    def forget_headers(self) -> None:
+        """Drop the parsed headers once used: a stream may live for hours (≈ 0.9 KiB a stream)."""
+        self.headers = _NO_HEADERS
 
     def release(self) -> None:
         conn = self._conn
@@ -169,11 +175,12 @@ class Response:
             self._raw.clear()
             return
         self.status = status
-        self.headers = CIMultiDictProxy(CIMultiDict(
+        self.headers = headers = CIMultiDictProxy(CIMultiDict([
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
             for name, value in self._raw
-        ))
-        self._raw.clear()
+        ]))
+        self._raw = []
+        self._delimited = "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
         if not self._head.done():
             self._head.set_result(None)
         if self._head_only:  # no body follows, whatever Content-Length says; not reused
@@ -242,7 +249,7 @@ class _Conn(asyncio.Protocol):
         response = self.response
         if response is None or response._complete:
             return
-        if response.status and "Content-Length" not in response.headers and "chunked" not in response.headers.get("Transfer-Encoding", "").lower():
+        if response.status and not response._delimited:
             # Neither a length nor chunks: the body ends where the connection does.
             response._message_complete(False)
             return
