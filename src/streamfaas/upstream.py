@@ -36,7 +36,6 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from .errors import UpstreamError
 
 LIMIT = 2**16  # body bytes buffered before the upstream connection is paused
-CHUNK_LIMIT = 2**16  # the most read from a streamed request body at a time
 _NO_BODY_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 _BAD_IN_HEAD = ("\r", "\n", "\0")
 
