@@ -237,14 +237,25 @@ async def test_a_malformed_response_is_a_502_kind_of_error(serve, answer: bytes)
 
 
 @pytest.mark.parametrize(
-    "target, headers",
-    [("/a b", {}), ("/a\r\nX: 1", {}), ("no-slash", {}), ("/", {"X-A": "1\r\nX-Injected: 1"}), ("/", {"X-A\n": "1"})],
+    "method, target, headers",
+    [("GET", "/a b", {}), ("GET", "/a\r\nX: 1", {}), ("GET", "no-slash", {}), ("GET", "/", {"X-A": "1\r\nX-Injected: 1"}),
+     ("GET", "/", {"X-A\n": "1"}), ("GET / HTTP/1.1\r\nX:", "/", {}), ("", "/", {})],
 )
-async def test_a_request_that_would_break_its_framing_is_not_sent(serve, target: str, headers: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+async def test_a_request_that_would_break_its_framing_is_not_sent(serve, method: str, target: str, headers: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     server = await serve(sse_answer)
     with pytest.raises(UpstreamError):
-        await Pool(unix_path=server.path).request("GET", BASE, target, CIMultiDict(headers), None)
+        await Pool(unix_path=server.path).request(method, BASE, target, CIMultiDict(headers), None)
     assert server.requests == []
+
+
+async def test_any_method_that_is_a_token_goes_through(serve) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(sse_answer)
+    pool = Pool(unix_path=server.path)
+    for method in ("M-SEARCH", "PROPFIND", "PATCH"):
+        r = await pool.request(method, BASE, "/", CIMultiDict(), None)
+        assert await r.content.read() == b"data: hello\n\n"
+        r.release()
+    assert [line.split(b" ", 1)[0] for line in server.requests] == [b"M-SEARCH", b"PROPFIND", b"PATCH"]
 
 
 async def test_no_server_is_unreachable(tmp_path: Path) -> None:

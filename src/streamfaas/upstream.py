@@ -25,6 +25,7 @@ completely sent, and never after a HEAD (the parser cannot be told that no body 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
@@ -38,6 +39,7 @@ from .errors import UpstreamError
 LIMIT = 2**16  # body bytes buffered before the upstream connection is paused
 _NO_BODY_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 _BAD_IN_HEAD = ("\r", "\n", "\0")
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # what a method may be (RFC 9110 §5.6.2)
 
 
 class UpstreamUnreachable(UpstreamError):
@@ -470,7 +472,7 @@ class Pool:
 
 def _head(method: str, target: str, host: str, headers: CIMultiDict[str], body: bytes | StreamReader | None) -> tuple[bytes, bool]:
     """The request head, and whether a streamed body goes chunked."""
-    if not method.isalpha() or any(c in target for c in (" ", *_BAD_IN_HEAD)) or not target.startswith("/"):
+    if not _TOKEN.fullmatch(method) or any(c in target for c in (" ", *_BAD_IN_HEAD)) or not target.startswith("/"):
         raise UpstreamError("upstream unavailable: a request line that cannot be sent")
     lines = [f"{method} {target} HTTP/1.1\r\n"]
     if "Host" not in headers:
