@@ -40,6 +40,18 @@ def test_watchdog_settings_use_openfaas_names() -> None:
     assert config.upstream_url == "http://127.0.0.1:1"
 
 
+@pytest.mark.parametrize(
+    "url", ["https://127.0.0.1:5000", "127.0.0.1:5000", "http://", "http://h:99999", "http://h:x", "unix:/tmp/s", "http://u:p@h:1"]
+)
+def test_watchdog_upstream_url_must_be_plain_http(url: str) -> None:
+    with pytest.raises(ConfigError, match="upstream_url: expected an http:// address"):
+        WatchdogConfig.from_env({"upstream_url": url})
+
+
+def test_watchdog_upstream_url_may_have_a_path_prefix() -> None:
+    assert WatchdogConfig.from_env({"upstream_url": "http://[::1]:5000/api/"}).upstream_url == "http://[::1]:5000/api/"
+
+
 def test_watchdog_rejects_bad_numbers() -> None:
     with pytest.raises(ConfigError, match="max_inflight"):
         WatchdogConfig.from_env({"max_inflight": "many"})

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .admission import DEFAULT_PER_TURN
 from .errors import ConfigError
@@ -106,6 +107,21 @@ def parse_mode(text: str) -> str:
     return mode
 
 
+def parse_upstream_url(text: str) -> str:
+    """``upstream_url`` as the watchdog reaches it: plain HTTP to a host and port (a function
+    server beside it), optionally with a path prefix; "" for the platform's own socket."""
+    if not text:
+        return ""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        parts = urlsplit("")
+    if parts.scheme != "http" or not parts.hostname or parts.query or parts.fragment or parts.username:
+        raise ConfigError(f"upstream_url: expected an http:// address such as http://127.0.0.1:5000, got {text!r}")
+    return text
+
+
 # Settings only the platform gives a provider-run watchdog; a function's environment cannot
 # set or override them (e.g. point the watchdog at another upstream).
 WATCHDOG_PLATFORM_ONLY = ("STREAMFAAS_LISTEN_FD", "STREAMFAAS_READY_FD", "STREAMFAAS_REPLICA", "STREAMFAAS_FUNCTION",
@@ -183,7 +199,7 @@ class WatchdogConfig:
             mode=parse_mode(env.get("mode", "")),
             static_path=env.get("static_path", ""),
             content_type=env.get("content_type") or "application/octet-stream",
-            upstream_url=env.get("upstream_url", ""),
+            upstream_url=parse_upstream_url(env.get("upstream_url", "")),
             port=parse_int(env.get("port", "8080"), name="port"),
             host=env.get("STREAMFAAS_WATCHDOG_HOST", "127.0.0.1"),
             listen_fd=parse_int(listen_fd, name="STREAMFAAS_LISTEN_FD") if listen_fd else None,
