@@ -32,7 +32,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from . import proxy_direct
 from .config import SseSettings
 from .errors import StreamfaasError, UpstreamError, UpstreamTimeout
-from .upstream import Pool, Response, UpstreamUnreachable
+from .upstream import Pool, Response
 
 # RFC 9110 §7.6.1 connection-specific headers, plus the ones aiohttp sets itself per hop.
 HOP_BY_HOP = frozenset(
@@ -54,7 +54,6 @@ HOP_BY_HOP = frozenset(
 
 EVENT_STREAM = "text/event-stream"
 _UNTIMED: contextlib.nullcontext[None] = contextlib.nullcontext()
-__all__ = ["UpstreamUnreachable"]  # raised by open_upstream; defined with the pool
 
 
 class StreamTimeout(StreamfaasError):
@@ -332,7 +331,7 @@ async def stream_response(
     headers = response_headers(upstream)
     if extra_headers:
         headers.update(extra_headers)
-    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    resp = _HeadWithFirstChunk(status=upstream.status, reason=upstream.reason, headers=headers)
     del headers  # copied into resp; a stream may live for hours, so hold no extra copy
     length = upstream.content_length
     if length is not None and upstream.headers.get(hdrs.TRANSFER_ENCODING) is None:
@@ -349,7 +348,9 @@ async def stream_response(
     idle: _IdleWatch | None = None
     direct: proxy_direct.Direct | None = None
     try:
-        await resp.prepare(request)
+        writer = await resp.prepare(request)
+        if writer is not None and not upstream.content.at_hand():
+            writer.send_headers()  # nothing to send them with: the client gets them now
         if observer is not None:
             observer.opened()
         try:
@@ -419,6 +420,15 @@ async def stream_response(
             upstream.close()
         if observer is not None:
             observer.ended(nbytes, events, outcome)
+
+
+class _HeadWithFirstChunk(web.StreamResponse):
+    """A response whose status line and headers wait in aiohttp's writer for the first body
+    write (or the end), so that both go out in one write: one packet, one wake-up of the next
+    hop, one read for the client. ``stream_response`` sends them alone, at once, when upstream
+    has no chunk at hand; from ``prepare`` to that first write nothing awaits."""
+
+    _send_headers_immediately = False  # aiohttp's own switch (web.Response sets it so too)
 
 
 def _sets_retry(chunk: bytes) -> bool:

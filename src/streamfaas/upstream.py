@@ -89,6 +89,10 @@ class Body:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def at_hand(self) -> bool:
+        """Whether ``readany()`` would return at once, with data or at a clean end."""
+        return bool(self._buffer) or (self._eof and self._exc is None)
+
     async def readany(self) -> bytes:
         while not self._buffer:
             if self._exc is not None:

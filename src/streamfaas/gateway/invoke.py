@@ -22,13 +22,13 @@ from ..errors import (
 from ..provider.base import Endpoint, Provider
 from ..proxy import (
     StreamLimits,
-    UpstreamUnreachable,
     error_response,
     forward_headers,
     is_event_stream,
     open_upstream,
     stream_response,
 )
+from ..upstream import UpstreamUnreachable
 from .auth import check_function_access
 from .metrics_streams import StreamTally
 from .resume import relay, resume_or_none, start_journalled
