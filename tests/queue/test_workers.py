@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 import uuid
@@ -14,6 +15,21 @@ import pytest
 from queue_fixture import ECHO, FAST_QUEUE, CallbackReceiver, NatsServer, Worker, queue_args, submit
 
 from platform_fixture import Platform, wait_for
+
+
+def _pulls_waiting(url: str, stream: str, consumer: str) -> int:
+    """Pull requests waiting on a JetStream consumer: each worker keeps one per slot."""
+
+    import nats  # the [nats] extra, as the nats_server fixture's tests need it
+
+    async def ask() -> int:
+        nc = await nats.connect(url)
+        try:
+            return (await nc.jetstream().consumer_info(stream, consumer)).num_waiting or 0
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
 
 
 def _started(platform: Platform, name: str) -> float:
@@ -81,11 +97,18 @@ def test_two_nats_workers_share_the_jobs_without_double_processing(
         platform.deploy("echo", platform.write_function(tmp_path, "echo", ECHO), env={"SLEEP": "0.02"})
         for w in workers:
             w.start()
+        # The first job makes echo's consumer; then both workers must be pulling from it before
+        # the 300 go in (a worker finds a new consumer on its next look, up to 1 s later, and a
+        # loaded machine makes that later: the other could take every job meanwhile).
+        first = submit(platform, "echo", b"s", callback=receiver.url).headers["X-Call-Id"]
+        receiver.wait_all([first], timeout=60)
+        wait_for(lambda: _pulls_waiting(nats_server.url, "SHARED", "fn-echo") > 16, 30,
+                 what="both workers to pull echo's jobs (16 pulls each)")
         with httpx.Client(timeout=30) as client:
             ids = [submit(platform, "echo", b"s", callback=receiver.url, client=client).headers["X-Call-Id"]
                    for _ in range(300)]
         receiver.wait_all(ids, timeout=60)
-        per_call = Counter(c.call_id for c in receiver.calls)
+        per_call = Counter(c.call_id for c in receiver.calls if c.call_id != first)
         assert set(per_call) == set(ids)
         assert max(per_call.values()) == 1  # each job ran once
         per_worker = Counter(c.worker for c in receiver.calls)
