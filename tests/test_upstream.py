@@ -1,4 +1,4 @@
-"""The upstream hop's client (``streamfaas/upstream.py``), against a real server on a Unix socket
+"""The upstream hop's client (``streamfaas/upstream.py`` and ``_upstream_conn.py``), against a real server on a Unix socket
 that answers each request with bytes the test chooses: keep-alive reuse, bodies framed every
 way HTTP allows, interim answers, HEAD, a broken or malformed answer, flow control, uploads."""
 
@@ -14,8 +14,9 @@ import pytest
 from aiohttp import ClientPayloadError, ClientSession, UnixConnector, web
 from multidict import CIMultiDict
 
+from streamfaas._upstream_conn import LIMIT
 from streamfaas.errors import UpstreamError
-from streamfaas.upstream import LIMIT, Pool, UpstreamUnreachable
+from streamfaas.upstream import Pool, UpstreamUnreachable
 
 BASE = "http://localhost"
 SSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"

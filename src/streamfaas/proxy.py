@@ -30,9 +30,10 @@ from aiohttp import (
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import proxy_direct
+from ._upstream_conn import Response
 from .config import SseSettings
 from .errors import StreamfaasError, UpstreamError, UpstreamTimeout
-from .upstream import Pool, Response
+from .upstream import Pool
 
 # RFC 9110 §7.6.1 connection-specific headers, plus the ones aiohttp sets itself per hop.
 HOP_BY_HOP = frozenset(

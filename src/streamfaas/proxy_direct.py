@@ -2,7 +2,7 @@
 read callback, while the copy loop is parked waiting for exactly that chunk.
 
 The copy loop in ``proxy.stream_response`` reads each chunk from the upstream body
-(``upstream.Body``) and writes it with ``StreamResponse.write``: per chunk, the parser wakes a future, the event loop
+(``_upstream_conn.Body``) and writes it with ``StreamResponse.write``: per chunk, the parser wakes a future, the event loop
 schedules the task, and the task writes. Under load the task waits its turn behind every other
 ready task, and that wait, not the copy, is most of an event's delay while a burst of streams
 opens (bench_burst.py); it is also most of a chunk's CPU in both hops.
@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .upstream import Body
+from ._upstream_conn import Body
 
 
 class Direct:

@@ -13,10 +13,9 @@ What is here is small on purpose:
   hop's own aiohttp server, and checked again here for line breaks);
 * the response is parsed by ``httptools`` (llhttp, the parser Node.js uses): status, headers,
   chunked or length-delimited or read-to-close bodies, keep-alive;
-* the body is a small reader with ``readany()`` and flow control: past ``LIMIT`` buffered
-  bytes the upstream connection stops being read until the copy loop catches up;
-* a chunk can be handed to a ``sink`` straight from the connection's read callback while the
-  copy loop waits for exactly it (``proxy_direct``), so most chunks cost no task switch.
+* the body is a small reader with ``readany()`` and flow control, and a chunk can be handed
+  straight from the connection's read callback to the client (``proxy_direct``): the
+  connection, its response and that response's body are in ``_upstream_conn``.
 
 A connection goes back to its pool only after a complete response whose request was
 completely sent, and never after a HEAD (the parser cannot be told that no body follows).
@@ -26,17 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
-from typing import cast
 from urllib.parse import urlsplit
 
-import httptools
 from aiohttp import ClientPayloadError, StreamReader
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
+from ._upstream_conn import Address, Connection, Response
 from .errors import UpstreamError
 
-LIMIT = 2**16  # body bytes buffered before the upstream connection is paused
 _NO_BODY_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 _BAD_IN_HEAD = ("\r", "\n", "\0")
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # what a method may be (RFC 9110 §5.6.2)
@@ -44,283 +40,6 @@ _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # what a method may be (RFC
 
 class UpstreamUnreachable(UpstreamError):
     """The connection could not be made: nothing was sent, so the request may go elsewhere."""
-
-
-Address = tuple[str, int] | str  # (host, port), or a Unix socket's path
-
-
-class Body:
-    """A response body as it arrives: ``readany()`` returns what is buffered (b"" at its end)."""
-
-    __slots__ = ("_conn", "_buffer", "_size", "_waiter", "_eof", "_exc", "_paused", "sink")
-
-    def __init__(self, conn: _Conn) -> None:
-        self._conn = conn
-        self._buffer: list[bytes] = []
-        self._size = 0
-        self._waiter: asyncio.Future[None] | None = None
-        self._eof = False
-        self._exc: BaseException | None = None
-        self._paused = False
-        # Called with a chunk while readany() waits and nothing is buffered; returns whether
-        # it took the chunk (proxy_direct.Direct.take).
-        self.sink: Callable[[bytes], bool] | None = None
-
-    def _feed(self, data: bytes) -> None:
-        sink = self.sink
-        if sink is not None and self._waiter is not None and not self._buffer and sink(data):
-            return
-        self._buffer.append(data)
-        self._size += len(data)
-        self._wake()
-        if self._size > LIMIT and not self._paused:
-            self._paused = True
-            self._conn.pause()
-
-    def _end(self, exc: BaseException | None = None) -> None:
-        if self._eof:
-            return
-        self._eof = True
-        self._exc = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def at_hand(self) -> bool:
-        """Whether ``readany()`` would return at once, with data or at a clean end."""
-        return bool(self._buffer) or (self._eof and self._exc is None)
-
-    async def readany(self) -> bytes:
-        while not self._buffer:
-            if self._exc is not None:
-                raise self._exc
-            if self._eof:
-                return b""
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        buffer = self._buffer
-        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
-        buffer.clear()
-        self._size = 0
-        if self._paused:
-            self._paused = False
-            self._conn.resume()
-        return data
-
-    async def read(self) -> bytes:
-        """The whole rest of the body."""
-        parts = []
-        while chunk := await self.readany():
-            parts.append(chunk)
-        return b"".join(parts)
-
-
-class Response:
-    """The response head, and its ``content``. End it with ``release()`` (read to its end: the
-    connection may be reused) or ``close()`` (anything else: the connection is closed)."""
-
-    __slots__ = ("status", "reason", "headers", "content", "_conn", "_raw", "_head", "_complete", "_keep", "_head_only",
-                 "_delimited", "_sent", "_sender")
-
-    def __init__(self, conn: _Conn, head_only: bool) -> None:
-        self.status = 0
-        self.reason: str | None = None  # None: the status's usual phrase
-        self.headers: CIMultiDictProxy[str] = _NO_HEADERS
-        self.content = Body(conn)
-        self._conn: _Conn | None = conn
-        self._raw: list[tuple[bytes, bytes]] = []
-        self._head: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._complete = False
-        self._keep = False
-        self._head_only = head_only
-        self._delimited = True  # by a length or by chunks (else by the connection's close)
-        self._sent = False  # the whole request went out
-        self._sender: asyncio.Task[None] | None = None
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        return int(value) if value is not None and value.isdigit() else None
-
-    def forget_headers(self) -> None:
-        """Drop the parsed headers once used: a stream may live for hours (≈ 0.9 KiB a stream)."""
-        self.headers = _NO_HEADERS
-
-    def release(self) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        self._conn = None
-        if self._complete and self._keep and self._sent and not conn.closed:
-            conn.response = None
-            conn.pool._put(conn)
-        else:
-            self._end(conn)
-
-    def close(self) -> None:
-        conn = self._conn
-        if conn is not None:
-            self._conn = None
-            self._end(conn)
-
-    def _end(self, conn: _Conn) -> None:
-        if self._sender is not None and not self._sender.done():
-            self._sender.cancel()  # an upload the function no longer reads
-        conn.close()
-
-    # Called by the connection.
-    def _headers_complete(self, status: int) -> None:
-        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): the real one follows
-            self._raw.clear()
-            return
-        self.status = status
-        self.headers = headers = CIMultiDictProxy(CIMultiDict([
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-            for name, value in self._raw
-        ]))
-        self._raw = []
-        self._delimited = "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
-        if not self._head.done():
-            self._head.set_result(None)
-        if self._head_only:  # no body follows, whatever Content-Length says; not reused
-            self._complete = True
-            self.content._end()
-
-    def _message_complete(self, keep: bool) -> bool:
-        """Whether this was the response (not an interim one)."""
-        if self.status == 0:
-            return False
-        self._complete = True
-        self._keep = keep
-        self.content._end()
-        return True
-
-    def _fail(self, exc: BaseException) -> None:
-        if not self._head.done():
-            self._head.set_exception(exc)
-        self.content._end(exc)
-
-
-_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
-
-
-class _Conn(asyncio.Protocol):
-    """One connection; ``response`` is the exchange it carries (None while idle)."""
-
-    def __init__(self, pool: Pool, address: Address) -> None:
-        self.pool = pool
-        self.address = address
-        self.transport: asyncio.Transport | None = None
-        self.response: Response | None = None
-        self.closed = False
-        self.idle_since = 0.0
-        self.parser = httptools.HttpResponseParser(self)
-        self._drain: asyncio.Future[None] | None = None
-        self._writing_paused = False
-        self._reading_paused = False
-
-    # asyncio.Protocol
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not registered as one
-
-    def data_received(self, data: bytes) -> None:
-        response = self.response
-        if response is None:  # bytes nobody asked for, on an idle connection
-            self.close()
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            response._fail(_broken("the function switched protocols"))
-            self.close()
-        except httptools.HttpParserError as exc:
-            response._fail(_broken(f"malformed response ({exc.__class__.__name__})"))
-            self.close()
-
-    def eof_received(self) -> bool | None:
-        return None  # close the transport
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.closed = True
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_result(None)
-        response = self.response
-        if response is None or response._complete:
-            return
-        if response.status and not response._delimited:
-            # Neither a length nor chunks: the body ends where the connection does.
-            response._message_complete(False)
-            return
-        response._fail(_broken("the connection closed before the response ended"))
-
-    def pause_writing(self) -> None:
-        self._writing_paused = True
-
-    def resume_writing(self) -> None:
-        self._writing_paused = False
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_result(None)
-
-    async def drain(self) -> None:
-        if self._writing_paused and not self.closed:
-            self._drain = asyncio.get_running_loop().create_future()
-            try:
-                await self._drain
-            finally:
-                self._drain = None
-        if self.closed:
-            raise ConnectionResetError("the connection to the function closed")
-
-    # httptools callbacks
-    def on_status(self, reason: bytes) -> None:
-        assert self.response is not None
-        self.response.reason = reason.decode("latin-1") or None
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response._raw.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        assert self.response is not None
-        self.response._headers_complete(self.parser.get_status_code())
-
-    def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response.content._feed(body)
-
-    def on_message_complete(self) -> None:
-        response = self.response
-        assert response is not None
-        if response._message_complete(self.parser.should_keep_alive()):
-            self.response = None  # any further byte is unsolicited
-
-    # flow control of the response body
-    def pause(self) -> None:
-        if self.transport is not None and not self._reading_paused and not self.closed:
-            self._reading_paused = True
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.transport is not None and self._reading_paused and not self.closed:
-            self._reading_paused = False
-            self.transport.resume_reading()
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
-
-
-def _broken(why: str) -> ClientPayloadError:
-    return ClientPayloadError(why)
 
 
 class Pool:
@@ -332,7 +51,7 @@ class Pool:
         self.unix_path = unix_path
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
-        self._idle: dict[Address, list[_Conn]] = {}
+        self._idle: dict[Address, list[Connection]] = {}
         self._addresses: dict[str, tuple[Address, str, str]] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
@@ -398,7 +117,7 @@ class Pool:
             conn.close()
             raise
 
-    def _send(self, conn: _Conn, method: str, head: bytes, body: bytes | StreamReader | None, stream: bool) -> Response:
+    def _send(self, conn: Connection, method: str, head: bytes, body: bytes | StreamReader | None, stream: bool) -> Response:
         response = conn.response = Response(conn, head_only=method == "HEAD")
         assert conn.transport is not None
         if isinstance(body, StreamReader):
@@ -409,7 +128,7 @@ class Pool:
             response._sent = True
         return response
 
-    def _take(self, address: Address) -> _Conn | None:
+    def _take(self, address: Address) -> Connection | None:
         idle = self._idle.get(address)
         while idle:
             conn = idle.pop()
@@ -417,19 +136,19 @@ class Pool:
                 return conn
         return None
 
-    async def _connect(self, address: Address) -> _Conn:
+    async def _connect(self, address: Address) -> Connection:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout or None):
                 if isinstance(address, str):
-                    _, conn = await loop.create_unix_connection(lambda: _Conn(self, address), address)
+                    _, conn = await loop.create_unix_connection(lambda: Connection(self, address), address)
                 else:
-                    _, conn = await loop.create_connection(lambda: _Conn(self, address), address[0], address[1])
+                    _, conn = await loop.create_connection(lambda: Connection(self, address), address[0], address[1])
         except (OSError, TimeoutError) as exc:
             raise UpstreamUnreachable(f"upstream unavailable: {exc.__class__.__name__}") from None
         return conn
 
-    def _put(self, conn: _Conn) -> None:
+    def _put(self, conn: Connection) -> None:
         if self._closed:
             conn.close()
             return
@@ -501,7 +220,7 @@ def _head(method: str, target: str, host: str, headers: CIMultiDict[str], body: 
     return "".join(lines).encode("utf-8", "surrogateescape"), stream
 
 
-async def _send_body(conn: _Conn, response: Response, body: StreamReader, chunked: bool) -> None:
+async def _send_body(conn: Connection, response: Response, body: StreamReader, chunked: bool) -> None:
     """Copy a streamed request body upstream, as it comes, with flow control both ways."""
     assert conn.transport is not None
     transport = conn.transport

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from aiohttp import ClientError, web
 from multidict import CIMultiDict
 
+from .._upstream_conn import Response
 from ..config import ResumeSettings, SseSettings
 from ..proxy import (
     HEARTBEAT,
@@ -30,7 +31,6 @@ from ..proxy import (
     response_headers,
     stream_failure,
 )
-from ..upstream import Response
 from .journal import (
     EventIds,
     Head,
