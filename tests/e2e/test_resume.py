@@ -185,6 +185,24 @@ def test_a_function_that_sets_its_own_ids_keeps_them_and_resumes_by_them(
     assert resp.status_code == 200 and [e.data for e in rest] == ["3", "4"]
 
 
+def test_a_functions_own_id_alone_resumes_no_ones_stream(shared_platform: Platform, tmp_path: Path) -> None:
+    # Another caller's stream, with ids anyone can guess ("0", "1", …): without its stream id
+    # (the response's X-Stream-Id, 96 random bits) nothing of it comes back.
+    own = 'from flask import Response, request\n\ndef handle(req):\n    who = request.args["who"]\n    return Response(("id: %d\\ndata: %s-%d\\n\\n" % (n, who, n) for n in range(3)), mimetype="text/event-stream")\n'
+    shared_platform.deploy("guessable-ids", shared_platform.write_function(tmp_path, "guessable-ids", own), env=RESUME)
+    url = shared_platform.function_url("guessable-ids")
+    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", url + "?who=alice-token") as es:
+        assert [e.data for e in es.iter_sse()] == ["alice-token-0", "alice-token-1", "alice-token-2"]
+        stream_id = es.response.headers["X-Stream-Id"]
+    for guess in ("0", "1"):
+        resp, rest = _resume(url + "?who=mallory", guess)
+        assert resp.status_code == 404 and resp.json()["error"]["reason"] == "unknown", resp.text
+        assert "alice" not in resp.text and stream_id not in resp.text and "X-Stream-Id" in resp.text
+        assert "X-Stream-Id" not in resp.headers and rest == []
+    resp, rest = _resume(url, "0", {"X-Stream-Id": stream_id})  # the caller who holds the id still can
+    assert resp.status_code == 200 and [e.data for e in rest] == ["alice-token-1", "alice-token-2"]
+
+
 @pytest.mark.parametrize(("key", "value"), [
     ("stream_resume", "maybe"), ("resume_window", "0s"), ("resume_grace", "soon"),
     ("resume_max_bytes", "lots"), ("resume_fallback", "sometimes"),

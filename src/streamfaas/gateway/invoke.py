@@ -29,7 +29,7 @@ from ..proxy import (
     stream_response,
 )
 from ..upstream import UpstreamUnreachable
-from .auth import check_function_access
+from .auth import check_function_access, cross_site_reason
 from .metrics_streams import StreamTally
 from .resume import relay, resume_or_none, start_journalled
 from .state import GatewayState, state_of
@@ -87,7 +87,9 @@ async def invoke_function(request: web.Request) -> web.StreamResponse:
     code = 499  # the client went away before an answer (nginx's convention)
     try:
         namespace = check_namespace(state.provider, name, given)
-        tally = state.metrics.streams.observer(metric_name, began)
+        # Only a deployed function gets metric series: one per name a caller makes up would
+        # grow the gateway's memory and /metrics without bound (the request is a 404 anyway).
+        tally = state.metrics.streams.observer(metric_name, began) if known else None
         # Two steps, so that a stream's whole life holds only the small second frame.
         prepared = await _prepare(state, request, name, namespace, call_id, start_time, reply_headers, tally, metric_name)
         if isinstance(prepared, web.StreamResponse):
@@ -123,7 +125,7 @@ async def _prepare(
     call_id: str,
     start_time: str,
     reply_headers: CIMultiDict[str],
-    tally: StreamTally,
+    tally: StreamTally | None,
     function: str,
 ) -> Prepared | web.StreamResponse:
     """What goes upstream (headers, body, path) and the stream's settings; or the answer
@@ -133,7 +135,8 @@ async def _prepare(
     headers = forward_headers(request.headers)
     d = record.deployment
     header = request.headers.get(hdrs.AUTHORIZATION)
-    if check_function_access(name, d.labels, d.annotations, header, state.credentials, lambda: provider.function_token(name, namespace)):
+    token = lambda: provider.function_token(name, namespace)  # noqa: E731 - read only for a private function
+    if check_function_access(name, d.labels, d.annotations, header, state.credentials, token, cross_site_reason(request)):
         del headers[hdrs.AUTHORIZATION]  # the platform's credential is not the function's business
     elif state.credentials is not None and state.credentials.matches(headers.get(hdrs.AUTHORIZATION)):
         del headers[hdrs.AUTHORIZATION]  # never hand the admin password to a function
@@ -178,7 +181,7 @@ async def _forward(
     name: str,
     namespace: str,
     reply_headers: CIMultiDict[str],
-    tally: StreamTally,
+    tally: StreamTally | None,
     function: str,
     headers: CIMultiDict[str],
     body: bytes | aiohttp.StreamReader | None,

@@ -405,18 +405,19 @@ class Journal:
         return stream
 
     def find(self, function: str, sid: str, event_id: str) -> Stream:
-        """The stream ``sid`` of ``function``, or with no ``sid`` the newest one that sent
-        ``event_id`` (a function's own ids name no stream)."""
-        if sid:
-            stream = self.streams.get(sid)
-            if stream is not None and stream.function == function:
-                return stream
-        else:
-            for stream in reversed(self.streams.values()):
-                if stream.function == function and event_end(stream.kept(), event_id) >= 0:
-                    return stream
-        which = f"stream {sid!r}" if sid else f"stream with event {event_id!r}"
-        raise JournalGone("unknown", f"no {which} of function {function!r} is kept (unknown, or past its resume_window)")
+        """The stream ``sid`` of ``function``. Its random id is what lets a client resume, so an
+        event id without one (a function's own ids) finds nothing: looking for the stream that
+        sent it would hand one caller's stream to anyone who can guess an id such as "0"."""
+        if not sid:
+            raise JournalGone(
+                "unknown",
+                "this Last-Event-ID names no stream: a function's own event ids resume only "
+                "with the X-Stream-Id header of the first response",
+            )
+        stream = self.streams.get(sid)
+        if stream is not None and stream.function == function:
+            return stream
+        raise JournalGone("unknown", f"no stream {sid!r} of function {function!r} is kept (unknown, or past its resume_window)")
 
     def grew(self, nbytes: int) -> None:
         self.size += nbytes

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import re
 import shutil
 import signal
@@ -75,6 +76,12 @@ def parse_reference(image: str) -> OciReference | None:
             path = text[len(transport):]
             if not os.path.isabs(path) or _BAD_CHARS.search(path):
                 raise BadRequest(f"invalid image {image!r}: {transport} takes an absolute path")
+            try:
+                regular = stat.S_ISREG(os.stat(path).st_mode)
+            except OSError:
+                regular = True  # missing or unreadable: skopeo says which, as for any image
+            if not regular:  # a FIFO or a device would hold skopeo (and the deploy) for its whole timeout
+                raise BadRequest(f"invalid image {image!r}: {transport} takes a file")
             return OciReference(text, text, "", "", True)
     if registry_host(text) is None:
         return None
@@ -190,7 +197,7 @@ class OciStore:
                                       timeout=PULL_TIMEOUT, what=f"unpacking {ref.text}", tmpdir=work)
             if code != 0:
                 raise BadRequest(f"cannot unpack image {ref.text!r}: {_last_line(err)}")
-            workdir = str(config.get("WorkingDir") or "/")
+            workdir = rooted(str(config.get("WorkingDir") or "/"))
             prepare_rootfs(work / "rootfs", workdir)
             shutil.rmtree(layout)
             (work / "image.json").write_text(json.dumps({
@@ -204,6 +211,12 @@ class OciStore:
             shutil.rmtree(work, ignore_errors=True)
             raise
         print(f"streamfaas: pulled {ref.text} ({digest[:19]}) into {folder}", file=sys.stderr, flush=True)
+
+
+def rooted(workdir: str) -> str:
+    """``workdir`` resolved as a container runtime resolves it: against "/", where ".." stays
+    at "/". So never a path outside the rootfs, whatever the image's config says."""
+    return "/" + "/".join(Path(posixpath.normpath("/" + workdir)).parts[1:])
 
 
 def prepare_rootfs(rootfs: Path, workdir: str) -> None:
@@ -221,7 +234,7 @@ def prepare_rootfs(rootfs: Path, workdir: str) -> None:
         os.mkdir(path)
         os.chmod(path, 0o755)
     current = rootfs
-    for part in Path(workdir).parts[1:]:
+    for part in Path(rooted(workdir)).parts[1:]:
         current = current / part
         try:
             if not stat.S_ISDIR(os.lstat(current).st_mode):

@@ -13,7 +13,14 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 # The files change with the package. "no-cache" makes the browser revalidate (a cheap 304 by
 # ETag) so an upgraded gateway never runs a stale script against a newer API.
-_REVALIDATE = {"Cache-Control": "no-cache"}
+# No other site may frame the UI: its buttons invoke functions and change the platform with
+# the admin's credentials, and a framing page could trick a click onto them.
+_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 def _asset(filename: str) -> web.FileResponse:
@@ -21,7 +28,7 @@ def _asset(filename: str) -> web.FileResponse:
     # Only plain files directly in static/: no "..", no sub-folders, no dotfiles.
     if "/" in filename or filename.startswith(".") or not path.is_file():
         raise web.HTTPNotFound(text=f"no such UI file: {filename}\n")
-    return web.FileResponse(path, headers=_REVALIDATE)
+    return web.FileResponse(path, headers=_HEADERS)
 
 
 async def functions_page(request: web.Request) -> web.FileResponse:

@@ -1,0 +1,75 @@
+"""Cross-site request forgery through a private function: a page on another origin, in a
+browser that holds the admin's basic auth, must not call a private function with it (the
+browser adds the cached password to any request to the gateway, a form POST or an <img> GET).
+And no other site may frame the UI."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from platform_fixture import Platform
+
+CROSS_SITE = [
+    {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "cross-site"},
+    {"Sec-Fetch-Site": "same-site"},  # another port of the same host is another origin
+    {"Origin": "http://127.0.0.1:1"},
+    {"Origin": "null"},
+]
+
+
+@pytest.fixture(scope="module")
+def private_fn(shared_platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = shared_platform.write_function(tmp_path_factory.mktemp("fn"), "csrf-private", "def handle(req):\n    return 'moved ' + req\n")
+    shared_platform.deploy("csrf-private", folder, labels={"streamfaas.auth/private": "true"})
+    return "csrf-private"
+
+
+def _count(platform: Platform, name: str) -> int:
+    return int(platform.status(name)["invocationCount"])
+
+
+@pytest.mark.parametrize("browser", CROSS_SITE, ids=["evil-origin", "cross-site", "same-site", "other-port", "null-origin"])
+@pytest.mark.parametrize("method", ["POST", "GET"])
+def test_admin_password_from_another_site_does_not_call_a_private_function(
+    shared_platform: Platform, private_fn: str, browser: dict[str, str], method: str
+) -> None:
+    before = _count(shared_platform, private_fn)
+    form = {"Content-Type": "application/x-www-form-urlencoded"} if method == "POST" else {}
+    r = shared_platform.http.request(
+        method, shared_platform.function_url(private_fn), content=b"amount=1000&to=attacker" if method == "POST" else None,
+        headers={**browser, **form},
+    )
+    assert r.status_code == 401, r.text
+    assert "another site" in r.text and r.text.count("\n") <= 1
+    assert r.headers.get("WWW-Authenticate", "").startswith("Bearer")  # no password prompt on the attacker's behalf
+    a = shared_platform.http.post(f"{shared_platform.url}/async-function/{private_fn}", content=b"x", headers=browser)
+    assert a.status_code == 401, a.text
+    assert _count(shared_platform, private_fn) == before
+
+
+def test_the_same_admin_password_from_the_gateways_own_pages_or_a_plain_client_still_works(
+    shared_platform: Platform, private_fn: str
+) -> None:
+    own = shared_platform.url  # the UI's own origin
+    for headers in ({}, {"Origin": own, "Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}):
+        r = shared_platform.http.post(shared_platform.function_url(private_fn), content=b"x", headers=headers)
+        assert (r.status_code, r.text) == (200, "moved x"), headers
+
+
+def test_the_functions_token_works_from_anywhere(shared_platform: Platform, private_fn: str) -> None:
+    # A browser never adds a bearer token by itself: a page that has it was given it.
+    token = shared_platform.http.get(f"{shared_platform.url}/system/function-token/{private_fn}").json()["token"]
+    r = httpx.post(shared_platform.function_url(private_fn), content=b"y", timeout=30,
+                   headers={"Authorization": f"Bearer {token}", **CROSS_SITE[0]})
+    assert (r.status_code, r.text) == (200, "moved y")
+
+
+@pytest.mark.parametrize("path", ["/ui/", "/ui/chat", "/ui/static/common.js"])
+def test_no_other_site_may_frame_the_ui(shared_platform: Platform, path: str) -> None:
+    r = shared_platform.http.get(shared_platform.url + path)
+    assert r.status_code == 200, path
+    assert r.headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
