@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 # Nothing is fetched mid-run: a function's requirements must come from the platform's venv or
-# a local file (pip, run by the gateway for a function's venv, inherits this).
+# the operator's wheelhouse (PIP_FIND_LINKS; pip, run by the gateway for a function's venv, is
+# given these two settings and no other of the gateway's environment).
 os.environ["PIP_NO_INDEX"] = "1"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,8 +31,9 @@ def platform(tmp_path: Path) -> Iterator[Platform]:
 
 @pytest.fixture(scope="module")
 def shared_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    """One gateway for a module's tests; each test deploys functions under its own names."""
-    with Platform(tmp_path_factory.mktemp("state")).start() as p:
+    """One gateway for a module's tests; each test deploys functions under its own names. Its async
+    callbacks may reach the tests' receivers on 127.0.0.1."""
+    with Platform(tmp_path_factory.mktemp("state"), ("--callback-allow", "127.0.0.1/32")).start() as p:
         yield p
 
 

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 QUEUE_DEFAULTS: dict[str, object] = {
     "--queue": "sqlite", "--nats-stream": "STREAMFAAS_ASYNC", "--queue-concurrency": 8, "--queue-max-retries": 5,
     "--queue-backoff": "1s", "--queue-backoff-max": "1m", "--queue-lease": "30s", "--queue-drain-timeout": "30s",
-    "--queue-invoke-timeout": "10m", "--queue-callback-timeout": "30s",
+    "--queue-invoke-timeout": "10m", "--queue-callback-timeout": "30s", "--callback-allow": (),
 }
 DOCUMENTED: dict[str, dict[str, object]] = {
     "gateway": {"--port": 8080, "--host": "127.0.0.1", "--header-timeout": "10s", "--keepalive-timeout": "75s",

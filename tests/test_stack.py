@@ -377,3 +377,23 @@ def test_mangled_stack_raises_only_stack_error(tmp_path: Path, at: int, junk: st
         load_stack(path, env={})
     except StackError:
         pass
+
+
+@pytest.mark.parametrize("handler", ["../outside", "/etc", "fn/../../outside", "link"])
+def test_a_handler_outside_the_stack_files_folder_is_refused(tmp_path: Path, handler: str) -> None:
+    # A cloned stack.yaml must not build, and push, files from elsewhere (~/.ssh, say).
+    project = tmp_path / "project"
+    (tmp_path / "outside").mkdir()
+    project.mkdir()
+    (project / "link").symlink_to(tmp_path / "outside")
+    path = stack_with(project, f"functions:\n  fn:\n    lang: x\n    handler: {handler}\n")
+    assert "handler must be inside the stack file's folder" in error_of(path)
+
+
+@pytest.mark.parametrize("entry", ["../outside.yml", "/etc/streamfaas-outside.yml"])
+def test_an_environment_file_outside_the_stack_files_folder_is_refused(tmp_path: Path, entry: str) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    write(tmp_path, "outside.yml", "environment:\n  A: b\n")
+    path = stack_with(project, f"functions:\n  fn:\n    lang: x\n    handler: fn\n    environment_file: [{entry}]\n")
+    assert "environment file must be inside the stack file's folder" in error_of(path)

@@ -351,6 +351,17 @@ def _resume_settings(*raw: str) -> ResumeSettings | None:
                           max_bytes=config.resume_max_bytes, rerun=config.resume_fallback == "rerun")
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_network(text: str, *, name: str = "network") -> IPNetwork:
+    """A network in CIDR notation (``10.0.0.0/8``, ``fd00::/8``), or one address (``/32``, ``/128``)."""
+    try:
+        return ipaddress.ip_network(text.strip())
+    except ValueError as exc:
+        raise ConfigError(f"{name}: expected a network such as 10.0.0.0/8 or 127.0.0.1/32, got {text!r} ({exc})") from None
+
+
 @dataclass(frozen=True)
 class QueueConfig:
     """Async invocations: where jobs are kept and how a queue worker runs them."""
@@ -369,6 +380,8 @@ class QueueConfig:
     drain_timeout: float = 30.0  # on shutdown, in-flight jobs get this long, then go back
     invoke_timeout: float = 600.0
     callback_timeout: float = 30.0
+    # Networks a callback may go to besides public unicast addresses (``--callback-allow``).
+    callback_allow: tuple[IPNetwork, ...] = ()
 
     def __post_init__(self) -> None:
         if self.backend not in {"sqlite", "nats"}:

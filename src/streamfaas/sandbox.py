@@ -79,11 +79,13 @@ class SandboxSpec:
     setpriv: str = ""
     symlinks: tuple[tuple[str, str], ...] = field(default=())  # (target, link)
     root: str = ""  # an OCI image's rootfs on the host: the function's / (empty: the system view)
+    # Read-write binds (same path inside): only a venv being built (``build_install_spec``).
+    writable: tuple[str, ...] = field(default=())
 
     def to_json(self) -> str:
         return json.dumps({
             "bwrap": self.bwrap, "binds": self.binds, "chdir": self.chdir, "uid": self.uid,
-            "setpriv": self.setpriv, "symlinks": self.symlinks, "root": self.root,
+            "setpriv": self.setpriv, "symlinks": self.symlinks, "root": self.root, "writable": self.writable,
         })
 
     @classmethod
@@ -97,6 +99,7 @@ class SandboxSpec:
             setpriv=str(data.get("setpriv", "")),
             symlinks=tuple((str(t), str(link)) for t, link in data.get("symlinks", ())),
             root=str(data.get("root", "")),
+            writable=tuple(str(w) for w in data.get("writable", ())),
         )
 
 
@@ -152,6 +155,20 @@ def build_spec(*, bwrap: str, image_dir: Path, venv_dir: Path, secrets_dir: Path
     )
 
 
+def build_install_spec(*, bwrap: str, venv_dir: Path, read_only: Sequence[str], uid: int | None) -> SandboxSpec:
+    """The sandbox a venv's ``pip install`` runs in (``provider/venvs.py``): a function's view
+    without image or secrets, the venv being built as the only writable folder, and
+    ``read_only`` (the operator's wheelhouse, certificates) bound where they are. The network
+    is the host's (pip needs the index)."""
+    binds, links = _system_view()
+    binds += [(path, path) for path in read_only if os.path.exists(path)]
+    return SandboxSpec(
+        bwrap=bwrap, binds=tuple(binds), chdir=str(venv_dir), uid=uid,
+        setpriv=(shutil.which("setpriv") or "") if uid is not None else "", symlinks=tuple(links),
+        writable=(str(venv_dir),),
+    )
+
+
 def build_rootfs_spec(*, bwrap: str, rootfs: Path, chdir: str, secrets_dir: Path, uid: int | None) -> SandboxSpec:
     """An OCI image's sandbox: ``rootfs`` (with ``ROOTFS_MOUNT_POINTS`` made) as ``/``."""
     binds: list[tuple[str, str]] = [(str(secrets_dir), SECRETS_MOUNT)]
@@ -172,7 +189,9 @@ def _mount_args(spec: SandboxSpec) -> list[str]:
     made: set[str] = {"/", "/tmp"}
     for target, link in spec.symlinks:
         args += ["--symlink", target, link]
-    for source, dest in spec.binds:
+    binds = [(source, dest, "--ro-bind") for source, dest in spec.binds]
+    binds += [(path, path, "--bind") for path in spec.writable]
+    for source, dest, how in binds:
         # bwrap would create missing parents with the host's modes (0700 for /root): make them
         # 0755 first so the function's uid can reach what is bound below them.
         parents = []
@@ -183,7 +202,7 @@ def _mount_args(spec: SandboxSpec) -> list[str]:
             parent = os.path.dirname(parent)
         for folder in reversed(parents):
             args += ["--perms", "0755", "--dir", folder]
-        args += ["--ro-bind", source, dest]
+        args += [how, source, dest]
         made.add(dest)
     return args
 

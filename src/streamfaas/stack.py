@@ -313,15 +313,22 @@ def _finish_function(path: Path, root: Any, name: str, spec: FunctionSpec) -> li
         problem("field required (only `image` with `skip_build: true` may go without)", "lang")
     if not spec.image:
         spec.image = f"{name}:latest"
+    project = path.parent.resolve()
     if spec.handler is not None:
         spec._handler_path = (path.parent / spec.handler).resolve()
-        if not spec._handler_path.exists():
+        if not spec._handler_path.is_relative_to(project):
+            # A cloned stack.yaml must not build (and push) files from elsewhere: ~/.ssh, say.
+            problem(f"the handler must be inside the stack file's folder {project}, not {spec._handler_path}", "handler")
+        elif not spec._handler_path.exists():
             problem(f"{spec._handler_path} does not exist", "handler")
     elif not spec.skip_build:
         problem("field required", "handler")
     where: dict[str, tuple[Path, Any]] = {}  # the file (and its YAML) that set each variable last
     for index, entry in enumerate(spec.environment_file):
         file = path.parent / entry
+        if not file.resolve().is_relative_to(project):
+            problem(f"an environment file must be inside the stack file's folder {project}", "environment_file", index)
+            continue
         if not file.is_file():
             problem(f"{file} not found", "environment_file", index)
             continue

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import httpx
+import pytest
 
 from platform_fixture import Platform, alive, descendants, wait_for
 
@@ -186,22 +187,30 @@ def _venvs(platform: Platform) -> set[str]:
     return {p.name for p in (platform.state_dir / "venvs").iterdir() if not p.name.startswith(".")}
 
 
-def test_function_with_requirements_gets_its_own_venv_cached_by_their_hash(platform: Platform, tmp_path: Path) -> None:
+def test_function_with_requirements_gets_its_own_venv_cached_by_their_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code = """
     import sftinydep
 
     def handle(req):
         return sftinydep.VERSION
     """
-    wheel = _tiny_wheel(tmp_path / "wheels", "1.2.3")
+    _tiny_wheel(tmp_path / "wheels", "1.2.3")
+    # A local wheel reaches a function's venv through the operator's wheelhouse (a path in
+    # requirements.txt is refused: tests/security/test_requirements_install.py).
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "wheels"))
+    with Platform(tmp_path / "state").start() as platform:
+        _venv_cache_by_hash(platform, tmp_path, code)
+
+
+def _venv_cache_by_hash(platform: Platform, tmp_path: Path, code: str) -> None:
     platform.deploy("plain", platform.write_function(tmp_path, "plain", "def handle(req):\n    return 'plain'\n"))
     plain_venvs = _venvs(platform)
-    platform.deploy("withdeps", platform.write_function(tmp_path, "withdeps", code, requirements=f"{wheel}\n"))
+    platform.deploy("withdeps", platform.write_function(tmp_path, "withdeps", code, requirements="sftinydep==1.2.3\n"))
     assert httpx.get(platform.function_url("withdeps"), timeout=30).text == "1.2.3"
     with_deps = _venvs(platform) - plain_venvs
     assert len(with_deps) == 1
     # Same requirements (comments and order aside): the same venv, not a second install.
-    platform.deploy("samedeps", platform.write_function(tmp_path, "samedeps", code, requirements=f"# same\n{wheel}\n"))
+    platform.deploy("samedeps", platform.write_function(tmp_path, "samedeps", code, requirements="# same\nsftinydep==1.2.3\n"))
     assert httpx.get(platform.function_url("samedeps"), timeout=30).text == "1.2.3"
     assert _venvs(platform) - plain_venvs == with_deps
     # A function without requirements installs nothing: its venv holds only the link to the

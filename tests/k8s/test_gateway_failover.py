@@ -177,6 +177,10 @@ def ready_endpoints(release: Release) -> list[str]:
 def release(kubectl: Kubectl, k8s_env: K8sEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     with new_release(kubectl, k8s_env, tmp_path_factory.mktemp("failover-home"), name="f", namespace="sf-failover") as rel:
         rel.values.append("networkPolicy.enabled=false")  # nothing here about policies; one object less
+        # The callback receiver listens on the bridge's (private) address: allowed explicitly,
+        # at the gateways (checked at submit) and at the worker (checked when it connects).
+        allow = f"--callback-allow={api_address(k8s_env)[0]}/32"
+        rel.values += [f"gateway.extraArgs[0]={allow}", f"queue.worker.extraArgs[0]={allow}"]
         yield rel
 
 

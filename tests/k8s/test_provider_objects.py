@@ -65,6 +65,9 @@ def test_deploy_makes_a_faas_netes_shaped_deployment_service_and_secret_volume(k
     c = _container(dep)
     assert c["image"] == NO_IMAGE and c["imagePullPolicy"] == "IfNotPresent"
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    sc = c["securityContext"]  # a function is untrusted code
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     env = _env(c)
     assert env["fprocess"] == "python index.py" and env["write_timeout"] == "30s"
     assert env["STREAMFAAS_WATCHDOG_HOST"] == "0.0.0.0" and env["port"] == "8080"

@@ -120,6 +120,20 @@ def test_template_dockerfiles_run_the_watchdog_with_the_template_fprocess() -> N
         assert 'CMD ["/home/app/.venv/bin/python", "-m", "streamfaas.watchdog"]' in text, name
 
 
+def test_a_build_folder_that_is_a_link_is_refused_and_nothing_behind_it_is_touched(state: Path, tmp_path: Path) -> None:
+    # A cloned project shipping `build -> ~` and a function named like a folder there: each
+    # build/NAME is emptied and rewritten, so through the link it would be that folder.
+    project, victim = tmp_path / "project", tmp_path / "victim"
+    (victim / "stream").mkdir(parents=True)
+    (victim / "stream" / "keep.txt").write_text("mine")
+    project.mkdir()
+    stack = _write_stack(project, "stream", REPO / "examples" / "stream")
+    (project / "build").symlink_to(victim)
+    line = _one_error_line(_cli(state, "build", "--shrinkwrap", "-f", str(stack)))
+    assert "is a link" in line
+    assert sorted(p.name for p in (victim / "stream").iterdir()) == ["keep.txt"]
+
+
 def test_missing_template_is_one_line(state: Path, tmp_path: Path) -> None:
     stack = _write_stack(tmp_path, "stream", REPO / "examples" / "stream", lang="cobol")
     line = _one_error_line(_cli(state, "build", "--shrinkwrap", "-f", str(stack)))

@@ -20,10 +20,15 @@ from platform_fixture import Platform, streamfaas_cmd, wait_for
 
 NATS_SERVER = shutil.which("nats-server")
 
+# The tests' callback receivers listen on 127.0.0.1, which a callback may reach only when the
+# operator allows it (by default callbacks go to public addresses only).
+LOOPBACK_CALLBACKS = ("--callback-allow", "127.0.0.1/32")
+
 # Short enough that retries, lease expiry and shutdown fit in a test; long enough to be real.
 FAST_QUEUE = (
     "--queue-backoff", "50ms", "--queue-backoff-max", "200ms", "--queue-lease", "2s",
     "--queue-drain-timeout", "5s", "--queue-max-retries", "3", "--queue-concurrency", "16",
+    *LOOPBACK_CALLBACKS,
 )
 
 ECHO = """

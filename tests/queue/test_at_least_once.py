@@ -20,7 +20,15 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from queue_fixture import HANG, Callback, CallbackReceiver, Worker, queue_args, submit
+from queue_fixture import (
+    HANG,
+    LOOPBACK_CALLBACKS,
+    Callback,
+    CallbackReceiver,
+    Worker,
+    queue_args,
+    submit,
+)
 
 from platform_fixture import Platform, streamfaas_cmd, wait_for
 from streamfaas.config import QueueConfig
@@ -35,6 +43,7 @@ QUEUE = (
     "--queue-backoff", f"{BACKOFF * 1000:g}ms", "--queue-backoff-max", f"{2 * BACKOFF * 1000:g}ms",
     "--queue-lease", "5s", "--queue-drain-timeout", "5s", "--queue-max-retries", str(MAX_RETRIES),
     "--queue-concurrency", "16", "--queue-callback-timeout", f"{CALLBACK_TIMEOUT * 1000:g}ms",
+    *LOOPBACK_CALLBACKS,
 )
 
 # Answers each attempt of a call id with the next status in X-Answers (the last one repeats),

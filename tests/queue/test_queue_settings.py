@@ -39,3 +39,11 @@ def test_worker_without_a_nats_server_fails_clearly() -> None:
     assert out.returncode == 1
     assert "cannot connect to NATS at nats://127.0.0.1:1" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("command", ["queue-worker", "gateway"])
+def test_bad_callback_allow_network_is_one_line_and_exit_2(command: str) -> None:
+    out = subprocess.run(streamfaas_cmd(command, "--callback-allow", "10.0.0.1/8"), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "Invalid value for '--callback-allow'" in out.stderr and "10.0.0.1/8" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr

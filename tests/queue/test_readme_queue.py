@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import httpx
-from queue_fixture import ECHO, CallbackReceiver, NatsServer, Worker, submit
+from queue_fixture import ECHO, LOOPBACK_CALLBACKS, CallbackReceiver, NatsServer, Worker, submit
 
 from platform_fixture import Platform
 
@@ -17,7 +17,7 @@ from platform_fixture import Platform
 def test_standalone_worker_serves_its_metrics_and_shares_the_wal_queue_file(tmp_path: Path, receiver: CallbackReceiver) -> None:
     db = tmp_path / "elsewhere" / "jobs.db"
     db.parent.mkdir()
-    queue = ("--queue", "sqlite", "--queue-db", str(db))
+    queue = ("--queue", "sqlite", "--queue-db", str(db), *LOOPBACK_CALLBACKS)
     p = Platform(tmp_path / "state", (*queue, "--no-queue-worker")).start()
     worker = None
     try:

@@ -35,7 +35,7 @@ def test_nats_password_stays_out_of_process_list_and_logs(
     guarded_nats: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NATS_URL", _with_credentials(guarded_nats.url, PASSWORD))
-    p = Platform(tmp_path / "state", ("--queue", "nats")).start()
+    p = Platform(tmp_path / "state", ("--queue", "nats", "--callback-allow", "127.0.0.1/32")).start()
     receiver = CallbackReceiver()
     try:
         p.deploy("natsfn", p.write_function(tmp_path, "natsfn", "def handle(req):\n    return 'done ' + req\n"))

@@ -87,6 +87,19 @@ def test_a_nul_anywhere_in_a_deployment_is_400(shared_platform: Platform, field:
     assert field in r.text and "NUL" in r.text
 
 
+@pytest.mark.parametrize("field, key", [
+    ("annotations", "container.apparmor.security.beta.kubernetes.io/fn"),  # "unconfined" loosens the pod
+    ("annotations", "seccomp.security.alpha.kubernetes.io/pod"),
+    ("labels", "app.kubernetes.io/managed-by"),
+    ("labels", "Node-Role.K8S.IO/master"),
+])
+def test_kubernetes_own_label_and_annotation_keys_are_400(shared_platform: Platform, field: str, key: str) -> None:
+    p = shared_platform
+    r = p.http.post(f"{p.url}/system/functions", json={"service": "k8sbad", "image": "any:latest", field: {key: "unconfined"}})
+    assert r.status_code == 400, r.text
+    assert field in r.text and "Kubernetes' own" in r.text
+
+
 def test_the_environment_has_a_size_limit_below_what_a_replica_can_take(shared_platform: Platform,
                                                                         tmp_path_factory: pytest.TempPathFactory) -> None:
     # 70 KB is refused with the limit named; 60 KB, under it, reaches the function whole (over

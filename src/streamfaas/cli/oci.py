@@ -111,6 +111,9 @@ def build_oci(ctx: Context, stack: Stack, functions: list[FunctionSpec], options
     ``shrinkwrap_only``, build its image with buildah. Returns (function, image name) pairs."""
     console = Console(stderr=True)
     build_root = stack.path.parent / "build"
+    if build_root.is_symlink() or not build_root.resolve().is_relative_to(stack.path.parent.resolve()):
+        # Each build/NAME is emptied and rewritten: through a link it could be any folder.
+        raise click.ClickException(f"{build_root} is a link or leads outside {stack.path.parent}: remove it, it is only a build folder")
     todo = [fn for fn in functions if not fn.skip_build]
     for fn in functions:
         if fn.skip_build:

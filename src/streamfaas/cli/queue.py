@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import ipaddress
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +15,28 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..config import QueueConfig
+from ..config import IPNetwork, QueueConfig, parse_network
+from ..errors import ConfigError
 from ._credentials import lookup
 from ._options import Context, flag_errors, gateway_option, pass_ctx
-from ._types import DURATION, HTTP_URLS, POSITIVE_DURATION, SIZE
+from ._types import DURATION, HTTP_URLS, POSITIVE_DURATION, SIZE, _ParamType
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Network(_ParamType):
+    """A network in CIDR notation (``10.0.0.0/8``) or one address; gives an ip_network."""
+
+    name = "cidr"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> IPNetwork:
+        if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            return value
+        try:
+            return parse_network(str(value), name="value")
+        except ConfigError as exc:
+            self.fail(str(exc).removeprefix("value: "), param, ctx)
+
 
 _SHARED = [
     click.option("--queue", "q_backend", type=click.Choice(["sqlite", "nats"]), default="sqlite", show_default=True,
@@ -45,6 +62,9 @@ _SHARED = [
                  help="Longest run of one attempt."),
     click.option("--queue-callback-timeout", "q_callback_timeout", type=DURATION, default="30s", show_default=True,
                  help="Longest wait for a callback URL to answer."),
+    click.option("--callback-allow", "q_callback_allow", type=Network(), multiple=True, default=(), metavar="CIDR",
+                 help="Let callbacks go to this network too (repeatable), e.g. 127.0.0.1/32 or 10.0.0.0/8. "
+                      "By default a callback goes only to public addresses: never loopback, link-local or private."),
 ]
 _GATEWAY_ONLY = [
     click.option("--max-async-body", "q_max_body", type=SIZE, default="1MiB", show_default=True,
@@ -72,6 +92,7 @@ def queue_config(values: dict[str, Any]) -> QueueConfig:
             drain_timeout=values["q_drain_timeout"],
             invoke_timeout=values["q_invoke_timeout"],
             callback_timeout=values["q_callback_timeout"],
+            callback_allow=tuple(values["q_callback_allow"]),
         )
 
 

@@ -3,7 +3,9 @@
 A request is stored durably (method, path and query as the caller encoded them, headers minus
 credentials, body up to ``max_body``) before the 202 goes out. The queue worker, in this process
 unless disabled or in ``streamfaas queue-worker`` processes, runs it through ``/function/{name}``
-like any request, with no credential but a private function's own token.
+like any request, with no credential but a private function's own token. A callback URL whose
+address the callback policy refuses (``--callback-allow``) is refused here with 400; a name is
+checked by the worker, on what it resolves to as it connects.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..errors import BadRequest, FunctionNotFound, PayloadTooLarge
 from ..proxy import forward_headers
 from ..queue import (
     AUTH_HEADERS,
+    CallbackPolicy,
     FunctionTokens,
     Job,
     JobNotFound,
@@ -32,7 +35,7 @@ from ..queue import (
     check_path,
     open_queue,
 )
-from .auth import check_function_access, is_private
+from .auth import check_function_access, cross_site_reason, is_private
 from .invoke import check_namespace, qualified_name, split_name
 from .state import STATE_KEY, GatewayState, state_of
 from .system import json_body
@@ -49,6 +52,7 @@ class AsyncInvocations:
         self.config = config
         self.metrics = metrics
         self._tokens = tokens
+        self.callback_policy = CallbackPolicy(config.queue.callback_allow)
         self._queue: JobQueue | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._worker_stop = asyncio.Event()
@@ -119,7 +123,7 @@ def local_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _callback_url(raw: str | None) -> str | None:
+def _callback_url(raw: str | None, policy: CallbackPolicy) -> str | None:
     if not raw:
         return None
     try:
@@ -128,6 +132,7 @@ def _callback_url(raw: str | None) -> str | None:
         url = None
     if url is None or url.scheme not in {"http", "https"} or not url.host:
         raise BadRequest(f"X-Callback-Url: expected an absolute http(s) URL, got {raw!r}")
+    policy.check_url(raw)  # CallbackRefused: 400, and nothing is stored or run
     return raw
 
 
@@ -169,7 +174,7 @@ def _check_private(state: GatewayState, request: web.Request, name: str, namespa
     d = state.provider.record(name, namespace).deployment
     header = request.headers.get("Authorization")
     check_function_access(name, d.labels, d.annotations, header, state.credentials,
-                          lambda: state.provider.function_token(name, namespace))
+                          lambda: state.provider.function_token(name, namespace), cross_site_reason(request))
 
 
 async def submit_async(request: web.Request) -> web.Response:
@@ -181,7 +186,7 @@ async def submit_async(request: web.Request) -> web.Response:
         raise FunctionNotFound(name)
     _check_private(state, request, name, namespace)
     path = _raw_tail(request)
-    callback = _callback_url(request.headers.get("X-Callback-Url"))
+    callback = _callback_url(request.headers.get("X-Callback-Url"), invocations.callback_policy)
     call_id = _call_id(request.headers.get("X-Call-Id"))
     body = await _read_body(request, state.config.queue.max_body)
     headers = forward_headers(request.headers, drop=_NOT_STORED)

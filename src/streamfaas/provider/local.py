@@ -396,7 +396,7 @@ class LocalProvider:
         venv = None
         if isinstance(image, LocalImage):
             requirements = (image.path / "function" / "requirements.txt").read_text()
-            venv = await self.venvs.ensure(requirements, log=self.logs_dir / f"{deployment.service}.log")
+            venv = await self.venvs.ensure(requirements, log=self.logs_dir / f"{deployment.service}.log", function=deployment.service)
         old = self.functions.get(deployment.service)
         record = FunctionRecord(deployment, image, venv, created_at, replicas)
         if old is not None:

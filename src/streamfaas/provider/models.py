@@ -232,6 +232,9 @@ def go_time(t: dt.datetime) -> str:
     return text + "Z"
 
 
+_KUBERNETES_DOMAINS = ("kubernetes.io", "k8s.io")
+
+
 class FunctionDeployment(GoRequest):
     """Body of ``POST``/``PUT /system/functions``."""
 
@@ -270,6 +273,18 @@ class FunctionDeployment(GoRequest):
             texts = value or []
         if any("\0" in text for text in texts):
             raise ValueError("a NUL character is not allowed here")
+        return value
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _not_kubernetes_own(cls, value: dict[str, str]) -> dict[str, str]:
+        # Keys under kubernetes.io and k8s.io are Kubernetes' own, and some of them loosen a pod
+        # (container.apparmor.security.beta.kubernetes.io/…: unconfined, the seccomp ones). A
+        # deployment's labels and annotations go onto its pods: the platform sets those itself.
+        for key in value:
+            prefix = key.rpartition("/")[0].lower()
+            if prefix.endswith(_KUBERNETES_DOMAINS):
+                raise ValueError(f"{key!r}: keys under kubernetes.io and k8s.io are Kubernetes' own, not a deployment's")
         return value
 
     @field_validator("image")

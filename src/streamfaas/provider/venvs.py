@@ -4,6 +4,15 @@ A function's venv sees the platform's own packages (Flask and waitress come with
 through a ``.pth`` line, so a function without extra requirements needs no pip run at all, and
 one with them installs only what the platform lacks. A redeploy with unchanged requirements
 reuses the venv as it is.
+
+A function's requirements are untrusted input: ``pip install`` runs their build backends
+(an sdist, a ``pkg @ https://…`` URL) and follows ``-r FILE``. So the install runs in the
+function sandbox (``sandbox.build_install_spec``): as the function's own uid when the gateway is
+root, seeing no home folder and no state directory, with the venv being built as its only
+writable folder and an environment chosen here, never the gateway's. Afterwards the venv is
+handed back to the platform's uid and opened up read-only for function uids. Lines that make
+pip read local files are refused before pip starts, sandbox or not, and pip's own output goes
+to the function's log only: an error never quotes it.
 """
 
 from __future__ import annotations
@@ -11,14 +20,53 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
+import shlex
 import shutil
+import stat
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from ..errors import DeployError
+from ..sandbox import build_install_spec, bwrap_path, function_uid, sandbox_command
 from .images import readable_by_all
+
+# The operator's pip and proxy settings that reach pip; nothing else of the gateway's environment.
+PIP_SETTINGS = (
+    "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_TRUSTED_HOST", "PIP_CERT",
+    "SSL_CERT_FILE", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+)
+# Of those, the ones that may name local files or folders: bound read-only into the sandbox.
+_LOCAL_SETTINGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CERT", "SSL_CERT_FILE")
+_BUILDER = "streamfaas-venv-build"  # whose uid builds a venv when no function is named
+_SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+# What a requirements line may hold (pip's requirements-file syntax, narrowed to what reads
+# nothing local). Option lines: these options, exactly (no abbreviations), with these values.
+_URL_OPTIONS = {"-i": "index", "--index-url": "index", "--extra-index-url": "index", "-f": "find-links",
+                "--find-links": "find-links", "-e": "editable", "--editable": "editable"}
+_VALUE_OPTIONS = {"--only-binary", "--no-binary", "--trusted-host", "--use-feature"}
+_FLAG_OPTIONS = {"--no-index", "--pre", "--prefer-binary", "--require-hashes"}
+_FILE_OPTIONS = {"-r", "--requirement", "-c", "--constraint"}
+_REQUIREMENT_OPTIONS = {"--hash"}  # after a requirement, on its line
+_REMOTE_SCHEMES = {"http", "https"}
+_VCS_SCHEMES = {f"{vcs}+{remote}" for vcs in ("git", "hg", "svn", "bzr") for remote in ("http", "https", "ssh", "git", "svn")}
+_ARCHIVES = (".whl", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz", ".tar.xz", ".txz", ".tar.lz", ".tlz")
+_COMMENT = re.compile(r"(^|\s+)#.*$")  # pip's: a # starts a comment at the line start or after a space
+_NOT_FOUND = re.compile(r"No matching distribution found for ([A-Za-z0-9][A-Za-z0-9._-]*)")
+
+
+class RequirementsRefused(DeployError):
+    """A function's requirements.txt holds a line that would make pip read a local file."""
+
+    http_status = 400
 
 
 def _platform_site_dirs() -> list[str]:
@@ -31,10 +79,197 @@ def _meaningful(requirements: str) -> str:
     return "\n".join(sorted(line for line in lines if line))
 
 
+# ---- what pip may be asked --------------------------------------------------------------------
+def _logical_lines(requirements: str) -> list[tuple[int, str]]:
+    """(first line number, text) as pip reads them (``req_file.join_lines``, then
+    ``ignore_comments``): a line ending in ``\\`` goes on in the next one, comments dropped."""
+    out: list[tuple[int, str]] = []
+    pending: list[str] = []
+    start = 0
+    for number, line in enumerate(requirements.removeprefix("\ufeff").splitlines(), 1):
+        if not line.endswith("\\") or _COMMENT.match(line):
+            if _COMMENT.match(line):
+                line = " " + line
+            out.append((start if pending else number, "".join([*pending, line])))
+            pending = []
+        else:
+            if not pending:
+                start = number
+            pending.append(line.strip("\\"))
+    if pending:
+        out.append((start, "".join(pending)))
+    lines = ((n, _COMMENT.sub("", text).strip()) for n, text in out)
+    return [(n, text) for n, text in lines if text]
+
+
+def _remote_url(value: str, *, vcs: bool) -> bool:
+    """Whether ``value`` is a URL pip fetches over the network (never ``file:``)."""
+    scheme = urlsplit(value).scheme.lower()
+    return scheme in _REMOTE_SCHEMES or (vcs and scheme in _VCS_SCHEMES)
+
+
+def _option_problem(name: str, value: str | None) -> str | None:
+    if name in _FILE_OPTIONS:
+        return f"{name} makes pip read a local file"
+    if name in _URL_OPTIONS:
+        kind = _URL_OPTIONS[name]
+        if not value or not _remote_url(value, vcs=kind == "editable"):
+            return f"{name} takes an http(s) URL here{' or a VCS URL' if kind == 'editable' else ''}, not a local path"
+        return None
+    if name in _VALUE_OPTIONS:
+        return None if value else f"{name} needs a value"
+    if name in _FLAG_OPTIONS:
+        return None if value is None else f"{name} takes no value"
+    return f"option {name} is not allowed in a function's requirements"
+
+
+def _options_problem(text: str, allowed: set[str] | None) -> str | None:
+    """The first refused option of an option string (pip parses it with shlex and optparse)."""
+    try:
+        tokens = shlex.split(text)
+    except ValueError:
+        return "unbalanced quotes"
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        if not token.startswith("-") or token == "-":
+            return "a value without an option"
+        value: str | None = None
+        if token.startswith("--"):
+            name, eq, glued = token.partition("=")
+            if eq:
+                value = glued
+        else:  # -rFILE: a short option's value may be glued on
+            name, glued = token[:2], token[2:]
+            value = glued or None
+        takes_value = name in _URL_OPTIONS or name in _VALUE_OPTIONS or name in _FILE_OPTIONS or name == "--hash"
+        if takes_value and value is None:
+            if i >= len(tokens):
+                return f"{name} needs a value"
+            value = tokens[i]
+            i += 1
+        if allowed is not None:
+            if name in _FILE_OPTIONS:
+                return f"{name} makes pip read a local file"
+            if name not in allowed:
+                return f"option {name} is not allowed after a requirement"
+            continue
+        problem = _option_problem(name, value)
+        if problem:
+            return problem
+    return None
+
+
+def _requirement_problem(text: str) -> str | None:
+    """Why pip would read something local for this requirement (``name``, ``name @ URL``, a URL)."""
+    if text.startswith(("/", "./", "../", "~", ".")) or "\\" in text:
+        return "a local path"
+    try:
+        req = Requirement(text)
+    except InvalidRequirement:
+        url = text.split("; ", 1)[0].strip()  # pip splits a URL's marker off at "; "
+        if _remote_url(url, vcs=True):
+            return None
+        if urlsplit(url).scheme.lower() == "file" or "/" in url:
+            return "a local path or file: URL"
+        return "not a requirement (use name, name==version, name @ https://…)"
+    if req.url is not None:
+        return None if _remote_url(req.url, vcs=True) else "a local path or file: URL"
+    if req.name.lower().endswith(_ARCHIVES):  # pip takes "x.whl" for a file in its folder
+        return "a local archive"
+    return None
+
+
+def check_requirements(requirements: str) -> list[str]:
+    """The names of the requirements, or ``RequirementsRefused`` naming the first line that would
+    make pip read a local file (``-r``, ``-c``, a path, ``file:``, a local ``-e`` or
+    ``--find-links``). The message never quotes the line: a path in it may be a secret's."""
+    names: list[str] = []
+    for number, line in _logical_lines(requirements):
+        if "${" in line:  # pip fills ${VAR} from its environment
+            problem: str | None = "environment variables (${…}) are not expanded here"
+        elif line.startswith("-"):
+            problem = _options_problem(line, None)
+        else:
+            tokens = line.split(" ")  # pip's split: the requirement runs up to the first option
+            at = next((k for k, t in enumerate(tokens) if t.startswith("-")), len(tokens))
+            requirement, options = " ".join(tokens[:at]).strip(), " ".join(tokens[at:])
+            problem = _requirement_problem(requirement) or (_options_problem(options, _REQUIREMENT_OPTIONS) if options else None)
+            if problem is None:
+                try:
+                    names.append(canonicalize_name(Requirement(requirement).name))
+                except InvalidRequirement:
+                    pass
+        if problem:
+            raise RequirementsRefused(
+                f"requirements.txt line {number} is refused: {problem}. A function's requirements may name "
+                "packages (name==1.2, extras, markers), name @ https://… URLs and --index-url/--extra-index-url/"
+                "--find-links https://…; local wheels go in the operator's PIP_FIND_LINKS folder"
+            )
+    return names
+
+
+# ---- pip's environment and sandbox ------------------------------------------------------------
+def _with_absolute_paths(value: str) -> tuple[str, list[str]]:
+    """A pip setting (space-separated items) with its local paths made absolute (pip runs in the
+    venv's folder), and those paths (files, folders, ``file:`` URLs' paths)."""
+    items: list[str] = []
+    local: list[str] = []
+    for item in value.split():
+        if item.startswith("file:"):
+            local.append(os.path.abspath(unquote(urlsplit(item).path)))
+        elif "://" not in item:
+            item = os.path.abspath(os.path.expanduser(item))
+            local.append(item)
+        items.append(item)
+    return " ".join(items), local
+
+
+def pip_environment(environ: Mapping[str, str], home: str) -> tuple[dict[str, str], list[str]]:
+    """pip's whole environment (``home`` its HOME and TMPDIR), and the local paths that the
+    operator's settings name (a wheelhouse, certificates: bound read-only into the sandbox)."""
+    env = {
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), _SYSTEM_PATH]),
+        "HOME": home, "TMPDIR": home, "LANG": environ.get("LANG", "C.UTF-8"),
+        # No pip.conf either, in any mode: pip's settings are the operator's variables below.
+        "PIP_CONFIG_FILE": os.devnull, "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    local: list[str] = []
+    for key in PIP_SETTINGS:
+        value = environ.get(key)
+        if value is None:
+            continue
+        if key in _LOCAL_SETTINGS:
+            value, paths = _with_absolute_paths(value)
+            local += paths
+        env[key] = value
+    return env, local
+
+
+def _own_tree(root: Path, uid: int, gid: int, *, lock: bool) -> None:
+    """chown a tree (links themselves, never followed). ``lock``: also take write for group and
+    others and setuid/setgid/sticky bits away, for a tree a function uid has written."""
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            path = os.path.join(folder, name)
+            os.chown(path, uid, gid, follow_symlinks=False)
+            if lock:
+                mode = os.lstat(path).st_mode
+                if not stat.S_ISLNK(mode) and stat.S_IMODE(mode) & 0o7022:
+                    os.chmod(path, stat.S_IMODE(mode) & ~0o7022)
+    os.chown(root, uid, gid)
+    if lock:
+        os.chmod(root, stat.S_IMODE(os.stat(root).st_mode) & ~0o7022)
+
+
 class VenvCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, sandbox: bool = True) -> None:
         self.root = root
         self._locks: dict[str, asyncio.Lock] = {}
+        # pip runs sandboxed wherever bwrap works, even under --no-sandbox: its build backends
+        # run the function author's code at deploy time, in the gateway's place.
+        self.bwrap = bwrap_path() if sandbox else None
 
     def key(self, requirements: str) -> str:
         h = hashlib.sha256()
@@ -42,8 +277,12 @@ class VenvCache:
         h.update(_meaningful(requirements).encode())
         return h.hexdigest()[:24]
 
-    async def ensure(self, requirements: str, log: Path | None = None) -> Path:
-        """The venv for these requirements, built on first use; returns its folder."""
+    async def ensure(self, requirements: str, log: Path | None = None, *, function: str | None = None) -> Path:
+        """The venv for these requirements, built on first use; returns its folder.
+
+        ``function`` names whose uid runs pip under a root gateway; without it, the log file's
+        name (the local provider logs to ``NAME.log``), else a builder uid of its own."""
+        check_requirements(requirements)
         key = self.key(requirements)
         final = self.root / key
         if (final / ".complete").exists():
@@ -55,7 +294,7 @@ class VenvCache:
             self.root.mkdir(parents=True, exist_ok=True)
             work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
             try:
-                await self._build(work, requirements, log)
+                await self._build(work, requirements, log, function or (log.stem if log else _BUILDER))
                 readable_by_all(work)  # a root platform's function uids run from it
                 (work / ".complete").touch()
                 if final.exists():
@@ -66,25 +305,51 @@ class VenvCache:
                 raise
         return final
 
-    async def _build(self, venv: Path, requirements: str, log: Path | None) -> None:
-        await _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], log)
+    async def _build(self, venv: Path, requirements: str, log: Path | None, function: str) -> None:
+        await _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], log, what="venv")
         python = venv / "bin" / "python"
         purelib = await _capture([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
         site_line = "import site; " + "; ".join(f"site.addsitedir({d!r})" for d in _platform_site_dirs())
         Path(purelib.strip(), "_streamfaas_platform.pth").write_text(site_line + "\n")
-        if _meaningful(requirements):
-            req = venv / "requirements.txt"
-            req.write_text(requirements)
-            await _run(
-                [
-                    sys.executable, "-m", "pip", "--python", str(python), "install",
-                    "--disable-pip-version-check", "--no-input", "-q", "-r", str(req),
-                ],
-                log,
-            )
+        if not _meaningful(requirements):
+            return
+        req = venv / "requirements.txt"
+        req.write_text(requirements)
+        # The venv's own python: pip comes from the platform's site-packages through the .pth
+        # line, and the platform's interpreter may be a link the sandbox does not show.
+        argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q", "-r", str(req)]
+        failed = f"pip install failed for function {function!r}: see `streamfaas logs {function}`"
+        if self.bwrap is None:
+            with tempfile.TemporaryDirectory(prefix="streamfaas-pip-") as home:
+                env, _ = pip_environment(os.environ, home)
+                err = await _run(argv, log, what="pip", env=env, cwd=str(venv), check=False)
+        else:
+            env, local = pip_environment(os.environ, "/tmp")
+            uid = function_uid(function) if os.geteuid() == 0 else None
+            spec = build_install_spec(bwrap=self.bwrap, venv_dir=venv, read_only=local, uid=uid)
+            command, fds = sandbox_command(spec, argv, env)
+            if uid is not None:
+                _own_tree(venv, uid, uid, lock=False)  # the only folder it may write
+            try:
+                err = await _run(command, log, what="pip", env={}, cwd="/", check=False, pass_fds=fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+                if uid is not None:  # the platform's again; function uids read it, none writes it
+                    _own_tree(venv, os.geteuid(), os.getegid(), lock=True)
+        if err is not None:
+            missing = _NOT_FOUND.search(err)
+            names = check_requirements(requirements)
+            if missing and canonicalize_name(missing.group(1)) in names:  # only a name the text holds
+                failed += f" (no matching distribution found for {canonicalize_name(missing.group(1))})"
+            raise DeployError(failed)
 
 
-async def _run(argv: list[str], log: Path | None) -> None:
+async def _run(argv: list[str], log: Path | None, *, what: str, env: Mapping[str, str] | None = None,
+               cwd: str | None = None, check: bool = True, pass_fds: tuple[int, ...] | list[int] = ()) -> str | None:
+    """Run a step of a venv build, its output appended to the function's log. On failure: its
+    stderr (for the caller to look at, never to quote) when ``check`` is false, else a
+    DeployError that quotes none of it."""
     out = open(log, "ab") if log else None  # noqa: SIM115 - closed below
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -92,14 +357,22 @@ async def _run(argv: list[str], log: Path | None) -> None:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=out or asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            pass_fds=tuple(pass_fds),
         )
-        _, err = await proc.communicate()
+        _, raw = await proc.communicate()
+        err = raw.decode(errors="replace")
+        if out is not None and err:
+            out.write(raw if raw.endswith(b"\n") else raw + b"\n")
     finally:
         if out:
             out.close()
-    if proc.returncode != 0:
-        tail = err.decode(errors="replace").strip().splitlines()[-3:]
-        raise DeployError(f"{Path(argv[2]).name if len(argv) > 2 else argv[0]} failed: {' | '.join(tail)}")
+    if proc.returncode == 0:
+        return None
+    if check:
+        raise DeployError(f"{what} failed (exit {proc.returncode}); its output is in the function's log")
+    return err
 
 
 async def _capture(argv: list[str]) -> str:

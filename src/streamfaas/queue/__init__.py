@@ -6,12 +6,15 @@ from pathlib import Path
 
 from ..config import QueueConfig
 from .base import FunctionSlots, JobNotFound, JobQueue, Lease, QueueUnavailable
+from .callbacks import CallbackPolicy, CallbackRefused
 from .job import AUTH_HEADERS, Job, JobInfo, QueueDepth, check_path
 from .metrics import QueueMetrics
 from .worker import FunctionTokens, QueueWorker, TokenUnavailable
 
 __all__ = [
     "AUTH_HEADERS",
+    "CallbackPolicy",
+    "CallbackRefused",
     "FunctionSlots",
     "FunctionTokens",
     "Job",

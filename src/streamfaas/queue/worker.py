@@ -5,6 +5,11 @@ A job is acked only once it is done: its callback answered 2xx, or it had none. 
 last retry the job goes to the dead-letter list. On shutdown, in-flight jobs get the drain
 timeout to finish; the rest go back to the queue at once.
 
+A callback goes only where the callback policy allows (callbacks.py): an address in its URL is
+checked before the function runs, a name on the addresses it resolves to as the worker connects,
+and redirects are not followed. A refused callback is a permanent failure: the job is
+dead-lettered at once, with the reason, and not retried.
+
 With several gateways, a gateway that accepts no connection is skipped at once for the next one
 (nothing reached it, so nothing runs twice); one that dies during a call fails that attempt,
 which is retried, through another gateway, like any other failure.
@@ -33,6 +38,7 @@ from ..config import QueueConfig
 from ..errors import StreamfaasError
 from ..proxy import forward_headers
 from .base import FunctionSlots, JobQueue, Lease, QueueUnavailable
+from .callbacks import CallbackPolicy, CallbackRefused, PolicyResolver
 from .gateways import GatewayList
 from .job import AUTH_HEADERS, Job
 from .metrics import QueueMetrics
@@ -72,6 +78,7 @@ class Outcome:
     status: int  # the function's status code (0: no answer)
     retry_reason: str | None = None  # function | connection | callback; None: done
     error: str = ""
+    permanent: bool = False  # no retry can succeed: dead-letter it now
 
 
 def backoff_delay(config: QueueConfig, failed_before: int) -> float:
@@ -100,7 +107,10 @@ class QueueWorker:
         self.metrics = metrics
         self.name = name or worker_id()
         self._tokens = tokens
+        self.callback_policy = CallbackPolicy(config.callback_allow)
         self._session: aiohttp.ClientSession | None = None
+        # Callbacks have their own connections, made only to addresses the policy allows.
+        self._callback_session: aiohttp.ClientSession | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Work until ``stop`` is set, then drain and return."""
@@ -112,12 +122,17 @@ class QueueWorker:
             running.add(task)
             task.add_done_callback(running.discard)
 
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30)
-        async with aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type", "Accept"),
-        ) as session:
+        def client(resolver: PolicyResolver | None = None) -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, resolver=resolver),
+                auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type", "Accept"),
+            )
+
+        log.info("queue worker %s: callbacks may go to %s", self.name, self.callback_policy.describe())
+        async with client() as session, client(PolicyResolver(self.callback_policy)) as callbacks:
             self._session = session
+            self._callback_session = callbacks
             try:
                 while not stop.is_set():
                     try:
@@ -128,7 +143,7 @@ class QueueWorker:
                             await asyncio.wait_for(stop.wait(), 1.0)
             finally:
                 await self._drain(running)
-                self._session = None
+                self._session = self._callback_session = None
 
     async def _drain(self, running: set[asyncio.Task[None]]) -> None:
         if not running:
@@ -181,9 +196,9 @@ class QueueWorker:
                 if metrics is not None:
                     metrics.completed.labels(function_name=fn, code=str(outcome.status)).inc()
                     metrics.done_seconds.labels(function_name=fn).observe(max(0.0, time.time() - job.submitted_at))
-            elif job.attempts + 1 > self.config.max_retries:
-                log.warning("queue worker: %s (%s) dead-lettered after %d attempts: %s",
-                            job.call_id, fn, job.attempts + 1, outcome.error)
+            elif outcome.permanent or job.attempts + 1 > self.config.max_retries:
+                log.warning("queue worker: %s (%s) dead-lettered after %d attempts%s: %s", job.call_id, fn,
+                            job.attempts + 1, " (not retried)" if outcome.permanent else "", outcome.error)
                 await lease.dead_letter(outcome.error)
                 if metrics is not None:
                     metrics.failures.labels(function_name=fn).inc()
@@ -200,6 +215,13 @@ class QueueWorker:
 
     async def _attempt(self, job: Job) -> Outcome:
         began = time.perf_counter()
+        if job.callback_url:
+            try:
+                # An address refused here is refused at submit: the job was stored by a gateway
+                # with a wider policy, an older version, or by other means. Nothing is run.
+                self.callback_policy.check_url(job.callback_url)
+            except CallbackRefused as exc:
+                return Outcome(0, "callback", f"callback {job.callback_url} refused: {exc}", permanent=True)
         try:
             job.function_url(self.gateways.urls[0])
         except ValueError as exc:
@@ -216,7 +238,10 @@ class QueueWorker:
             text = answer.body[:_ERROR_TEXT].decode(errors="replace").strip()
             return Outcome(status, "function", f"function answered HTTP {status}: {text}")
         if job.callback_url:
-            error = await self._callback(job, status, answer.content_type, answer.body, duration)
+            try:
+                error = await self._callback(job, status, answer.content_type, answer.body, duration)
+            except CallbackRefused as exc:
+                return Outcome(status, "callback", f"callback {job.callback_url} refused: {exc}", permanent=True)
             if error:
                 return Outcome(status, "callback", error)
         return Outcome(status)
@@ -264,9 +289,11 @@ class QueueWorker:
             return exc
 
     async def _callback(self, job: Job, status: int, content_type: str | None, body: bytes, duration: float) -> str:
-        """POST the result as OpenFaaS's queue-worker does; return an error, or "" once delivered."""
-        session = self._session
+        """POST the result as OpenFaaS's queue-worker does; return an error, or "" once delivered.
+        CallbackRefused: the policy does not allow the callback's address (it is not contacted)."""
+        session = self._callback_session
         assert session is not None and job.callback_url
+        self.callback_policy.check_url(job.callback_url)  # the client connects to an address without resolving it
         headers = {
             "X-Call-Id": job.call_id,
             "X-Function-Name": job.function,
@@ -278,6 +305,7 @@ class QueueWorker:
             headers["Content-Type"] = content_type
         try:
             async with asyncio.timeout(self.config.callback_timeout or None):
+                # Not following redirects: a 3xx is an answer (a failed callback), never a new address.
                 async with session.post(job.callback_url, data=body, headers=headers, allow_redirects=False) as resp:
                     await resp.read()
                     if 200 <= resp.status < 300:

@@ -110,9 +110,13 @@ def deployment_manifest(d: FunctionDeployment, namespace: str, *, replicas: int,
         # cold start is served as soon as the function is up.
         "readinessProbe": _probe("/_/ready", period=1, failures=3),
         "livenessProbe": {**_probe("/_/health", period=10, failures=3), "initialDelaySeconds": 5},
+        # A function is untrusted code: no Linux capabilities (the watchdog listens on 8080 and
+        # needs none) and the runtime's default seccomp filter.
         "securityContext": {
             "readOnlyRootFilesystem": d.readOnlyRootFilesystem,
             "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
     volumes: list[dict[str, Any]] = []

@@ -1,0 +1,180 @@
+"""A function's requirements.txt is untrusted input: ``pip install`` at deploy time runs its
+build backends in the function sandbox (never as root, never seeing the state directory or the
+gateway's environment), lines that make pip read local files are refused, and no error quotes
+what pip printed."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import tarfile
+import textwrap
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from platform_fixture import Platform, Signals
+from streamfaas.sandbox import bwrap_path
+
+CANARY = "gateway-env-CANARY-7731"
+SECRET = "S3CR3T-VALUE-42"
+
+# The build backend of a package the function's requirements name: it reports what it can see
+# to the test (over the network: the sandbox shares it), then fails the build.
+BACKEND = """
+import json, os, urllib.request
+
+def _try(path):
+    try:
+        with open(path) as f:
+            return "read: " + f.read()
+    except Exception as exc:
+        return "denied: " + type(exc).__name__
+
+paths = json.loads(PATHS)
+report = {
+    "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(),
+    "env": dict(os.environ),
+    "read": {p: _try(p) for p in paths["read"]},
+    "exists": {p: os.path.exists(p) for p in paths["exists"]},
+    "listdir": {p: sorted(os.listdir(p)) for p in paths["listdir"]},
+}
+urllib.request.urlopen(urllib.request.Request(SIGNALS + "/mark/backend", data=json.dumps(report).encode(), method="POST"), timeout=10)
+
+def _fail(*args, **kwargs):
+    raise RuntimeError("backend saw: " + json.dumps(report))
+
+get_requires_for_build_wheel = build_wheel = build_sdist = prepare_metadata_for_build_wheel = _fail
+"""
+
+
+def _probe_sdist(folder: Path, signals_url: str, paths: dict[str, list[str]]) -> None:
+    """``sfprobe-1.0.tar.gz`` in ``folder`` (the operator's PIP_FIND_LINKS wheelhouse): an sdist
+    with ``requires = []`` and its backend in the sdist itself (``backend-path = ["."]``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+        "backend.py": f"PATHS = {json.dumps(paths)!r}\nSIGNALS = {signals_url!r}\n" + BACKEND,
+        "PKG-INFO": "Metadata-Version: 2.1\nName: sfprobe\nVersion: 1.0\n",
+    }
+    with tarfile.open(folder / "sfprobe-1.0.tar.gz", "w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"sfprobe-1.0/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.fixture
+def signals() -> Iterator[Signals]:
+    s = Signals()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _deploy(p: Platform, tmp_path: Path, name: str, requirements: str) -> tuple[int, str]:
+    handler = p.write_function(tmp_path, name, "def handle(req):\n    return 'ok'\n", requirements=requirements)
+    p.images.build(f"{name}:latest", "python3-flask", handler)
+    r = p.http.post(f"{p.url}/system/functions", json={"service": name, "image": f"{name}:latest"})
+    return r.status_code, r.text
+
+
+@pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not usable here; .ci/run installs it")
+def test_build_backend_in_requirements_runs_sandboxed_without_root_or_state(
+        tmp_path: Path, signals: Signals, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheelhouse = tmp_path / "wheelhouse"
+    state = tmp_path / "state"
+    home = Path(os.path.expanduser("~"))
+    paths = {
+        "read": [str(state / "auth" / "admin-password"), str(state / "secrets" / "probe-secret"), "/etc/shadow"],
+        # The venv being built lies below the state directory, so its parents are there (empty).
+        "exists": [str(state / name) for name in ("auth", "secrets", "queue.db", "functions", "logs", "images", "run")]
+                  + [str(home / ".openfaas"), "/home", str(tmp_path / "backendprobe")],
+        "listdir": [str(state)],
+    }
+    _probe_sdist(wheelhouse, signals.url, paths)
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheelhouse))  # the operator's wheelhouse, read-only inside
+    monkeypatch.setenv("STREAMFAAS_TEST_CANARY", CANARY)  # the gateway's environment: pip must not see it
+    with Platform(state).start() as p:
+        r = p.http.post(f"{p.url}/system/secrets", json={"name": "probe-secret", "value": SECRET})
+        assert r.status_code in (200, 201, 202), r.text
+        status, body = _deploy(p, tmp_path, "backendprobe", "sfprobe==1.0\n")
+        [mark] = signals.wait_marks("backend", 1, timeout=60)
+        report = json.loads(mark)
+        assert status == 500, body
+        assert "pip install failed for function 'backendprobe'" in body
+        log = (state / "logs" / "backendprobe.log").read_text()
+    # The backend ran (its failure is in the function's log), but not as root ...
+    assert "backend saw:" in log
+    assert report["uid"] != 0 and report["euid"] != 0 and report["gid"] != 0, report
+    # ... and saw nothing of the state directory, the home folder or the test's files ...
+    assert all(v.startswith("denied") for v in report["read"].values()), report["read"]
+    assert not any(report["exists"].values()), report["exists"]
+    assert report["listdir"] == {str(state): ["venvs"]}, report["listdir"]
+    # ... nor the gateway's environment: only what the platform chose, the wheelhouse included.
+    assert CANARY not in json.dumps(report["env"])
+    assert report["env"]["PIP_FIND_LINKS"] == str(wheelhouse)
+    assert not {"STREAMFAAS_STATE_DIR", "OPENFAAS_URL", "STREAMFAAS_TEST_CANARY"} & set(report["env"])
+    # The API's error quotes none of pip's output (the backend's traceback holds what it read).
+    assert "backend saw" not in body and "RuntimeError" not in body and SECRET not in body
+
+
+def test_requirements_that_read_local_files_are_refused_without_quoting_them(tmp_path: Path) -> None:
+    with Platform(tmp_path / "state").start() as p:
+        r = p.http.post(f"{p.url}/system/secrets", json={"name": "db-password", "value": SECRET})
+        assert r.status_code in (200, 201, 202), r.text
+        secret_file = p.state_dir / "secrets" / "db-password"
+        assert secret_file.read_text() == SECRET
+        other = tmp_path / "host-file.txt"
+        other.write_text(SECRET + "\n")
+        lines = [f"-r {secret_file}", f"--constraint={secret_file}", f"-c{other}", str(other), f"file://{other}",
+                 f"sfx @ file://{other}", f"-e {tmp_path}", f"--find-links {tmp_path}", "./local-package", "~/pkg"]
+        for number, line in enumerate(lines):
+            name = f"refused{number}"
+            status, body = _deploy(p, tmp_path, name, textwrap.dedent(f"""\
+                # ordinary lines pass the check
+                flask
+                {line}
+                """))
+            assert status == 400, (line, status, body)
+            assert "requirements.txt line 3 is refused" in body, (line, body)
+            assert SECRET not in body and str(secret_file) not in body and str(tmp_path) not in body, (line, body)
+            assert name not in p.http.get(f"{p.url}/system/functions").text
+        # A line the check lets through still gets no pip output quoted: pip's complaint about
+        # a package no index has goes to the log, the API names the requirement only.
+        status, body = _deploy(p, tmp_path, "notfound", "sf-no-such-package==9.9\n")
+        assert status == 500, body
+        assert "pip install failed for function 'notfound'" in body
+        assert "no matching distribution found for sf-no-such-package" in body
+        assert "ERROR" not in body
+
+
+def test_requirements_from_the_operators_wheelhouse_install_into_a_venv_functions_cannot_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    info = "sfwheel-2.0.dist-info"
+    files = {"sfwheel/__init__.py": "VERSION = '2.0'\n", f"{info}/METADATA": "Metadata-Version: 2.1\nName: sfwheel\nVersion: 2.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: streamfaas-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    with zipfile.ZipFile(wheelhouse / "sfwheel-2.0-py3-none-any.whl", "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+        wheel.writestr(f"{info}/RECORD", "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"]))
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheelhouse))
+    with Platform(tmp_path / "state").start() as p:
+        handler = p.write_function(tmp_path, "wheeled", "import sfwheel\n\ndef handle(req):\n    return sfwheel.VERSION\n",
+                                   requirements="sfwheel==2.0\n")
+        p.deploy("wheeled", handler)
+        assert httpx.get(p.function_url("wheeled"), timeout=30).text == "2.0"
+        [venv] = [v for v in (p.state_dir / "venvs").iterdir() if list(v.glob("lib/python*/site-packages/sfwheel"))]
+        for path in [venv, *venv.rglob("*")]:
+            st = path.lstat()
+            assert st.st_uid == os.geteuid() and st.st_gid == os.getegid(), path
+            assert stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o7022, (path, oct(st.st_mode))
