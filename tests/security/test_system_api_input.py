@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from platform_fixture import Platform, wait_for
@@ -127,3 +129,21 @@ def test_a_log_tail_larger_than_any_log_means_all_of_it(shared_platform: Platfor
             assert r.status_code == 200, r.text
             return "tail-marker" in r.text
         wait_for(marked, 20, what="the function's log line with a huge tail")
+
+
+def test_a_system_body_past_its_limit_is_413_before_it_is_all_read(shared_platform: Platform) -> None:
+    p = shared_platform
+    big = b'{"name": "huge", "value": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    r = p.http.post(f"{p.url}/system/secrets", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413, r.text[:200]
+    assert "limit" in r.text and r.text.count("\n") <= 1
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds on what arrives
+        yield b'{"name": "huge", "value": "'
+        for _ in range(17):
+            yield b"x" * (1024 * 1024)
+        yield b'"}'
+
+    r = p.http.post(f"{p.url}/system/secrets", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413, r.text[:200]
+    assert "huge" not in [s["name"] for s in p.http.get(f"{p.url}/system/secrets").json()]

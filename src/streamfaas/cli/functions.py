@@ -338,9 +338,9 @@ def describe(ctx: Context, name: str, as_json: bool) -> None:
     if scaling:
         rows += _scaling_rows(scaling)
     if f.get("startError"):  # why it does not start: the end of the function's traceback
-        rows.append(("Start Error", f["startError"].replace("\n", "\n" + " " * 20)))
+        rows.append(("Start Error", "\n".join(map(printable, str(f["startError"]).split("\n"))).replace("\n", "\n" + " " * 20)))
     for key, value in rows:
-        click.echo(f"{key + ':':<20}{value}")
+        click.echo(f"{key + ':':<20}{value if key == 'Start Error' else printable(str(value))}")
 
 
 def _scaling(client: GatewayClient, name: str) -> dict[str, Any] | None:
@@ -393,6 +393,16 @@ def remove(ctx: Context, names: tuple[str, ...], stack_file: str | None) -> None
         click.echo(f"removed {name}", err=True)
 
 
+# C0 controls but tab, DEL and C1 controls, shown escaped: a function writes its log and its
+# start error, and an escape sequence must not act on the terminal that shows them (clear it,
+# move the cursor over a line's real time and instance, set the clipboard with OSC 52).
+_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c != 0x09}
+
+
+def printable(text: str) -> str:
+    return text.translate(_CONTROLS)
+
+
 @click.command()
 @click.argument("name")
 @gateway_option
@@ -403,7 +413,8 @@ def remove(ctx: Context, names: tuple[str, ...], stack_file: str | None) -> None
 def logs(ctx: Context, name: str, follow: bool, tail: int, since: str | None) -> None:
     """Print a function's logs; --follow streams new lines."""
     for message in ctx.client().logs(name, tail=tail, follow=follow, since=since):
-        click.echo(f"{message.get('timestamp', '')} {message.get('instance', '')} {message.get('text', '')}".strip())
+        line = f"{message.get('timestamp', '')} {message.get('instance', '')} {message.get('text', '')}".strip()
+        click.echo(printable(line))
         sys.stdout.flush()  # a follower piped into another program sees each line at once
 
 

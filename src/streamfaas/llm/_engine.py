@@ -54,6 +54,9 @@ class Engine:
         params.cpuparams.n_threads = threads
         params.cpuparams_batch.n_threads = threads
         params.verbosity = 0
+        # A generation ends when its slot's context is full (no shifting the context to go on):
+        # that, not max_tokens, bounds what one request can cost; set here, not left to the default.
+        params.ctx_shift = False
         params.endpoint_metrics = True
         # xllamacpp also starts llama.cpp's own HTTP listener. Keep it on loopback, on a port
         # nobody is told, behind a key nobody knows: only this process talks to the model.

@@ -16,8 +16,11 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 POLL_INTERVAL = 0.1
+TAIL_WINDOW = 256 * 1024  # a tail reads this much of the file's end first, then 4× more as needed
+FOLLOW_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +54,32 @@ def split_line(line: str) -> tuple[float | None, str, str]:
     return stamp, "", rest
 
 
-def read_history(path: Path, function: str, *, whole: bool) -> tuple[list[LogLine], int, bytes]:
-    """The lines of ``path`` as ``LogLine``s, the offset read up to, and the start of a last line
-    still being written, which is left out unless ``whole``. A line without a stamp takes the
-    last stamp before it (the first one after it for lines at the top, the file's last change
-    if no line has one)."""
+def _read_end(f: BinaryIO, last: int) -> tuple[bytes, int]:
+    """The end of file ``f`` that holds its ``last`` lines (all of it if ``last`` < 0), and the
+    offset read up to."""
+    if last < 0:
+        data = f.read()
+        return data, len(data)
+    size = os.fstat(f.fileno()).st_size
+    window = TAIL_WINDOW
+    while True:
+        start = max(0, size - window)
+        f.seek(start)
+        data = f.read(size - start)
+        if start == 0 or data.count(b"\n") > last + 1:
+            # Past the start of the file, the first line is only a piece of one: not shown.
+            return (data if start == 0 else data[data.find(b"\n") + 1 :]), start + len(data)
+        window *= 4
+
+
+def read_history(path: Path, function: str, *, whole: bool, newest: int = -1) -> tuple[list[LogLine], int, bytes]:
+    """The lines of ``path`` as ``LogLine``s (its ``newest`` lines or more, all if negative), the
+    offset read up to, and the start of a last line still being written, which is left out
+    unless ``whole``. A line without a stamp takes the last stamp before it (the first one after
+    it for lines at the top, the file's last change if no line has one)."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data, end = _read_end(f, newest)
             changed = os.fstat(f.fileno()).st_mtime
     except FileNotFoundError:
         return [], 0, b""
@@ -75,7 +96,7 @@ def read_history(path: Path, function: str, *, whole: bool) -> tuple[list[LogLin
         else:
             last = stamp
         out.append(LogLine(stamp, instance or function, text))
-    return out, len(data), data[cut:]
+    return out, end, data[cut:]
 
 
 async def follow_log(
@@ -89,7 +110,9 @@ async def follow_log(
 ) -> AsyncIterator[LogLine]:
     """Yield the last ``tail`` lines (all if negative) at or after ``since``, then, with
     ``follow``, new lines as they are written, until the function goes away."""
-    history, position, partial = read_history(path, function, whole=not follow)
+    # In a thread (a log may be large), and for a plain tail only the end of the file.
+    window = tail if tail >= 0 and since is None else -1
+    history, position, partial = await asyncio.to_thread(read_history, path, function, whole=not follow, newest=window)
     if since is not None:
         history = [ln for ln in history if ln.time >= since]
     for line in deque(history, maxlen=tail) if tail >= 0 else history:
@@ -100,7 +123,7 @@ async def follow_log(
         try:
             with open(path, "rb") as f:
                 f.seek(position)
-                chunk = f.read()
+                chunk = f.read(FOLLOW_CHUNK)  # a fast writer is caught up with a piece at a time
                 position = f.tell()
         except FileNotFoundError:
             chunk = b""

@@ -39,7 +39,13 @@ async def pump_output(stream: asyncio.StreamReader, prefix: bytes, on_line: Call
         if on_line is not None:
             on_line(line)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()).encode()
-        out.write(stamp + prefix + line if line.endswith(b"\n") else stamp + prefix + line + b"\n")
+        # A piece of an over-long line may hold several lines: each gets the stamp and prefix, so
+        # a function cannot write a line of its log that looks like the platform's or another
+        # replica's.
+        pieces = line.split(b"\n")
+        if pieces[-1] == b"":
+            pieces.pop()
+        out.write(b"".join(stamp + prefix + piece + b"\n" for piece in pieces))
         out.flush()
 
 

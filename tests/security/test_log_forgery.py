@@ -1,0 +1,62 @@
+"""A function writes its own log, and an admin reads it in a terminal: what it writes must not
+pass for the platform's lines or another replica's, nor act on that terminal, nor stall the
+gateway that serves it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from streamfaas.cli.functions import printable
+from streamfaas.provider.logs import TAIL_WINDOW, follow_log, read_history, split_line
+from streamfaas.watchdog.function_process import pump_output
+
+FORGED = b"2026-01-02T03:04:05Z otherfn[r9] streamfaas: replica exited with code 0\n"
+
+
+def test_a_piece_of_an_over_long_line_cannot_start_a_line_of_its_own(capfdbinary: pytest.CaptureFixture[bytes]) -> None:
+    async def pump() -> None:
+        reader = asyncio.StreamReader(limit=65536)
+        reader.feed_data(b"A" * 70000 + b"x\n" + FORGED + b"ordinary\n")
+        reader.feed_eof()
+        await pump_output(reader, b"fn[r1] stdout: ")
+
+    asyncio.run(pump())
+    lines = capfdbinary.readouterr().out.decode().splitlines()
+    assert len(lines) >= 2  # (asyncio's reader drops the over-long line itself)
+    for line in lines:  # every line is the watchdog's stamp and this replica's prefix
+        _, instance, text = split_line(line)
+        assert instance == "fn[r1]" and text.startswith("stdout: "), line[:120]
+    assert any(line.endswith("stdout: " + FORGED.decode().strip()) for line in lines)
+
+
+def test_control_characters_reach_the_terminal_escaped() -> None:
+    hostile = "ok \x1b]52;c;aGk=\x07 \x1b[2J\rfake \x9b1m\x7f\ttab"
+    shown = printable(hostile)
+    assert not any(ord(c) < 0x20 and c != "\t" or 0x7F <= ord(c) < 0xA0 for c in shown)
+    assert shown == "ok \\x1b]52;c;aGk=\\x07 \\x1b[2J\\x0dfake \\x9b1m\\x7f\ttab"
+    assert printable("plain text, ünïcode ✓") == "plain text, ünïcode ✓"
+
+
+def test_a_tail_reads_only_the_end_of_a_large_log(tmp_path: Path) -> None:
+    log = tmp_path / "fn.log"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(log, "w") as f:
+        for i in range(200_000):  # ≈ 8 MB
+            f.write(f"{stamp} fn[r1] stdout: line {i}\n")
+    lines, end, partial = read_history(log, "fn", whole=True, newest=3)
+    assert len(lines) * 40 <= TAIL_WINDOW  # the file's end, not all 200,000 lines
+    assert [ln.text for ln in lines[-3:]] == ["stdout: line 199997", "stdout: line 199998", "stdout: line 199999"]
+    assert end == log.stat().st_size and partial == b""
+
+    async def tail(n: int) -> list[str]:
+        return [line.text async for line in follow_log(log, "fn", tail=n, since=None, follow=False, alive=lambda: False)]
+
+    assert asyncio.run(tail(3)) == ["stdout: line 199997", "stdout: line 199998", "stdout: line 199999"]
+    every = asyncio.run(tail(-1))
+    assert len(every) == 200_000 and every[0] == "stdout: line 0"
+    deep = asyncio.run(tail(50_000))  # more than the first window holds: it grows until it does
+    assert len(deep) == 50_000 and deep[0] == "stdout: line 150000"
