@@ -237,6 +237,62 @@ async def test_a_malformed_response_is_a_502_kind_of_error(serve, answer: bytes)
     assert str(caught.value).startswith("upstream unavailable")
 
 
+def _endless(first: bytes, more: bytes) -> Answer:
+    """A head that never ends: ``first``, then ``more`` again and again, in 16 KiB writes."""
+
+    def answer(request: bytes, transport: asyncio.Transport) -> None:
+        transport.write(first)
+
+        def again() -> None:
+            if not transport.is_closing():
+                transport.write(more * (16384 // len(more)))
+                asyncio.get_running_loop().call_soon(again)
+
+        again()
+
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (_endless(b"HTTP/1.1 200 OK\r\nX-Endless: ", b"a"), "larger than 64 KiB"),  # one header, never ending
+        (_endless(b"HTTP/1.1 200 OK\r\n", b"X: a\r\n"), "more than 256 headers"),  # headers, never ending
+        (_endless(b"HTTP/1.1 200 OK\r\n", b"X-Long-Header-Name: " + b"v" * 400 + b"\r\n"), "larger than 64 KiB"),
+    ],
+    ids=["one-endless-header", "endless-headers", "large-headers"],
+)
+async def test_a_response_head_past_its_bounds_is_refused_not_kept(serve, answer: Answer, why: str) -> None:  # type: ignore[no-untyped-def]
+    # A function is untrusted code: what it sends before its body is bounded in size and count.
+    server = await serve(answer)
+    with pytest.raises(UpstreamError) as caught:
+        async with asyncio.timeout(10):
+            await Pool(unix_path=server.path).request("GET", BASE, "/", CIMultiDict(), None)
+    assert why in str(caught.value)
+    await wait_until(lambda: all(t.is_closing() for t in server.transports), "the function's connection to close")
+
+
+async def test_a_head_just_under_the_bound_with_its_body_in_the_same_write_is_whole(serve) -> None:  # type: ignore[no-untyped-def]
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nX-Big: " + b"h" * 60000 + b"\r\n\r\n"
+    body = b"b" * 100000
+    server = await serve(lambda req, t: t.write(head + body))  # one write: head and body arrive together
+    r = await Pool(unix_path=server.path).request("GET", BASE, "/", CIMultiDict(), None)
+    assert r.status == 200 and len(r.headers["X-Big"]) == 60000
+    got = b""
+    while chunk := await r.content.readany():
+        got += chunk
+    assert got == body
+
+
+@pytest.mark.parametrize("status", [b"000", b"099"])
+async def test_a_status_that_is_not_an_http_status_is_refused(serve, status: bytes) -> None:  # type: ignore[no-untyped-def]
+    server = await serve(lambda req, t: t.write(b"HTTP/1.1 " + status + b" Odd\r\nContent-Length: 2\r\n\r\nok"))
+    with pytest.raises(UpstreamError) as caught:
+        async with asyncio.timeout(10):
+            await Pool(unix_path=server.path).request("GET", BASE, "/", CIMultiDict(), None)
+    assert "not an HTTP status" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "method, target, headers",
     [("GET", "/a b", {}), ("GET", "/a\r\nX: 1", {}), ("GET", "no-slash", {}), ("GET", "/", {"X-A": "1\r\nX-Injected: 1"}),

@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from .upstream import Pool
 
 LIMIT = 2**16  # body bytes buffered before the upstream connection is paused
+# A response head (status line and headers, interim ones included) from a function, which is
+# untrusted code: llhttp bounds neither a header's size nor their number, so an endless header
+# would grow without end in the watchdog and then in the gateway. Go's of-watchdog and nginx
+# stop far lower than this too.
+MAX_HEAD = 64 * 1024
+MAX_HEADERS = 256
 
 Address = tuple[str, int] | str  # (host, port), or a Unix socket's path
 
@@ -102,7 +108,7 @@ class Response:
     connection may be reused) or ``close()`` (anything else: the connection is closed)."""
 
     __slots__ = ("status", "reason", "headers", "content", "_conn", "_raw", "_head", "_complete", "_keep", "_head_only",
-                 "_delimited", "_sent", "_sender")
+                 "_delimited", "_sent", "_sender", "_head_left")
 
     def __init__(self, conn: Connection, head_only: bool) -> None:
         self.status = 0
@@ -118,6 +124,7 @@ class Response:
         self._delimited = True  # by a length or by chunks (else by the connection's close)
         self._sent = False  # the whole request went out
         self._sender: asyncio.Task[None] | None = None
+        self._head_left = MAX_HEAD  # bytes the head may still take
 
     @property
     def content_length(self) -> int | None:
@@ -152,6 +159,8 @@ class Response:
 
     # Called by the connection.
     def _headers_complete(self, status: int) -> None:
+        if not 100 <= status <= 999:
+            raise _Refused(f"status {status:03d} is not an HTTP status")
         if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): the real one follows
             self._raw.clear()
             return
@@ -211,12 +220,29 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         try:
+            if not response.status:  # the head is still coming: MAX_HEAD bytes in all
+                if len(data) > response._head_left:
+                    head, data = data[: response._head_left], data[response._head_left :]
+                    self.parser.feed_data(head)
+                    if not response.status:
+                        raise _Refused(f"a response head larger than {MAX_HEAD // 1024} KiB")
+                    if self.response is None:  # a whole response in the head's share: the rest is unasked for
+                        if data:
+                            self.close()
+                        return
+                else:
+                    response._head_left -= len(data)
             self.parser.feed_data(data)
+        except _Refused as exc:
+            response._fail(_broken(f"refused {exc}"))
+            self.close()
         except httptools.HttpParserUpgrade:
             response._fail(_broken("the function switched protocols"))
             self.close()
         except httptools.HttpParserError as exc:
-            response._fail(_broken(f"malformed response ({exc.__class__.__name__})"))
+            cause = exc.__cause__ or exc.__context__
+            why = f"refused {cause}" if isinstance(cause, _Refused) else f"malformed response ({exc.__class__.__name__})"
+            response._fail(_broken(why))
             self.close()
 
     def eof_received(self) -> bool | None:
@@ -262,7 +288,10 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         assert self.response is not None
-        self.response._raw.append((name, value))
+        raw = self.response._raw
+        if len(raw) >= MAX_HEADERS:
+            raise _Refused(f"a response with more than {MAX_HEADERS} headers")
+        raw.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self.response is not None
@@ -293,6 +322,10 @@ class Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+class _Refused(Exception):
+    """A response head the platform does not take from a function."""
 
 
 def _broken(why: str) -> ClientPayloadError:

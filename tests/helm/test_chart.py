@@ -6,6 +6,7 @@ tests/k8s/test_helm_install.py."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import string
 import sys
@@ -244,18 +245,36 @@ def test_queue_runs_nats_and_workers_and_the_gateways_queue_into_it(everything: 
     svc = find(everything, "Service", "rel-streamfaas-nats")
     assert svc["spec"]["ports"][0]["port"] == 4222
 
-    args = _gateway_container(everything)["args"]
-    nats_url = "nats://rel-streamfaas-nats:4222"
-    assert {"--queue=nats", f"--nats-url={nats_url}", "--nats-stream=STREAMFAAS_ASYNC", "--no-queue-worker"} <= set(args)
+    gateway = _gateway_container(everything)
+    args = gateway["args"]
+    assert {"--queue=nats", "--nats-stream=STREAMFAAS_ASYNC", "--no-queue-worker"} <= set(args)
+    # NATS asks for a password, and its URL with it reaches the gateway from a Secret, never
+    # on a command line (a function pod that reaches NATS cannot queue a job naming any function).
+    assert not any(a.startswith("--nats-url") for a in args)
+    from_secret = {"secretKeyRef": {"name": "rel-streamfaas-nats-auth", "key": "url"}}
+    assert {"name": "NATS_URL", "valueFrom": from_secret} in gateway["env"]
+    nats_secret = find(everything, "Secret", "rel-streamfaas-nats-auth")
+    password = secret_value(nats_secret, "password")
+    assert len(password) == 32 and password.isalnum()
+    assert secret_value(nats_secret, "url") == f"nats://streamfaas:{password}@rel-streamfaas-nats:4222"
+    assert secret_value(nats_secret, "auth.conf") == f'authorization {{\n  user: streamfaas\n  password: "{password}"\n}}\n'
+    assert container["args"][0] == "--config=/etc/nats/auth.conf"
+    assert {"name": "auth", "mountPath": "/etc/nats", "readOnly": True} in container["volumeMounts"]
+    auth_volume = {v["name"]: v for v in nats_pod["volumes"]}["auth"]["secret"]
+    assert auth_volume["secretName"] == "rel-streamfaas-nats-auth" and auth_volume["items"] == [{"key": "auth.conf", "path": "auth.conf"}]
+    assert password not in json.dumps(gateway) and password not in json.dumps(nats)
 
     worker = find(everything, "Deployment", "rel-streamfaas-queue-worker")
     pod = worker["spec"]["template"]["spec"]
     wc = pod["containers"][0]
     gateway_url = "http://rel-streamfaas-gateway:8080"
-    assert wc["args"][:4] == ["queue-worker", f"--gateway={gateway_url}", "--queue=nats", f"--nats-url={nats_url}"]
+    assert wc["args"][:3] == ["queue-worker", f"--gateway={gateway_url}", "--queue=nats"]
+    assert not any(a.startswith("--nats-url") for a in wc["args"])
     assert pod["automountServiceAccountToken"] is False
-    # The worker's credentials: faas-cli's config for that gateway URL, the same password.
-    assert wc["env"] == [{"name": "OPENFAAS_CONFIG", "value": "/var/run/secrets/streamfaas"}]
+    # The worker's credentials: faas-cli's config for that gateway URL, the same password; NATS's
+    # URL with its password from the Secret.
+    assert wc["env"] == [{"name": "OPENFAAS_CONFIG", "value": "/var/run/secrets/streamfaas"},
+                         {"name": "NATS_URL", "valueFrom": from_secret}]
     assert {v["name"]: v for v in pod["volumes"]}["auth"]["secret"]["items"] == [{"key": "config.yml", "path": "config.yml"}]
     secret = find(everything, "Secret", "rel-streamfaas-auth")
     config = YAML(typ="safe").load(secret_value(secret, "config.yml"))
@@ -266,13 +285,21 @@ def test_queue_runs_nats_and_workers_and_the_gateways_queue_into_it(everything: 
 def test_queue_addresses_and_storage_can_be_set(helm: Path) -> None:
     objects = render(helm, "queue.enabled=true", "queue.natsUrl=nats://10.244.0.9:4222",
                      "queue.worker.gatewayUrl=http://10.244.0.8:8080", "queue.nats.persistence.enabled=false")
-    assert "--nats-url=nats://10.244.0.9:4222" in _gateway_container(objects)["args"]
+    password = secret_value(find(objects, "Secret", "rel-streamfaas-nats-auth"), "password")
+    assert secret_value(find(objects, "Secret", "rel-streamfaas-nats-auth"), "url") == f"nats://streamfaas:{password}@10.244.0.9:4222"
     worker = find(objects, "Deployment", "rel-streamfaas-queue-worker")["spec"]["template"]
     assert "--gateway=http://10.244.0.8:8080" in worker["spec"]["containers"][0]["args"]
     assert "checksum/gateway-url" in worker["metadata"]["annotations"]
+    # NATS_URL comes from a Secret: a new address rolls the gateways and the workers.
+    gateway = find(objects, "Deployment", "rel-streamfaas-gateway")["spec"]["template"]
+    before = render(helm, "queue.enabled=true", "queue.nats.persistence.enabled=false")
+    old_gateway = find(before, "Deployment", "rel-streamfaas-gateway")["spec"]["template"]
+    assert gateway["metadata"]["annotations"]["checksum/nats-url"] != old_gateway["metadata"]["annotations"]["checksum/nats-url"]
+    assert worker["metadata"]["annotations"]["checksum/nats-url"] == gateway["metadata"]["annotations"]["checksum/nats-url"]
     nats = find(objects, "StatefulSet")
     assert "volumeClaimTemplates" not in nats["spec"]
-    assert nats["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert [v["name"] for v in nats["spec"]["template"]["spec"]["volumes"]] == ["auth", "data"]
+    assert {"name": "data", "emptyDir": {}} in nats["spec"]["template"]["spec"]["volumes"]
 
 
 
@@ -288,7 +315,7 @@ def test_the_worker_takes_several_gateways_each_with_its_credentials(helm: Path)
 def test_network_policy_admits_only_the_gateways_to_function_pods(default: list[dict[str, Any]],
                                                                    everything: list[dict[str, Any]]) -> None:
     assert not [o for o in default if o["kind"] == "NetworkPolicy"]
-    policy = find(everything, "NetworkPolicy")
+    policy = find(everything, "NetworkPolicy", "rel-streamfaas-functions")
     assert policy["metadata"]["namespace"] == FN_NS
     assert policy["spec"]["podSelector"] == {"matchExpressions": [{"key": "faas_function", "operator": "Exists"}]}
     assert policy["spec"]["policyTypes"] == ["Ingress"]
@@ -298,6 +325,21 @@ def test_network_policy_admits_only_the_gateways_to_function_pods(default: list[
     assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "sf-system"}}
     assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
     assert peer["podSelector"]["matchLabels"].items() <= gateway_labels.items()
+
+
+def test_network_policy_admits_only_the_gateways_and_workers_to_nats(everything: list[dict[str, Any]]) -> None:
+    policy = find(everything, "NetworkPolicy", "rel-streamfaas-nats")
+    nats_labels = find(everything, "StatefulSet", "rel-streamfaas-nats")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= nats_labels.items()
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 4222, "protocol": "TCP"}]
+    assert sorted(peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] for peer in rule["from"]) == ["gateway", "queue-worker"]
+    assert all("namespaceSelector" not in peer for peer in rule["from"])  # this release's namespace only
+
+
+def test_the_functions_namespace_refuses_privileged_pods_where_pod_security_runs(default: list[dict[str, Any]]) -> None:
+    labels = find(default, "Namespace", FN_NS)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "baseline" and labels["openfaas"] == "1"
 
 
 def test_kubernetes_api_address_becomes_the_gateways_service_env(helm: Path) -> None:

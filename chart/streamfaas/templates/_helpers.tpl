@@ -47,6 +47,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 {{- end -}}
 
+{{/* The Secret with NATS's password and the URL that carries it (nats-secret.yaml). */}}
+{{- define "streamfaas.natsSecret" -}}
+{{- printf "%s-nats-auth" (include "streamfaas.fullname" .) -}}
+{{- end -}}
+
 {{- define "streamfaas.natsUrl" -}}
 {{- default (printf "nats://%s-nats:4222" (include "streamfaas.fullname" .)) .Values.queue.natsUrl -}}
 {{- end -}}
