@@ -165,7 +165,7 @@ class WatchdogConfig:
     idle_timeout: float = 120.0
     ready_timeout: float = 60.0
     buffer_body: bool = False
-    max_body: int = DEFAULT_MAX_BODY  # enforced by the gateway; read here so a bad value shows in the log
+    max_body: int = DEFAULT_MAX_BODY  # enforced by the gateway, and here on bodies read whole (buffer_body, forking)
     max_inflight: int = 0
     healthcheck_interval: float = 5.0
     drain_timeout: float = 30.0

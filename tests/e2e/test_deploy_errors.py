@@ -150,7 +150,8 @@ def test_raising_handler_answers_500_with_one_line_and_logs_the_traceback(shared
     r = httpx.post(shared_platform.function_url(name), content=b"xyz", timeout=30)
     assert r.status_code == 500
     assert r.headers["content-type"].startswith("text/plain")
-    assert r.text == "handler failed: ValueError: bad input: xyz (the traceback is in the function's logs)\n"
+    # The type only: the message (here the caller's own input) may quote what the handler held.
+    assert r.text == "handler failed: ValueError (the traceback is in the function's logs)\n"
     log = shared_platform.state_dir / "logs" / f"{name}.log"
     text = wait_for(lambda: log.exists() and "ValueError: bad input: xyz" in log.read_text() and log.read_text(),
                     what="the traceback in the function's log")

@@ -361,6 +361,34 @@ def test_static_does_not_follow_symlinks_out_of_its_folder(static_watchdog: str)
     assert "OUTSIDE" not in r.text
 
 
+@pytest.mark.parametrize("mode", ["serializing", "streaming"])
+def test_a_watchdog_reached_directly_holds_bodies_it_reads_whole_to_max_body(tmp_path: Path, mode: str) -> None:
+    # On Kubernetes any pod can reach a function's watchdog around the gateway: a body it
+    # reads whole (serializing mode, or buffer_body) is held to max_body there too.
+    env = {**os.environ, "mode": mode, "port": "0", "fprocess": "wc -c", "max_body": "1000", "buffer_body": "true"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamfaas.watchdog"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        assert " watchdog: watchdog listening on " in line, line
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+        url = line.split()[-1]
+        assert httpx.post(url, content=b"x" * 500, timeout=10).text.strip() == "500"
+        r = httpx.post(url, content=b"x" * 5000, timeout=10)  # said by its Content-Length
+        assert r.status_code == 413 and "max_body of 1000 bytes" in r.text
+
+        def endless() -> Iterator[bytes]:  # no Content-Length: held to the limit as it arrives
+            for _ in range(1000):
+                yield b"y" * 1024
+
+        r = httpx.post(url, content=endless(), timeout=10)
+        assert r.status_code == 413, r.text
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 def test_unknown_mode_is_a_config_error() -> None:
     from streamfaas.config import WatchdogConfig
     from streamfaas.errors import ConfigError

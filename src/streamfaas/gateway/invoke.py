@@ -68,7 +68,11 @@ def qualified_name(name: str, namespace: str) -> str:
 
 
 def _call_headers(request: web.Request) -> tuple[str, str]:
-    call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
+    # A caller's own id is kept if it could be one (as on /async-function): at most 200
+    # printable characters; anything else is replaced, not passed on to the function's logs.
+    call_id = request.headers.get("X-Call-Id")
+    if not call_id or len(call_id) > 200 or not call_id.isprintable():
+        call_id = str(uuid.uuid4())
     return call_id, str(time.time_ns())
 
 

@@ -195,12 +195,23 @@ def _headers_limit(config: WatchdogConfig) -> float:
     return min(limits) if limits else 0.0
 
 
-async def _read_body(request: web.Request, config: WatchdogConfig) -> bytes:
+async def read_body(request: web.Request, config: WatchdogConfig) -> bytes:
+    """A request body read whole, within ``read_timeout`` and ``max_body``: the gateway holds
+    bodies to ``max_body`` too, but on Kubernetes other pods can reach a watchdog directly."""
+    limit = config.max_body
+    too_large = _PayloadTooLarge(f"request body is larger than this function's max_body of {limit} bytes")
+    if limit and (request.content_length or 0) > limit:
+        raise too_large
+    body = bytearray()
     try:
         async with asyncio.timeout(config.read_timeout or None):
-            return await request.read()
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if limit and len(body) > limit:
+                    raise too_large
     except TimeoutError:
         raise _RequestTimeout(f"request body not received within {config.read_timeout:g}s") from None
+    return bytes(body)
 
 
 def _log_request(config: WatchdogConfig, text: str) -> None:
@@ -221,6 +232,10 @@ class _RequestTimeout(StreamfaasError):
     http_status = 408
 
 
+class _PayloadTooLarge(StreamfaasError):
+    http_status = 413
+
+
 async def _stop_feeding(feeder: asyncio.Task[None]) -> None:
     feeder.cancel()
     await asyncio.gather(feeder, return_exceptions=True)
@@ -233,7 +248,7 @@ async def invoke_streaming(request: web.Request, config: WatchdogConfig, command
     started = time.monotonic()
     body: bytes | aiohttp.StreamReader | None = request.content if request.body_exists else None
     if config.buffer_body:
-        body = await _read_body(request, config)
+        body = await read_body(request, config)
     _log_request(config, "Forking fprocess.")
     process = await RequestProcess.start(command, cgi_environment(request), config)
     feeder = asyncio.create_task(process.feed(body))
@@ -308,7 +323,7 @@ async def invoke_serializing(request: web.Request, config: WatchdogConfig, comma
     """Serializing mode: the body read whole into stdin, stdout read whole, then one sized
     response (500 with stderr's last line if the process failed)."""
     started = time.monotonic()
-    body = await _read_body(request, config)
+    body = await read_body(request, config)
     _log_request(config, "Forking fprocess.")
     process = await RequestProcess.start(command, cgi_environment(request), config)
     feeder = asyncio.create_task(process.feed(body))

@@ -21,7 +21,7 @@ from ..config import WatchdogConfig
 from ..errors import StreamfaasError
 from ..proxy import StreamLimits, error_response, forward_headers, open_upstream, stream_response
 from ..upstream import Pool
-from .forking import invoke_serializing, invoke_streaming
+from .forking import invoke_serializing, invoke_streaming, read_body
 from .function_process import FunctionProcess
 from .spawn import RequestCommand, Spawned
 from .start_report import READY, report_failure
@@ -119,10 +119,9 @@ async def proxy_to_function(request: web.Request, state: WatchdogState) -> web.S
     body: bytes | aiohttp.StreamReader | None = None
     if config.buffer_body:
         try:
-            async with asyncio.timeout(config.read_timeout or None):
-                body = await request.read()
-        except TimeoutError:
-            return error_response(f"request body not received within {config.read_timeout:g}s", 408)
+            body = await read_body(request, config)
+        except StreamfaasError as exc:  # too slow (408) or too large (413)
+            return error_response(str(exc), exc.http_status)
     elif request.body_exists:
         body = request.content
         if request.content_length is not None:

@@ -76,7 +76,8 @@ def listen_backlog():
 
 
 def text_errors(app):
-    """A handler that raises answers 500 with one line of text, not Flask's HTML error page;
+    """A handler that raises answers 500 with one line of text naming the exception's type,
+    not Flask's HTML error page;
     the traceback goes to stderr, which is the function's log. HTTP errors the handler raised
     on purpose (``abort(404)``) are answered as Flask answers them."""
     from flask import Response
@@ -88,9 +89,9 @@ def text_errors(app):
             return exc
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
         sys.stderr.flush()
-        first = (str(exc).splitlines() or [""])[0].strip()
-        what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-        text = f"handler failed: {what[:300]} (the traceback is in the function's logs)\n"
+        # The type only: a message often quotes what the handler held (a URL with its API key,
+        # a secret's value), and any caller can make a call fail.
+        text = f"handler failed: {type(exc).__name__[:100]} (the traceback is in the function's logs)\n"
         return Response(text, status=500, mimetype="text/plain")
 
 
