@@ -190,7 +190,9 @@ def per_round(r: dict[str, Any]) -> dict[str, Any]:
     return {k: (percentiles(v) if k in SAMPLES else v) for k, v in r.items()}
 
 
-async def run_bench(gw: Gateway, work: Path, plan: Plan) -> dict[str, Any]:
+async def deploy_burst_function(gw: Gateway, work: Path, plan: Plan) -> tuple[str, list[int], list[int]]:
+    """``FN`` built and deployed for ``plan``; its one replica's function-server socket, and
+    the pids of its watchdog and of its function server."""
     (work / FN).mkdir()
     (work / FN / "handler.py").write_text(HANDLER)
     build_image(gw, FN, work / FN)
@@ -206,13 +208,18 @@ async def run_bench(gw: Gateway, work: Path, plan: Plan) -> dict[str, Any]:
         await Api(session, gw).wait_ready(FN)
     # The one replica's function server (no session is opened on it here: each round opens its own).
     socket = FunctionServers(session, gw, FN).addresses()[-1].removeprefix("unix:")
+    wd = watchdog_pids(gw.pid, FN)
+    argv0 = {p: cmdline(p).split(b"\0")[0] for p in function_pids(gw.pid, FN)}
+    fn = [p for p, a in argv0.items() if p not in wd and b"python" in a]  # not bwrap's
+    return socket, wd, fn
+
+
+async def run_bench(gw: Gateway, work: Path, plan: Plan) -> dict[str, Any]:
+    socket, wd, fn = await deploy_burst_function(gw, work, plan)
     paths: dict[str, Target] = {
         "direct": (lambda: aiohttp.UnixConnector(socket, limit=0), "http://localhost"),
         "through": (lambda: aiohttp.TCPConnector(limit=0), gw.function_url(FN)),
     }
-    wd = watchdog_pids(gw.pid, FN)
-    argv0 = {p: cmdline(p).split(b"\0")[0] for p in function_pids(gw.pid, FN)}
-    fn = [p for p, a in argv0.items() if p not in wd and b"python" in a]  # not bwrap's
     pids = {"client": [os.getpid()], "gateway": [gw.pid], "watchdog": wd, "function": fn}
     await asyncio.sleep(1.0)
     out: dict[str, Any] = {"processes": {k: len(v) for k, v in pids.items()}}

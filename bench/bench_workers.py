@@ -32,24 +32,17 @@ import uvloop
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from bench_burst import FN, HANDLER, SAMPLES, Plan, Target, burst_round, pooled  # noqa: E402
+from bench_burst import FN, SAMPLES, Plan, Target, burst_round, deploy_burst_function, pooled  # noqa: E402
 from benchlib import (  # noqa: E402
-    Api,
-    FunctionServers,
     Gateway,
     Run,
     bench_gateway,
-    build_image,
-    client_session,
-    cmdline,
     describe_code,
-    function_pids,
     platform_options,
     raise_fd_limit,
     step,
     stop_group,
     table,
-    watchdog_pids,
 )
 from cpuwatch import CpuWatch, wait_quiet  # noqa: E402
 
@@ -80,19 +73,8 @@ def start_loops(count: int, watchdog: str) -> tuple[list[subprocess.Popen[bytes]
 
 
 async def run_bench(gw: Gateway, work: Path, plan: Plan, loops: dict[str, int]) -> dict[str, Any]:
-    (work / FN).mkdir()
-    (work / FN / "handler.py").write_text(HANDLER)
-    build_image(gw, FN, work / FN)
-    async with client_session() as session:
-        env = {"threads": str(max(plan.levels) + 16), "drain_timeout": "2s"}
-        pin = {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "1"}
-        await Api(session, gw).deploy({"service": FN, "image": f"{FN}:latest", "envVars": env, "labels": pin})
-        await Api(session, gw).wait_ready(FN)
-    fn_socket = FunctionServers(session, gw, FN).addresses()[-1].removeprefix("unix:")
+    fn_socket, wd, fn = await deploy_burst_function(gw, work, plan)
     wd_socket = fn_socket.removesuffix(".fn.sock") + ".sock"
-    wd = watchdog_pids(gw.pid, FN)
-    argv0 = {p: cmdline(p).split(b"\0")[0] for p in function_pids(gw.pid, FN)}
-    fn = [p for p, a in argv0.items() if p not in wd and b"python" in a]
     base = {"client": [os.getpid()], "watchdog": wd, "function": fn}
     procs: list[subprocess.Popen[bytes]] = []
     try:

@@ -32,7 +32,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from . import proxy_direct
 from ._upstream_conn import Response
 from .config import SseSettings
-from .errors import StreamfaasError, UpstreamError, UpstreamTimeout
+from .errors import PayloadTooLarge, StreamfaasError, UpstreamError, UpstreamTimeout
 from .upstream import Pool
 
 # RFC 9110 §7.6.1 connection-specific headers, plus the ones aiohttp sets itself per hop.
@@ -263,6 +263,19 @@ class _HeartbeatClock:
     async def _send(due: list[_Heartbeat]) -> None:
         for beat in due:
             await beat.send()
+
+
+async def read_capped(request: web.Request, limit: int, too_large: str) -> bytes:
+    """A request's body read whole, as it comes; ``PayloadTooLarge(too_large)`` once it is past
+    ``limit`` bytes, by its Content-Length before any of it is read or as it arrives (0: no limit)."""
+    if limit and (request.content_length or 0) > limit:
+        raise PayloadTooLarge(too_large)
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if limit and len(body) > limit:
+            raise PayloadTooLarge(too_large)
+    return bytes(body)
 
 
 async def open_upstream(

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -340,8 +341,15 @@ def static_watchdog(tmp_path: Path) -> Iterator[str]:
     outside.write_text("OUTSIDE-SECRET\n")
     image = ImageStore(tmp_path / "images").build("site", "python3-flask", handler)
     (image.path / "function" / "public" / "link.txt").symlink_to(outside)  # images are immutable; tests may cheat
-    env = {**os.environ, "mode": "static", "port": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamfaas.watchdog"], cwd=image.path, env=env,
+    with _watchdog_by_hand(image.path, mode="static") as url:
+        yield url
+
+
+@contextmanager
+def _watchdog_by_hand(cwd: Path, **settings: str) -> Iterator[str]:
+    """``python -m streamfaas.watchdog`` in ``cwd`` with these settings (and port 0); its URL."""
+    env = {**os.environ, **settings, "port": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamfaas.watchdog"], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         assert proc.stdout is not None
@@ -365,15 +373,7 @@ def test_static_does_not_follow_symlinks_out_of_its_folder(static_watchdog: str)
 def test_a_watchdog_reached_directly_holds_bodies_it_reads_whole_to_max_body(tmp_path: Path, mode: str) -> None:
     # On Kubernetes any pod can reach a function's watchdog around the gateway: a body it
     # reads whole (serializing mode, or buffer_body) is held to max_body there too.
-    env = {**os.environ, "mode": mode, "port": "0", "fprocess": "wc -c", "max_body": "1000", "buffer_body": "true"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamfaas.watchdog"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert " watchdog: watchdog listening on " in line, line
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        url = line.split()[-1]
+    with _watchdog_by_hand(tmp_path, mode=mode, fprocess="wc -c", max_body="1000", buffer_body="true") as url:
         assert httpx.post(url, content=b"x" * 500, timeout=10).text.strip() == "500"
         r = httpx.post(url, content=b"x" * 5000, timeout=10)  # said by its Content-Length
         assert r.status_code == 413 and "max_body of 1000 bytes" in r.text
@@ -384,9 +384,6 @@ def test_a_watchdog_reached_directly_holds_bodies_it_reads_whole_to_max_body(tmp
 
         r = httpx.post(url, content=endless(), timeout=10)
         assert r.status_code == 413, r.text
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
 
 
 def test_unknown_mode_is_a_config_error() -> None:

@@ -12,7 +12,6 @@ import stat
 import tarfile
 import textwrap
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -68,15 +67,6 @@ def _probe_sdist(folder: Path, signals_url: str, paths: dict[str, list[str]]) ->
             info = tarfile.TarInfo(f"sfprobe-1.0/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-
-
-@pytest.fixture
-def signals() -> Iterator[Signals]:
-    s = Signals()
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def _deploy(p: Platform, tmp_path: Path, name: str, requirements: str) -> tuple[int, str]:

@@ -20,8 +20,8 @@ from aiohttp import web
 from yarl import URL
 
 from ..config import GatewayConfig
-from ..errors import BadRequest, FunctionNotFound, PayloadTooLarge
-from ..proxy import forward_headers
+from ..errors import BadRequest, FunctionNotFound
+from ..proxy import forward_headers, read_capped
 from ..queue import (
     AUTH_HEADERS,
     CallbackPolicy,
@@ -144,20 +144,6 @@ def _call_id(raw: str | None) -> str:
     return raw
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    def too_large() -> PayloadTooLarge:
-        return PayloadTooLarge(f"request body is larger than the async limit of {limit} bytes (--max-async-body)")
-
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large()
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise too_large()
-    return bytes(body)
-
-
 def _raw_tail(request: web.Request) -> str:
     """What followed ``/async-function/NAME``, as the caller encoded it: decoded, an escaped
     "/" or "?" would change where the call goes."""
@@ -174,7 +160,7 @@ def _check_private(state: GatewayState, request: web.Request, name: str, namespa
     d = state.provider.record(name, namespace).deployment
     header = request.headers.get("Authorization")
     check_function_access(name, d.labels, d.annotations, header, state.credentials,
-                          lambda: state.provider.function_token(name, namespace), cross_site_reason(request))
+                          lambda: state.provider.function_token(name, namespace), lambda: cross_site_reason(request))
 
 
 async def submit_async(request: web.Request) -> web.Response:
@@ -188,7 +174,8 @@ async def submit_async(request: web.Request) -> web.Response:
     path = _raw_tail(request)
     callback = _callback_url(request.headers.get("X-Callback-Url"), invocations.callback_policy)
     call_id = _call_id(request.headers.get("X-Call-Id"))
-    body = await _read_body(request, state.config.queue.max_body)
+    limit = state.config.queue.max_body
+    body = await read_capped(request, limit, f"request body is larger than the async limit of {limit} bytes (--max-async-body)")
     headers = forward_headers(request.headers, drop=_NOT_STORED)
     job = Job(
         call_id=call_id,

@@ -141,18 +141,19 @@ def check_function_access(
     header: str | None,
     credentials: Credentials | None,
     token: Callable[[], str],
-    cross_site: str | None = None,
+    cross_site: Callable[[], str | None] = lambda: None,
 ) -> bool:
     """Let a call to a function through, or raise Unauthorized: a private function takes its
     bearer token or the admin's basic auth. Returns whether the function is private.
 
-    ``cross_site`` (``cross_site_reason`` of the request): the admin's basic auth is not taken
+    ``cross_site`` (``cross_site_reason`` of the request, asked only of a private function's
+    caller, as ``token`` is read only for one): the admin's basic auth is not taken
     from a request another site's page started, whatever its method: the browser would add the
     admin's cached password to it, and a function's GET may act as much as a POST."""
     if not is_private(labels, annotations):
         return False
     if credentials is not None and credentials.matches(header):
-        if cross_site is not None:
+        if cross_site() is not None:
             raise Unauthorized(
                 f"function {name!r} is private, and the admin's password is not taken from a request "
                 "another site started (Origin, Sec-Fetch-Site): send the function's token as 'Authorization: Bearer …'"

@@ -26,6 +26,7 @@ from ..proxy import (
     forward_headers,
     is_event_stream,
     open_upstream,
+    read_capped,
     stream_response,
 )
 from ..upstream import UpstreamUnreachable
@@ -139,8 +140,8 @@ async def _prepare(
     headers = forward_headers(request.headers)
     d = record.deployment
     header = request.headers.get(hdrs.AUTHORIZATION)
-    token = lambda: provider.function_token(name, namespace)  # noqa: E731 - read only for a private function
-    if check_function_access(name, d.labels, d.annotations, header, state.credentials, token, cross_site_reason(request)):
+    if check_function_access(name, d.labels, d.annotations, header, state.credentials,
+                             lambda: provider.function_token(name, namespace), lambda: cross_site_reason(request)):
         del headers[hdrs.AUTHORIZATION]  # the platform's credential is not the function's business
     elif state.credentials is not None and state.credentials.matches(headers.get(hdrs.AUTHORIZATION)):
         del headers[hdrs.AUTHORIZATION]  # never hand the admin password to a function
@@ -163,7 +164,7 @@ async def _prepare(
     body: bytes | aiohttp.StreamReader | None = None
     limits = record.body_limits
     if limits.max_body and (request.content_length or 0) > limits.max_body:
-        raise _too_large(name, limits)  # before reading any of it, buffered or streamed
+        raise PayloadTooLarge(_too_large(name, limits))  # before reading any of it, buffered or streamed
     if record.buffer_body:
         body = await _read_body(request, name, limits)
     elif request.body_exists:
@@ -240,19 +241,14 @@ def _releaser(replica: Endpoint) -> Callable[[], None]:
 
 async def _read_body(request: web.Request, name: str, limits: BodyLimits) -> bytes:
     """A buffered body, read as it comes and given up on past ``max_body`` or ``read_timeout``."""
-    body = bytearray()
     try:
         async with asyncio.timeout(limits.read_timeout or None):
-            async for chunk in request.content.iter_any():
-                body += chunk
-                if limits.max_body and len(body) > limits.max_body:
-                    raise _too_large(name, limits)
+            return await read_capped(request, limits.max_body, _too_large(name, limits))
     except TimeoutError:
         raise RequestTimeout(
             f"request body not received within {limits.read_timeout:g}s ({name}'s read_timeout)"
         ) from None
-    return bytes(body)
 
 
-def _too_large(name: str, limits: BodyLimits) -> PayloadTooLarge:
-    return PayloadTooLarge(f"request body is larger than {name}'s max_body of {limits.max_body} bytes")
+def _too_large(name: str, limits: BodyLimits) -> str:
+    return f"request body is larger than {name}'s max_body of {limits.max_body} bytes"

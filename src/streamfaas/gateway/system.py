@@ -21,7 +21,7 @@ from .. import __version__
 from .._build import build_sha
 from ..autoscale import Autoscaler
 from ..config import parse_duration
-from ..errors import BadRequest, ConfigError, PayloadTooLarge, StreamfaasError
+from ..errors import BadRequest, ConfigError, StreamfaasError
 from ..provider.base import Provider
 from ..provider.logs import LogLine
 from ..provider.models import (
@@ -32,6 +32,7 @@ from ..provider.models import (
     SecretName,
     go_time,
 )
+from ..proxy import read_capped
 from .state import state_of
 from .stream_history import stream_history_endpoint
 
@@ -66,22 +67,10 @@ async def _mapped_errors(request: web.Request, handler: Any) -> web.StreamRespon
 MAX_SYSTEM_BODY = 16 * 1024 * 1024
 
 
-async def _bounded_body(request: web.Request) -> bytes:
-    too_large = PayloadTooLarge(f"request body is larger than the /system limit of {MAX_SYSTEM_BODY >> 20} MiB")
-    if (request.content_length or 0) > MAX_SYSTEM_BODY:
-        raise too_large
-    raw = bytearray()
-    async for chunk in request.content.iter_any():
-        raw += chunk
-        if len(raw) > MAX_SYSTEM_BODY:
-            raise too_large
-    return bytes(raw)
-
-
 async def json_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
     """A ``/system`` request's JSON object (``{}`` for an empty body unless ``required``);
     anything else is a 400 with a one-line message."""
-    raw = await _bounded_body(request)
+    raw = await read_capped(request, MAX_SYSTEM_BODY, f"request body is larger than the /system limit of {MAX_SYSTEM_BODY >> 20} MiB")
     if not raw.strip():
         if required:
             raise BadRequest("request body is empty: send JSON")

@@ -280,8 +280,8 @@ class VenvCache:
     async def ensure(self, requirements: str, log: Path | None = None, *, function: str | None = None) -> Path:
         """The venv for these requirements, built on first use; returns its folder.
 
-        ``function`` names whose uid runs pip under a root gateway; without it, the log file's
-        name (the local provider logs to ``NAME.log``), else a builder uid of its own."""
+        ``function`` names whose uid runs pip under a root gateway (without it, a builder uid
+        of its own)."""
         check_requirements(requirements)
         key = self.key(requirements)
         final = self.root / key
@@ -294,7 +294,7 @@ class VenvCache:
             self.root.mkdir(parents=True, exist_ok=True)
             work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=self.root))
             try:
-                await self._build(work, requirements, log, function or (log.stem if log else _BUILDER))
+                await self._build(work, requirements, log, function or _BUILDER)
                 readable_by_all(work)  # a root platform's function uids run from it
                 (work / ".complete").touch()
                 if final.exists():

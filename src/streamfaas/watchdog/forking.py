@@ -24,7 +24,14 @@ from multidict import CIMultiDict
 from .._process import kill_group
 from ..config import WatchdogConfig
 from ..errors import StreamfaasError, UpstreamError
-from ..proxy import StreamTimeout, _fail_after_headers, _IdleWatch, error_response, is_event_stream
+from ..proxy import (
+    StreamTimeout,
+    _fail_after_headers,
+    _IdleWatch,
+    error_response,
+    is_event_stream,
+    read_capped,
+)
 from .function_process import log_prefix, process_exit, pump_output
 from .spawn import RequestCommand
 
@@ -198,20 +205,12 @@ def _headers_limit(config: WatchdogConfig) -> float:
 async def read_body(request: web.Request, config: WatchdogConfig) -> bytes:
     """A request body read whole, within ``read_timeout`` and ``max_body``: the gateway holds
     bodies to ``max_body`` too, but on Kubernetes other pods can reach a watchdog directly."""
-    limit = config.max_body
-    too_large = _PayloadTooLarge(f"request body is larger than this function's max_body of {limit} bytes")
-    if limit and (request.content_length or 0) > limit:
-        raise too_large
-    body = bytearray()
+    too_large = f"request body is larger than this function's max_body of {config.max_body} bytes"
     try:
         async with asyncio.timeout(config.read_timeout or None):
-            async for chunk in request.content.iter_any():
-                body += chunk
-                if limit and len(body) > limit:
-                    raise too_large
+            return await read_capped(request, config.max_body, too_large)
     except TimeoutError:
         raise _RequestTimeout(f"request body not received within {config.read_timeout:g}s") from None
-    return bytes(body)
 
 
 def _log_request(config: WatchdogConfig, text: str) -> None:
@@ -230,10 +229,6 @@ def _log_wrote(config: WatchdogConfig, size: int, started: float) -> None:
 
 class _RequestTimeout(StreamfaasError):
     http_status = 408
-
-
-class _PayloadTooLarge(StreamfaasError):
-    http_status = 413
 
 
 async def _stop_feeding(feeder: asyncio.Task[None]) -> None:
