@@ -21,7 +21,7 @@ from yarl import URL
 
 from ..config import GatewayConfig
 from ..errors import BadRequest, FunctionNotFound
-from ..proxy import forward_headers, read_capped
+from ..proxy import forward_headers
 from ..queue import (
     AUTH_HEADERS,
     CallbackPolicy,
@@ -36,7 +36,7 @@ from ..queue import (
     open_queue,
 )
 from .auth import check_function_access, cross_site_reason, is_private
-from .invoke import check_namespace, qualified_name, split_name
+from .invoke import check_namespace, qualified_name, read_within, split_name
 from .state import STATE_KEY, GatewayState, state_of
 from .system import json_body
 
@@ -175,7 +175,9 @@ async def submit_async(request: web.Request) -> web.Response:
     callback = _callback_url(request.headers.get("X-Callback-Url"), invocations.callback_policy)
     call_id = _call_id(request.headers.get("X-Call-Id"))
     limit = state.config.queue.max_body
-    body = await read_capped(request, limit, f"request body is larger than the async limit of {limit} bytes (--max-async-body)")
+    too_large = f"request body is larger than the async limit of {limit} bytes (--max-async-body)"
+    read_timeout = state.provider.record(name, namespace).body_limits.read_timeout
+    body = await read_within(request, limit, too_large, name, read_timeout)
     headers = forward_headers(request.headers, drop=_NOT_STORED)
     job = Job(
         call_id=call_id,

@@ -142,9 +142,9 @@ async def _prepare(
     header = request.headers.get(hdrs.AUTHORIZATION)
     if check_function_access(name, d.labels, d.annotations, header, state.credentials,
                              lambda: provider.function_token(name, namespace), lambda: cross_site_reason(request)):
-        del headers[hdrs.AUTHORIZATION]  # the platform's credential is not the function's business
+        headers.popall(hdrs.AUTHORIZATION, None)  # the platform's credential is not the function's business
     elif state.credentials is not None and state.credentials.matches(headers.get(hdrs.AUTHORIZATION)):
-        del headers[hdrs.AUTHORIZATION]  # never hand the admin password to a function
+        headers.popall(hdrs.AUTHORIZATION, None)  # never hand the admin password to a function
     sse = SseSettings.from_env(d.envVars)
     resume = ResumeSettings.from_env(d.envVars)
     last_event_id = request.headers.get("Last-Event-ID")
@@ -241,13 +241,17 @@ def _releaser(replica: Endpoint) -> Callable[[], None]:
 
 async def _read_body(request: web.Request, name: str, limits: BodyLimits) -> bytes:
     """A buffered body, read as it comes and given up on past ``max_body`` or ``read_timeout``."""
+    return await read_within(request, limits.max_body, _too_large(name, limits), name, limits.read_timeout)
+
+
+async def read_within(request: web.Request, limit: int, too_large: str, name: str, read_timeout: float) -> bytes:
+    """A whole body, given up on past ``limit`` bytes (413) or ``read_timeout`` seconds (408):
+    a body that trickles in must not hold its bytes in memory for as long as its sender likes."""
     try:
-        async with asyncio.timeout(limits.read_timeout or None):
-            return await read_capped(request, limits.max_body, _too_large(name, limits))
+        async with asyncio.timeout(read_timeout or None):
+            return await read_capped(request, limit, too_large)
     except TimeoutError:
-        raise RequestTimeout(
-            f"request body not received within {limits.read_timeout:g}s ({name}'s read_timeout)"
-        ) from None
+        raise RequestTimeout(f"request body not received within {read_timeout:g}s ({name}'s read_timeout)") from None
 
 
 def _too_large(name: str, limits: BodyLimits) -> str:
