@@ -144,3 +144,14 @@ async def test_busy_server_answers_429(guarded_llm: LLMServer) -> None:
     status, body = await post(url, {"messages": HELLO, "max_tokens": 2}, AUTH)
     assert status == 200
     assert guarded_llm.stats(AUTH)["rejected_total"] >= 1
+
+
+async def test_more_tools_than_openai_allows_is_400_before_any_is_compiled(llm: LLMServer) -> None:
+    # Each tool's parameters are compiled into a grammar: thousands of them held the server
+    # for 20 s. 128 is OpenAI's own limit.
+    tool = {"type": "function", "function": {"parameters": {"type": "object", "properties": {"a": {"type": "string"}}}}}
+    tools = [{**tool, "function": {**tool["function"], "name": f"f{i}"}} for i in range(129)]
+    status, body = await post(f"{llm.url}/v1/chat/completions", {"messages": HELLO, "tools": tools})
+    assert status == 400
+    assert_openai_error(body, param="tools", code="invalid_value")
+    assert "at most 128" in body["error"]["message"]

@@ -175,7 +175,9 @@ async def _generate(
     state = request.app[STATE]
     body = await _read_json(request)
     state.check_model(requested_model(body))
-    parsed = parse(body)
+    # In a thread: checking a request compiles its JSON schemas' grammars, which can take a
+    # while, and the loop serves every other stream meanwhile.
+    parsed = await asyncio.to_thread(parse, body)
     generation = await _scheduler(state).submit(parsed)
     try:
         if parsed.stream:

@@ -132,11 +132,17 @@ def parse_tools(fields: Mapping[str, Any]) -> ToolUse | None:
     )
 
 
+MAX_TOOLS = 128
+
+
 def _tools(value: object) -> tuple[Tool, ...]:
     if not isinstance(value, list):
         raise errors.invalid_type("tools", "an array", value)
     if not value:
         raise errors.invalid_value("tools", "expected an array with at least one tool.")
+    if len(value) > MAX_TOOLS:
+        # OpenAI's own limit. Each tool's grammar is compiled: thousands took the server 20 s.
+        raise errors.invalid_value("tools", f"expected an array of at most {MAX_TOOLS} tools, got {len(value)}.")
     tools: list[Tool] = []
     for index, item in enumerate(value):
         where = f"tools[{index}]"
