@@ -62,6 +62,12 @@ class EventIds:
         self._event = bytearray()  # the current event, from its start
         self._sent = 0  # how much of it was passed on already
 
+    @property
+    def held(self) -> int:
+        """Bytes of the event in progress held here (a function that never ends its event
+        makes this grow: whoever feeds bounds it)."""
+        return len(self._event)
+
     def end_event(self) -> bytes:
         """What ends the event in progress, if one is: before a last event of the gateway's own."""
         if not self._event:

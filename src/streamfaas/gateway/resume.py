@@ -89,15 +89,18 @@ async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: 
             await _append(stream, retry_line + out if retry_line and not _sets_retry(chunk) else out)
         while chunk:
             last = chunk
+            if ids.held > stream.max_bytes:
+                raise EventTooLong(stream.max_bytes)
             chunk = await read()
             if chunk:
                 await _append(stream, ids.feed(chunk))
         await _append(stream, ids.flush())
         outcome = _ended_by(last)
         clean = True
-    except (ClientError, asyncio.IncompleteReadError) as exc:
+    except (ClientError, asyncio.IncompleteReadError, EventTooLong) as exc:
         outcome = "function"
-        await _append(stream, ids.feed(ids.end_event() + error_event(stream_failure(exc), 502)))
+        why = str(exc) if isinstance(exc, EventTooLong) else stream_failure(exc)
+        await _append(stream, ids.feed(ids.end_event() + error_event(why, 502)))
     finally:
         if clean:
             upstream.release()
@@ -107,6 +110,14 @@ async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: 
         stream.finish(outcome)
         if mirror is not None:
             await mirror.finished(stream)
+
+
+class EventTooLong(Exception):
+    """An event that outgrew the stream's journal: its bytes are held until its blank line
+    (to give it an id), so a function that never ends one would grow the gateway without end."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the function sent an event longer than resume_max_bytes ({limit} bytes)")
 
 
 async def _append(stream: Stream, data: bytes) -> None:
