@@ -216,6 +216,11 @@ def _env_args(env: Mapping[str, str]) -> list[str]:
 
 def _args_fd(args: Sequence[str]) -> int:
     """A memfd holding NUL-separated arguments for bwrap's ``--args`` (not in the process list)."""
+    # A NUL would end one argument and start another of the caller's choosing ("--ro-bind
+    # /state …", "--setenv LD_PRELOAD …"): every value here must be refused before, this is
+    # the last line. Not named: the value may be a secret.
+    if any("\0" in a for a in args):
+        raise ValueError("a sandbox argument or environment value holds a NUL character")
     fd = os.memfd_create("bwrap-args", 0)
     os.write(fd, b"".join(a.encode() + b"\0" for a in args))
     os.lseek(fd, 0, os.SEEK_SET)

@@ -326,7 +326,11 @@ def _image_config(layout: Path, image: str) -> dict[str, object]:
 
 
 def _strings(value: object) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, list) else []
+    strings = [str(v) for v in value] if isinstance(value, list) else []
+    if any("\0" in v for v in strings):
+        # Env, Cmd and Entrypoint become the sandbox's arguments, where a NUL starts a new one.
+        raise DeployError("the image's config holds a NUL character in Env, Cmd or Entrypoint")
+    return strings
 
 
 def _env_pairs(value: object) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from .._process import kill_group
 from ..config import WatchdogConfig
-from ..errors import StreamfaasError, UpstreamError
+from ..errors import BadRequest, StreamfaasError, UpstreamError
 from ..proxy import (
     StreamTimeout,
     _fail_after_headers,
@@ -61,6 +61,10 @@ def cgi_environment(request: web.Request) -> dict[str, str]:
     env["Http_Method"] = request.method
     if request.rel_url.raw_query_string:
         env["Http_Query"] = request.rel_url.raw_query_string
+    if "\0" in request.path:
+        # Decoded from %00: no environment variable can hold it (and in a sandbox's argument
+        # list it would split one argument in two).
+        raise BadRequest("the request path holds a NUL character (%00)")
     if request.path:
         env["Http_Path"] = request.path
     encoding = request.headers.get(hdrs.TRANSFER_ENCODING)
