@@ -21,6 +21,7 @@ from streamfaas.provider.oci_rootfs import parse_reference, prepare_rootfs, root
         "docker-archive:relative/image.tar",  # archives are named by absolute path only
         "docker-archive:../../etc/shadow",
         "oci-archive:/tmp/a b.tar",
+        "oci-archive:/tmp/image.tar",  # skopeo unpacks it as root, through the links it holds
         "docker-archive:/tmp/x.tar\x00",
     ],
 )
@@ -46,7 +47,7 @@ def test_an_archive_that_is_not_a_file_is_refused_before_skopeo_waits_on_it(tmp_
     else:
         path.mkdir()
     with pytest.raises(BadRequest, match="takes a file"):
-        parse_reference(f"oci-archive:{path}")
+        parse_reference(f"docker-archive:{path}")
 
 
 @pytest.mark.parametrize(

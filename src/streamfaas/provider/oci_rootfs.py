@@ -40,7 +40,10 @@ from .secrets import private_dir, write_private
 INSPECT_TIMEOUT = 60.0
 PULL_TIMEOUT = 600.0
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-ARCHIVES = ("docker-archive:", "oci-archive:")
+ARCHIVES = ("docker-archive:",)  # read in place by skopeo
+# skopeo unpacks an oci-archive into /var/tmp first, as the gateway's user (root), and writes
+# through the links the archive holds: "escape -> /etc/cron.d" then "escape/x".
+_UNPACKED_ARCHIVES = ("oci-archive:",)
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _BAD_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
 _LOGRUS_MSG = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
@@ -71,6 +74,11 @@ def parse_reference(image: str) -> OciReference | None:
     from .._oci_build import is_loopback_registry, registry_host
 
     text = image.strip()
+    if text.startswith(_UNPACKED_ARCHIVES):
+        raise BadRequest(
+            f"invalid image {image!r}: oci-archive: is not taken (skopeo would unpack it as this "
+            "gateway's user, following its links); use docker-archive: or a registry"
+        )
     for transport in ARCHIVES:
         if text.startswith(transport):
             path = text[len(transport):]
