@@ -371,6 +371,7 @@ class QueueConfig:
     nats_url: str = "nats://127.0.0.1:4222"
     nats_stream: str = "STREAMFAAS_ASYNC"
     max_body: int = 1024 * 1024  # a bigger async request body gets 413
+    max_response: int = 64 * 1024 * 1024  # a function's bigger answer to a job: dead-lettered; 0: no limit
     worker: bool = True  # the gateway runs a queue worker in-process
     concurrency: int = 8  # jobs of one function a worker runs at once
     max_retries: int = 5  # failed attempts retried before a job is dead-lettered

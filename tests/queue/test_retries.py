@@ -23,6 +23,15 @@ from queue_fixture import (
 from platform_fixture import Platform, Signals, streamfaas_cmd, wait_for
 
 MAX_RETRIES = 3  # FAST_QUEUE's --queue-max-retries: 4 attempts in all
+MAX_RESPONSE = 64 * 1024
+# An answer that never ends: the worker held it whole in the gateway's memory (1.5 GiB in 10 s).
+ENDLESS = """
+def handle(req):
+    def gen():
+        while True:
+            yield "x" * 65536
+    return gen()
+"""
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +39,14 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory, backend: str, nats_url: str | None, shared_signals: Signals
 ) -> Iterator[Platform]:
     root = tmp_path_factory.mktemp("retries")
-    p = Platform(root / "state", (*queue_args(backend, nats_url), *FAST_QUEUE)).start()
+    p = Platform(root / "state", (*queue_args(backend, nats_url), *FAST_QUEUE, "--max-async-response", str(MAX_RESPONSE))).start()
     try:
         signals = {"SIGNALS": shared_signals.url}  # marks and gates are per call id: both backends share it
         p.deploy("flaky", p.write_function(root, "flaky", FLAKY), env=signals, wait=False)
         p.deploy("fixable", p.write_function(root, "fixable", FIXABLE), env=signals, wait=False)
         p.deploy("echo", p.write_function(root, "echo", ECHO), wait=False)
-        for name in ("flaky", "fixable", "echo"):
+        p.deploy("endless", p.write_function(root, "endless", ENDLESS), wait=False)
+        for name in ("flaky", "fixable", "echo", "endless"):
             p.wait_ready(name)
         yield p
     finally:
@@ -107,3 +117,18 @@ def test_rest_api_lists_queue_and_rejects_bad_retry_bodies(gateway: Platform) ->
     assert gateway.http.post(f"{gateway.url}/system/queue/retry", json={"all": True, "callId": "x"}).status_code == 400
     # /system/queue is admin-only, like the rest of /system.
     assert httpx.get(f"{gateway.url}/system/queue", timeout=10).status_code == 401
+
+
+def test_an_answer_over_the_limit_is_dead_lettered_at_once_not_held(gateway: Platform) -> None:
+    call_id = submit(gateway, "endless", b"").headers["X-Call-Id"]
+    job = wait_for(lambda: dead_letters(gateway).get(call_id), 30, what="the job to be dead-lettered")
+    assert job["attempts"] == 1  # not retried: the same answer would come again
+    assert job["lastError"] == f"the function's answer is larger than {MAX_RESPONSE} bytes (--max-async-response)"
+    # An answer under the limit is delivered as ever.
+    small = submit(gateway, "echo", b"y" * 1000).headers["X-Call-Id"]
+
+    def delivered() -> bool:
+        pending = json.loads(cli(gateway, "queue", "list", "--json").stdout)["jobs"]
+        return all(j["callId"] != small for j in pending) and small not in dead_letters(gateway)
+
+    wait_for(delivered, 30, what="the small job to be delivered")

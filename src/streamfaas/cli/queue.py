@@ -62,6 +62,9 @@ _SHARED = [
                  help="Longest run of one attempt."),
     click.option("--queue-callback-timeout", "q_callback_timeout", type=DURATION, default="30s", show_default=True,
                  help="Longest wait for a callback URL to answer."),
+    click.option("--max-async-response", "q_max_response", type=SIZE, default="64MiB", show_default=True,
+                 help="Largest answer a worker takes from a function for a job (it holds it whole, "
+                      "for the callback): a bigger one is dead-lettered (0: no limit)."),
     click.option("--callback-allow", "q_callback_allow", type=Network(), multiple=True, default=(), metavar="CIDR",
                  help="Let callbacks go to this network too (repeatable), e.g. 127.0.0.1/32 or 10.0.0.0/8. "
                       "By default a callback goes only to public addresses: never loopback, link-local or private."),
@@ -83,6 +86,7 @@ def queue_config(values: dict[str, Any]) -> QueueConfig:
             nats_url=values["q_nats_url"],
             nats_stream=values["q_nats_stream"],
             max_body=values.get("q_max_body", QueueConfig.max_body),
+            max_response=values["q_max_response"],
             worker=values.get("q_worker", True),
             concurrency=values["q_concurrency"],
             max_retries=values["q_max_retries"],

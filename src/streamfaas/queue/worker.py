@@ -280,13 +280,33 @@ class QueueWorker:
             async with asyncio.timeout(self.config.invoke_timeout or None):
                 async with session.request(job.method, url, headers=headers, data=job.body,
                                            allow_redirects=False, timeout=_CALL_TIMEOUT) as resp:
-                    return Answer(resp.status, resp.headers.get("Content-Type"), await resp.read())
+                    body = await self._read_answer(resp)
+                    if body is None:
+                        limit = self.config.max_response
+                        return Outcome(resp.status, "function", f"the function's answer is larger than {limit} bytes "
+                                       "(--max-async-response)", permanent=True)
+                    return Answer(resp.status, resp.headers.get("Content-Type"), body)
         except _NOT_CONNECTED as exc:  # before TimeoutError: a connect timeout is one too
             return exc
         except TimeoutError:
             return Outcome(0, "connection", f"no answer from the function within {self.config.invoke_timeout:g}s")
         except aiohttp.ClientError as exc:
             return exc
+
+    async def _read_answer(self, resp: aiohttp.ClientResponse) -> bytes | None:
+        """The function's whole answer, or None past ``max_response`` (held in this process's
+        memory until the callback: a function that streams for ever must not grow it)."""
+        limit = self.config.max_response
+        if not limit:
+            return await resp.read()
+        if (resp.content_length or 0) > limit:
+            return None
+        body = bytearray()
+        async for chunk in resp.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                return None
+        return bytes(body)
 
     async def _callback(self, job: Job, status: int, content_type: str | None, body: bytes, duration: float) -> str:
         """POST the result as OpenFaaS's queue-worker does; return an error, or "" once delivered.
