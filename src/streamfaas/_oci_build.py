@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._files import replace_file
 from ._wheelhouse import python_tag
 from .errors import ConfigError, DeployError
 from .provider.images import _check_links
@@ -109,7 +110,7 @@ class Buildah:
         output = done.stdout + done.stderr
         if log is not None:
             log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(output)
+            replace_file(log, output)  # a link a cloned project put there is replaced, not written through
         if done.returncode != 0:
             where = f"; all of buildah's output: {log}" if log is not None else ""
             raise ImageBuildError(f"{what}: {telling_line(output)} (buildah exit {done.returncode}{where})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import io
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.scalarbool import ScalarBoolean
 
+from streamfaas._files import replace_file
 from streamfaas.config import watchdog_setting_errors
 from streamfaas.errors import StackError
 
@@ -391,7 +393,6 @@ def append_function(path: str | Path, name: str, lang: str, handler: str, image:
     if name in functions:
         raise StackError(_issue(path, root, ["functions", name], "a function by this name exists"))
     functions[name] = CommentedMap([("lang", lang), ("handler", handler), ("image", image)])
-    partial = path.with_name(f".{path.name}.tmp")
-    with partial.open("w", encoding="utf-8") as out:
-        _yaml().dump(root, out)
-    os.replace(partial, path)  # readers never see a half-written stack file
+    text = io.StringIO()
+    _yaml().dump(root, text)
+    replace_file(path, text.getvalue())

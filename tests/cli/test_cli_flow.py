@@ -161,6 +161,21 @@ def test_new_creates_function_and_stack_entry(tmp_path: Path) -> None:
     assert again.stderr.count("\n") == 1
 
 
+def test_new_writes_no_file_through_a_link_a_cloned_project_planted(tmp_path: Path) -> None:
+    victim = tmp_path / "bashrc"
+    victim.write_text("mine\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "stack.yaml").write_text("version: 1.0\nfunctions:\n  other:\n    lang: python3-flask\n    handler: ./other\n")
+    (project / ".stack.yaml.tmp").symlink_to(victim)  # the temporary name `new` once used
+    (project / "template").symlink_to(tmp_path, target_is_directory=True)  # where faas-cli's copy goes
+    result = run_cli(None, "new", "my-fn", "--lang", "python3-flask", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "mine\n"
+    assert not (project / "stack.yaml").is_symlink() and "my-fn:" in (project / "stack.yaml").read_text()
+    assert not (tmp_path / "python3-flask").exists()  # nothing laid through the linked template/
+
+
 def test_template_store_list_shows_templates() -> None:
     result = run_cli(None, "template", "store", "list")
     assert result.returncode == 0

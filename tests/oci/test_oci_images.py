@@ -267,12 +267,19 @@ def test_pushed_image_runs_its_watchdog_as_non_root_and_streams_in_order(publish
 @pytest.mark.timeout(900)
 def test_failing_requirement_is_one_line(state: Path, base_image: str, tmp_path: Path) -> None:
     stack = _write_stack(tmp_path, "badreq", REPO / "examples" / "hello", requirements="streamfaas-no-such-package==1.0\n")
+    # A cloned project's build/ may hold a link where the log goes: it is replaced, not written through.
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine\n")
+    (tmp_path / "build").mkdir(exist_ok=True)
+    (tmp_path / "build" / "badreq.buildah.log").symlink_to(victim)
     try:
         line = _one_error_line(_cli(state, "build", "--oci", "-f", str(stack), "--base-image", base_image))
     finally:
         subprocess.run(BUILDAH.argv("rmi", "badreq:latest"), capture_output=True)
     assert "streamfaas-no-such-package" in line and "buildah exit" in line
-    assert (tmp_path / "build" / "badreq.buildah.log").is_file()
+    log = tmp_path / "build" / "badreq.buildah.log"
+    assert log.is_file() and not log.is_symlink()
+    assert victim.read_text() == "mine\n"
 
 
 @needs_buildah

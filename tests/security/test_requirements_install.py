@@ -168,3 +168,21 @@ def test_requirements_from_the_operators_wheelhouse_install_into_a_venv_function
             st = path.lstat()
             assert st.st_uid == os.geteuid() and st.st_gid == os.getegid(), path
             assert stat.S_ISLNK(st.st_mode) or not st.st_mode & 0o7022, (path, oct(st.st_mode))
+
+
+def test_a_link_the_install_left_as_the_venvs_marker_is_refused_not_followed(tmp_path: Path) -> None:
+    # The venv folder is the install's to write (as the function's uid); the gateway then marks
+    # it complete as root: through a link planted there, that created any file on the host.
+    from streamfaas.errors import DeployError
+    from streamfaas.provider.venvs import _mark_complete
+
+    venv, target = tmp_path / "venv", tmp_path / "etc-nologin"
+    venv.mkdir()
+    (venv / ".complete").symlink_to(target)
+    with pytest.raises(DeployError, match="marker"):
+        _mark_complete(venv)
+    assert not target.exists() and not target.is_symlink()
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    _mark_complete(clean)
+    assert (clean / ".complete").is_file()

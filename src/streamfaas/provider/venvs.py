@@ -263,6 +263,15 @@ def _own_tree(root: Path, uid: int, gid: int, *, lock: bool) -> None:
         os.chmod(root, stat.S_IMODE(os.stat(root).st_mode) & ~0o7022)
 
 
+def _mark_complete(venv: Path) -> None:
+    """Mark a built venv. The folder was the install's to write (as the function's uid): a
+    ``.complete`` already there, a link to /etc/nologin say, is refused, never followed as root."""
+    try:
+        os.close(os.open(venv / ".complete", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+    except FileExistsError:
+        raise DeployError("installing the requirements wrote the venv's own marker (.complete): refused") from None
+
+
 class VenvCache:
     def __init__(self, root: Path, *, sandbox: bool = True) -> None:
         self.root = root
@@ -296,7 +305,7 @@ class VenvCache:
             try:
                 await self._build(work, requirements, log, function or _BUILDER)
                 readable_by_all(work)  # a root platform's function uids run from it
-                (work / ".complete").touch()
+                _mark_complete(work)
                 if final.exists():
                     shutil.rmtree(final)
                 os.replace(work, final)

@@ -61,8 +61,8 @@ def lay_for_faas_cli(name: str, root: Path) -> Path | None:
     ``template.yml`` (for the fprocess) before it sends anything. Something already there is
     the user's and stays as it is. Returns the folder when it was laid."""
     target = root / "template" / name
-    if target.exists() or target.is_symlink():
-        return None
+    if target.exists() or target.is_symlink() or (root / "template").is_symlink():
+        return None  # a linked template/ is the user's too: nothing is written through it
     get_template(name).write_folder(target)
     return target
 
