@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import aiohttp
 from aiohttp import hdrs, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from ..config import BodyLimits, ResumeSettings, SseSettings
 from ..errors import (
@@ -217,6 +217,8 @@ async def _forward(
                 continue
             provider.record(name, namespace).invocations += 1
             del headers  # sent; not kept alive for the stream's whole life
+            if hdrs.SET_COOKIE in upstream.headers or "Clear-Site-Data" in upstream.headers:
+                upstream.headers = confined_to_function(upstream.headers, f"/function/{request.match_info['name']}")
             if resume is not None and is_event_stream(upstream.headers.get(hdrs.CONTENT_TYPE)):
                 # The function's side now belongs to the journal's pump, and so does the
                 # replica's count of it: the function runs on if this client goes away.
@@ -230,6 +232,33 @@ async def _forward(
             if not journalled:
                 replica.inflight -= 1
     raise AssertionError("unreachable")
+
+
+def confined_to_function(headers: CIMultiDictProxy[str], prefix: str) -> CIMultiDictProxy[str]:
+    """A function's response headers, kept to its own URLs on the gateway's origin, which the UI
+    and the admin API share with every function: each cookie it sets gets ``Path=`` its own
+    ``/function/NAME`` (unless already below it) and no ``Domain``, and ``Clear-Site-Data`` (which
+    would wipe the origin's storage) is dropped. Before, three 4 KiB cookies at ``Path=/`` made
+    every later browser request to the gateway a 400 (a Cookie header over aiohttp's limit)."""
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in headers.items():
+        if key.lower() == "clear-site-data":
+            continue
+        if key.lower() == "set-cookie":
+            pair, *attributes = value.split(";")
+            kept = []
+            path = ""
+            for attribute in attributes:
+                field = attribute.split("=", 1)[0].strip().lower()
+                if field == "path":
+                    path = attribute.split("=", 1)[1].strip() if "=" in attribute else ""
+                elif field != "domain":
+                    kept.append(attribute)
+            if not (path == prefix or path.startswith(prefix + "/")):
+                path = prefix
+            value = ";".join([pair, *kept, f" Path={path}"])
+        out.add(key, value)
+    return CIMultiDictProxy(out)
 
 
 def _releaser(replica: Endpoint) -> Callable[[], None]:
