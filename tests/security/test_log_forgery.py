@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from streamfaas.cli.functions import printable
+from streamfaas.provider import logs
 from streamfaas.provider.logs import TAIL_WINDOW, follow_log, read_history, split_line
 from streamfaas.watchdog.function_process import pump_output
 
@@ -60,3 +61,18 @@ def test_a_tail_reads_only_the_end_of_a_large_log(tmp_path: Path) -> None:
     assert len(every) == 200_000 and every[0] == "stdout: line 0"
     deep = asyncio.run(tail(50_000))  # more than the first window holds: it grows until it does
     assert len(deep) == 50_000 and deep[0] == "stdout: line 150000"
+
+
+def test_a_whole_log_is_read_only_up_to_its_last_history_max_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A function writes its log as it likes; reading all of a 1 GiB one cost the gateway 10 GiB.
+    monkeypatch.setattr(logs, "HISTORY_MAX", 1 << 20)
+    log = tmp_path / "fn.log"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(log, "w") as f:
+        for i in range(100_000):  # ≈ 4 MB
+            f.write(f"{stamp} fn[r1] stdout: line {i}\n")
+    for newest in (-1, 90_000):
+        lines, end, _ = read_history(log, "fn", whole=True, newest=newest)
+        assert end == log.stat().st_size
+        assert sum(len(f"{stamp} fn[r1] {ln.text}\n") for ln in lines) <= 1 << 20
+        assert lines[-1].text == "stdout: line 99999" and lines[0].text.startswith("stdout: line ")  # whole lines only

@@ -21,6 +21,9 @@ from typing import BinaryIO
 POLL_INTERVAL = 0.1
 TAIL_WINDOW = 256 * 1024  # a tail reads this much of the file's end first, then 4× more as needed
 FOLLOW_CHUNK = 1 << 20
+# The most of a log's end that one request reads (older lines are not shown): a function writes
+# its log as it likes, and parsing it costs the gateway ~10× its size in memory.
+HISTORY_MAX = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,17 +59,15 @@ def split_line(line: str) -> tuple[float | None, str, str]:
 
 def _read_end(f: BinaryIO, last: int) -> tuple[bytes, int]:
     """The end of file ``f`` that holds its ``last`` lines (all of it if ``last`` < 0), and the
-    offset read up to."""
-    if last < 0:
-        data = f.read()
-        return data, len(data)
+    offset read up to; never more than ``HISTORY_MAX`` bytes of it."""
     size = os.fstat(f.fileno()).st_size
-    window = TAIL_WINDOW
+    window = HISTORY_MAX if last < 0 else TAIL_WINDOW
     while True:
+        window = min(window, HISTORY_MAX)
         start = max(0, size - window)
         f.seek(start)
         data = f.read(size - start)
-        if start == 0 or data.count(b"\n") > last + 1:
+        if start == 0 or window == HISTORY_MAX or data.count(b"\n") > last + 1:
             # Past the start of the file, the first line is only a piece of one: not shown.
             return (data if start == 0 else data[data.find(b"\n") + 1 :]), start + len(data)
         window *= 4
