@@ -66,6 +66,16 @@ def test_the_functions_token_works_from_anywhere(shared_platform: Platform, priv
     assert (r.status_code, r.text) == (200, "moved y")
 
 
+def test_a_private_functions_metrics_are_shown_to_the_admin_only(shared_platform: Platform, private_fn: str) -> None:
+    # /metrics is public by default: a private function's name and traffic are not.
+    assert httpx.post(shared_platform.function_url(private_fn), content=b"q", timeout=30).status_code == 401
+    series = f'function_name="{private_fn}"'
+    anonymous = httpx.get(f"{shared_platform.url}/metrics", timeout=30)
+    assert anonymous.status_code == 200 and "gateway_function_invocation_total" in anonymous.text
+    assert series not in anonymous.text
+    assert series in shared_platform.http.get(f"{shared_platform.url}/metrics").text  # the admin's basic auth
+
+
 def test_a_token_named_hop_by_hop_is_still_checked_and_never_passed_on(shared_platform: Platform, private_fn: str) -> None:
     # "Connection: Authorization" makes the header hop-by-hop: it is not forwarded, and its
     # removal must not fail the call (it was a 500 with a traceback in the gateway's log).
