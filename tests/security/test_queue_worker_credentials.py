@@ -75,6 +75,7 @@ def gateway(tmp_path: Path) -> Iterator[Platform]:
     try:
         p.deploy("pub", p.write_function(tmp_path, "pub", ECHO))
         p.deploy("hidden", p.write_function(tmp_path, "hidden", ECHO), labels={"streamfaas.auth/private": "true"})
+        p.deploy("turncoat", p.write_function(tmp_path, "turncoat", ECHO))  # public, until the test says
         yield p
     finally:
         p.close()
@@ -94,17 +95,25 @@ def test_async_worker_never_sends_admin_credentials(
         public = submit(gateway, "pub", b"p", callback=receiver.url).headers["X-Call-Id"]
         private = submit(gateway, "hidden", b"h", callback=receiver.url,
                          headers={"Authorization": f"Bearer {token}"}).headers["X-Call-Id"]
+        # Queued by an anonymous caller while the function was public; made private before the
+        # job runs: it runs without the token the caller never had (the function answers 401).
+        early = submit(gateway, "turncoat", b"t", callback=receiver.url).headers["X-Call-Id"]
+        update = {"service": "turncoat", "image": "turncoat:latest", "labels": {"streamfaas.auth/private": "true"}}
+        assert gateway.http.put(f"{gateway.url}/system/functions", json=update).status_code == 202
+        gateway.wait_ready("turncoat")
         with open(tmp_path / "worker.log", "wb") as log:
             worker = subprocess.Popen(
                 streamfaas_cmd("queue-worker", "--gateway", proxy.url, "--state-dir", str(gateway.state_dir), *FAST_QUEUE),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=gateway.env(),
             )
         try:
-            receiver.wait_all([public, private], timeout=60)
+            receiver.wait_all([public, private, early], timeout=60)
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(30)
         assert [c.function_status for c in receiver.of(public) + receiver.of(private)] == ["200", "200"]
-        assert sorted(proxy.function_calls()) == [("/function/hidden", f"Bearer {token}"), ("/function/pub", "")]
+        assert [c.function_status for c in receiver.of(early)] == ["401"]
+        assert sorted(proxy.function_calls()) == [
+            ("/function/hidden", f"Bearer {token}"), ("/function/pub", ""), ("/function/turncoat", "")]
     finally:
         proxy.close()

@@ -155,12 +155,13 @@ def _raw_tail(request: web.Request) -> str:
         raise BadRequest(str(exc)) from None
 
 
-def _check_private(state: GatewayState, request: web.Request, name: str, namespace: str) -> None:
-    """A private function takes async calls only from those who may call it synchronously."""
+def _check_private(state: GatewayState, request: web.Request, name: str, namespace: str) -> bool:
+    """A private function takes async calls only from those who may call it synchronously.
+    True: the function is private and this caller may call it (its job runs with the token)."""
     d = state.provider.record(name, namespace).deployment
     header = request.headers.get("Authorization")
-    check_function_access(name, d.labels, d.annotations, header, state.credentials,
-                          lambda: state.provider.function_token(name, namespace), lambda: cross_site_reason(request))
+    return check_function_access(name, d.labels, d.annotations, header, state.credentials,
+                                 lambda: state.provider.function_token(name, namespace), lambda: cross_site_reason(request))
 
 
 async def submit_async(request: web.Request) -> web.Response:
@@ -170,7 +171,7 @@ async def submit_async(request: web.Request) -> web.Response:
     namespace = check_namespace(state.provider, name, given)
     if not state.provider.has(name, namespace):
         raise FunctionNotFound(name)
-    _check_private(state, request, name, namespace)
+    private_ok = _check_private(state, request, name, namespace)
     path = _raw_tail(request)
     callback = _callback_url(request.headers.get("X-Callback-Url"), invocations.callback_policy)
     call_id = _call_id(request.headers.get("X-Call-Id"))
@@ -188,6 +189,7 @@ async def submit_async(request: web.Request) -> web.Response:
         headers=tuple(headers.items()),
         body=body,
         callback_url=callback,
+        private_ok=private_ok,
     )
     await invocations.queue.submit(job)
     invocations.metrics.submitted.labels(function_name=job.function).inc()

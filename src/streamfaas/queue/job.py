@@ -44,6 +44,11 @@ class Job:
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     callback_url: str | None = None
+    # Its caller was let call the function as a private one (its token or the admin's
+    # password): only then does a worker add the function's token. A job queued while the
+    # function was public runs without it, should the function be private by the time it runs.
+    # (True for jobs stored before this was kept: they were checked then as they are now.)
+    private_ok: bool = True
     submitted_at: float = field(default_factory=time.time)
     attempts: int = 0  # failed attempts so far; an interrupted one (crash, shutdown) does not count
     last_error: str = ""
@@ -69,6 +74,7 @@ class Job:
             "query": self.query,
             "headers": [list(h) for h in self.headers],
             "callbackUrl": self.callback_url,
+            "privateOk": self.private_ok,
             "submittedAt": self.submitted_at,
             "attempts": self.attempts,
             "lastError": self.last_error,
@@ -90,6 +96,7 @@ class Job:
             headers=tuple((str(k), str(v)) for k, v in meta.get("headers", [])),
             body=body,
             callback_url=meta.get("callbackUrl") or None,
+            private_ok=meta.get("privateOk", True) is True,
             submitted_at=float(meta.get("submittedAt", 0.0)),
             attempts=int(meta.get("attempts", 0)),
             last_error=str(meta.get("lastError", "")),

@@ -44,13 +44,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
     available_at REAL NOT NULL,
-    lease_owner TEXT
+    lease_owner TEXT,
+    private_ok INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE INDEX IF NOT EXISTS jobs_call_id ON jobs(call_id);
 """
 _IDLE_POLL = 0.5  # seconds between looks for other processes' jobs, once idle a while
-_COLUMNS = "id, call_id, function, method, path, query, headers, body, callback_url, submitted_at, attempts, last_error"
+_COLUMNS = "id, call_id, function, method, path, query, headers, body, callback_url, submitted_at, attempts, last_error, private_ok"
 
 
 def _job(row: tuple[Any, ...]) -> tuple[int, Job]:
@@ -66,6 +67,7 @@ def _job(row: tuple[Any, ...]) -> tuple[int, Job]:
         submitted_at=row[9],
         attempts=row[10],
         last_error=row[11],
+        private_ok=bool(row[12]),
     )
 
 
@@ -125,6 +127,9 @@ class SqliteQueue(JobQueue):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=30000")
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        if "private_ok" not in columns:  # a queue.db from before it was kept
+            conn.execute("ALTER TABLE jobs ADD COLUMN private_ok INTEGER NOT NULL DEFAULT 1")
         self._conn = conn
 
     def _apply(self, batch: list[tuple[Op, bool, asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
@@ -213,11 +218,11 @@ class SqliteQueue(JobQueue):
         row = (
             job.call_id, job.function, job.method, job.path, job.query, json.dumps(job.headers),
             job.body, job.callback_url, job.submitted_at, job.attempts, job.last_error,
-            max(job.submitted_at, job.not_before),
+            max(job.submitted_at, job.not_before), int(job.private_ok),
         )
         sql = (
             "INSERT INTO jobs (call_id, function, method, path, query, headers, body, callback_url,"
-            " submitted_at, attempts, last_error, available_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+            " submitted_at, attempts, last_error, available_at, private_ok) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
         )
         await self.run(lambda c: c.execute(sql, row), durable=True)
         self._submitted.set()

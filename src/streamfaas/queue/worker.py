@@ -251,7 +251,7 @@ class QueueWorker:
         headers = forward_headers(CIMultiDict(job.headers), drop=(*AUTH_HEADERS, "X-Call-Id"))
         headers["X-Call-Id"] = job.call_id
         try:
-            token = await self._tokens(job.function)
+            token = await self._tokens(job.function) if job.private_ok else None
         except TokenUnavailable as exc:
             return Outcome(0, "connection", str(exc))
         if token is not None:
