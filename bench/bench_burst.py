@@ -82,6 +82,7 @@ def handle(req):
 FIRST = 3  # a stream's first events: sent while the burst's connections are still opening
 SAMPLES = ("ttfb_ms", "first_ms", "rest_ms")
 PATHS = ("direct", "through")
+WATCHDOG_PATH = "watchdog"  # --watchdog-path: client → the replica's watchdog (Unix socket) → function
 Target = tuple[Callable[[], aiohttp.BaseConnector], str]  # new connections, and the base URL
 
 
@@ -92,6 +93,7 @@ class Plan:
     events: int = 10
     interval: float = 0.1
     settle: float = 0.5
+    paths: tuple[str, ...] = PATHS
 
 
 async def burst_round(
@@ -220,21 +222,26 @@ async def run_bench(gw: Gateway, work: Path, plan: Plan) -> dict[str, Any]:
         "direct": (lambda: aiohttp.UnixConnector(socket, limit=0), "http://localhost"),
         "through": (lambda: aiohttp.TCPConnector(limit=0), gw.function_url(FN)),
     }
+    if WATCHDOG_PATH in plan.paths:  # the watchdog's own socket: the one listener it has besides the function's
+        [wsock] = [path for path in listening_unix_sockets(wd[0]) if path != socket]
+        paths[WATCHDOG_PATH] = (lambda: aiohttp.UnixConnector(wsock, limit=0), "http://localhost")
     pids = {"client": [os.getpid()], "gateway": [gw.pid], "watchdog": wd, "function": fn}
     await asyncio.sleep(1.0)
     out: dict[str, Any] = {"processes": {k: len(v) for k, v in pids.items()}}
     out["idle"] = {k: memory(v) for k, v in pids.items()}
     unix = [path for p in wd + fn for path in listening_unix_sockets(p)]
     out["backlogs"] = listen_backlogs(int(gw.url.rsplit(":", 1)[1]), unix)
-    for path in PATHS:  # warm-up: imports, first connections
+    order = plan.paths
+    for path in order:  # warm-up: imports, first connections
         await burst_round(paths[path], min(plan.levels), plan, pids)
     watch = CpuWatch()
     for n in plan.levels:
         step(f"{n} streams at once, {plan.rounds} round(s) each way")
-        rounds: dict[str, list[dict[str, Any]]] = {p: [] for p in PATHS}
+        rounds: dict[str, list[dict[str, Any]]] = {p: [] for p in order}
         watch.mark(f"level_{n}")
         for r in range(plan.rounds):
-            for path in PATHS if r % 2 == 0 else PATHS[::-1]:
+            # Interleaved, the order rotated each round: (direct, through), (through, direct), …
+            for path in order[r % len(order):] + order[:r % len(order)]:
                 gc.collect()
                 await asyncio.sleep(plan.settle)
                 rounds[path].append(await burst_round(paths[path], n, plan, pids))
@@ -260,7 +267,7 @@ def report(results: dict[str, Any], plan: Plan) -> Targets:
     t = Targets()
     for n in plan.levels:
         level = results[f"level_{n}"]["pooled"]
-        for path in PATHS:
+        for path in plan.paths:
             p = level[path]
             cpu, rss = p["cpu_s_per_round"], p["rss_peak_kb"]
             rows.append((
@@ -275,7 +282,7 @@ def report(results: dict[str, Any], plan: Plan) -> Targets:
         for q in ("p50", "p99"):
             v = ratio(level, "ttfb_ms", q)
             t.add(f"TTFB {q} through/direct @ {n:,}", v, "×", "<= 2.2×", v <= 2.2)
-        overflows = sum(level[p]["listen_overflows"] for p in PATHS)
+        overflows = sum(level[p]["listen_overflows"] for p in plan.paths)
         t.add(f"listen overflows @ {n:,}", overflows, "", "= 0", overflows == 0)
     if 100 in plan.levels:
         v = ratio(results["level_100"]["pooled"], "all_ms", "p99")
@@ -292,10 +299,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="100 and 300 streams, 2 rounds")
     parser.add_argument("--levels", type=int, nargs="+", help="streams at once (100 1000)")
     parser.add_argument("--rounds", type=int, help="rounds per path and level (3)")
+    parser.add_argument("--watchdog-path", action="store_true",
+                        help="a third path, client → watchdog → function, to tell the two hops' costs apart")
     platform_options(parser, BENCH / "results" / "burst.json")
     args = parser.parse_args()
     levels = args.levels or ((100, 300) if args.quick else (100, 1000))
-    plan = Plan(levels=tuple(levels), rounds=args.rounds or (2 if args.quick else 3))
+    paths = (*PATHS, WATCHDOG_PATH) if args.watchdog_path else PATHS
+    plan = Plan(levels=tuple(levels), rounds=args.rounds or (2 if args.quick else 3), paths=paths)
     nofile = raise_fd_limit()  # the client holds a socket per stream; the gateway inherits it
     other_at_start = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     run = Run()
