@@ -414,14 +414,14 @@ async def stream_response(
                 if which == "idle"
                 else f"stream stopped: exceeded the {total:g}s limit"
             )
-            await _fail_after_headers(request, resp, sse, failure, on_chunk_error)
+            await _fail_after_headers(request, resp, sse, failure, on_chunk_error, idle.last if idle is not None else None)
             return resp
         except (ClientError, asyncio.IncompleteReadError) as exc:
             # aiohttp's error for writing to a closed client connection is a ClientError too.
             transport = request.transport
             outcome = "client" if transport is None or transport.is_closing() else "function"
             failure = UpstreamError(stream_failure(exc))
-            await _fail_after_headers(request, resp, sse, failure, on_chunk_error)
+            await _fail_after_headers(request, resp, sse, failure, on_chunk_error, idle.last if idle is not None else None)
             return resp
         outcome = _ended_by(idle.last) if sse else "complete"
         await resp.write_eof()
@@ -457,18 +457,29 @@ def _ended_by(last: bytes | None) -> str:
     return "timeout" if b'"status": 504}' in last else "function"
 
 
+def end_of_event(last: bytes | None) -> bytes:
+    """What ends the event the stream's ``last`` chunk left unfinished (nothing if it ended
+    one), so an error event written next is an event of its own, not lines of the function's.
+    A chunk that is only the second half of a blank line gets one more: an empty line is no event."""
+    if not last or last.endswith((b"\n\n", b"\r\n\r\n", b"\r\r")):
+        return b""
+    return b"\n" if last.endswith((b"\n", b"\r")) else b"\n\n"
+
+
 async def _fail_after_headers(
     request: web.Request,
     resp: web.StreamResponse,
     sse: bool,
     failure: StreamfaasError,
     on_error: Callable[[BaseException], None] | None,
+    last: bytes | None = None,
 ) -> None:
+    """``last``: the last chunk of the function's that went out (an event it may not have ended)."""
     if on_error is not None:
         on_error(failure)
     if sse:
         try:
-            await resp.write(error_event(str(failure), failure.http_status))
+            await resp.write(end_of_event(last) + error_event(str(failure), failure.http_status))
             await resp.write_eof()
             return
         except (ConnectionError, RuntimeError):

@@ -58,6 +58,17 @@ def test_up_of_a_syntax_error_exits_1_with_the_traceback(shared_platform: Platfo
     assert "SyntaxError" in shared_platform.status("broken")["startError"]
 
 
+def test_up_prints_a_start_error_with_its_escape_sequences_escaped(shared_platform: Platform, tmp_path: Path) -> None:
+    # The start error is the function's own stderr: OSC 52 in it set the admin's clipboard, and
+    # "\x1b[2K\r" redrew the error line as a success.
+    hostile = 'raise RuntimeError("\\x1b]52;c;Y3VybCBldmlsfHNo\\x07\\x1b[2K\\rdeployed OK")\n\ndef handle(req):\n    return req\n'
+    write_stack(tmp_path, "escapes", hostile)
+    up, _ = cli(shared_platform, "up", cwd=tmp_path)
+    assert up.returncode == 1, up.stderr
+    assert "\x1b" not in up.stderr and "\x07" not in up.stderr
+    assert "\\x1b]52;c;Y3VybCBldmlsfHNo\\x07\\x1b[2K\\rdeployed OK" in up.stderr
+
+
 def test_deploy_of_a_broken_update_exits_1_and_the_old_version_serves(shared_platform: Platform, tmp_path: Path) -> None:
     write_stack(tmp_path, "updated", GOOD)
     first, _ = cli(shared_platform, "up", cwd=tmp_path)

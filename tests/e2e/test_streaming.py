@@ -62,6 +62,8 @@ def handle(req):
     mime = "text/event-stream" if req.strip() != "plain" else "text/plain"
     def gen():
         yield "data: first\\n\\n"
+        if req.strip() == "half":
+            yield "data: partial"  # an event it never ends
         if req.strip() != "ok":
             time.sleep(0.05)
             os._exit(3)
@@ -144,6 +146,18 @@ def test_crash_mid_stream_sends_error_event_and_replica_recovers(platform: Platf
     assert r.status_code == 200
     assert r.text == "retry: 3000\ndata: first\n\ndata: second\n\n"
     assert "restarting" in (platform.state_dir / "logs" / "crashy.log").read_text()
+
+
+def test_an_error_event_after_an_unfinished_event_is_an_event_of_its_own(platform: Platform, tmp_path: Path) -> None:
+    # Written right after "data: partial", the platform's error event was read as more lines of
+    # the function's event: the client saw one odd message, and no error.
+    handler = platform.write_function(tmp_path, "crashy-half", CRASHY)
+    platform.deploy("crashy-half", handler)
+    with httpx.Client(timeout=30) as client, connect_sse(client, "POST", platform.function_url("crashy-half"), content=b"half") as es:
+        events = list(es.iter_sse())
+    assert [(e.event, e.data) for e in events[:2]] == [("message", "first"), ("message", "partial")]
+    assert events[-1].event == "error" and len(events) == 3
+    assert events[-1].json()["error"]["message"] == "the function closed the stream before finishing"
 
 
 def test_crash_mid_body_aborts_plain_response(platform: Platform, tmp_path: Path) -> None:

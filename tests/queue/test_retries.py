@@ -132,3 +132,13 @@ def test_an_answer_over_the_limit_is_dead_lettered_at_once_not_held(gateway: Pla
         return all(j["callId"] != small for j in pending) and small not in dead_letters(gateway)
 
     wait_for(delivered, 30, what="the small job to be delivered")
+
+
+def test_a_call_id_that_looks_like_markup_is_shown_as_text(gateway: Platform) -> None:
+    # The caller chooses a job's call id: `queue list` showed it as rich markup ("[/x]" crashed
+    # it with a traceback until the job was purged; "[link=…]" disguised a link).
+    call_id = "[/oops][link=https://evil.example]x[/link]"
+    submit(gateway, "endless", b"", call_id=call_id)
+    wait_for(lambda: call_id in dead_letters(gateway), 30, what="the job to be dead-lettered")
+    out = cli(gateway, "queue", "list", "--failed")
+    assert call_id in out.stdout

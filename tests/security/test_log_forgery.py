@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamfaas.cli.functions import printable
+from streamfaas.cli._text import printable
 from streamfaas.provider import logs
 from streamfaas.provider.logs import TAIL_WINDOW, follow_log, read_history, split_line
 from streamfaas.watchdog.function_process import pump_output

@@ -17,6 +17,7 @@ from ..errors import BadRequest
 from . import _credentials
 from ._client import APIError, GatewayClient
 from ._options import Context, gateway_option, pass_ctx
+from ._text import cell
 
 
 @click.command()
@@ -148,7 +149,7 @@ def secret_list(ctx: Context, as_json: bool) -> None:
     table.add_column("NAME")
     table.add_column("NAMESPACE")
     for item in items:
-        table.add_row(item["name"], item.get("namespace", ""))
+        table.add_row(cell(item["name"]), cell(item.get("namespace", "")))
     Console(width=200).print(table)
 
 

@@ -23,6 +23,7 @@ from . import oci as oci_module
 from ._client import APIError, GatewayClient
 from ._options import Context, gateway_option, pass_ctx, stack_option
 from ._sse import StreamEnd, http_error_text, print_deltas
+from ._text import cell, lines_printable, printable
 from ._types import HEADER, HTTP_METHOD, HTTP_URL, KEY_VALUE, POSITIVE_DURATION, SINCE
 from .queue import invoke_async
 
@@ -75,13 +76,13 @@ def build_functions(ctx: Context, functions: list[FunctionSpec], *, template_roo
     console = Console(stderr=True)
     for fn in functions:
         if fn.skip_build:
-            console.print(f"[dim]skip build[/dim] {fn.name}")
+            console.print("[dim]skip build[/dim]", cell(fn.name))
             continue
         if fn.lang is None or fn.handler_path is None:
             raise StackError(f"function {fn.name!r} needs lang and handler to be built")
         with console.status(f"building {fn.name} ({fn.lang}) …"):
             image = store.build(fn.image, fn.lang, fn.handler_path)
-        console.print(f"[green]built[/green] {fn.name} → {image.image} ({image.digest[:19]})")
+        console.print("[green]built[/green]", cell(f"{fn.name} → {image.image} ({image.digest[:19]})"))
         laid = lay_for_faas_cli(fn.lang, template_root) if template_root is not None else None
         if laid is not None:
             console.print(f"[dim]laid the template into {laid}/ for faas-cli[/dim]")
@@ -108,7 +109,7 @@ def deploy_functions(ctx: Context, functions: list[FunctionSpec], *, wait: bool 
                     raise
                 # A bad setting (400), or an update whose new version did not start (500; the
                 # old version still serves): the others are deployed all the same.
-                failures[fn.name] = exc.detail
+                failures[fn.name] = lines_printable(exc.detail)  # a function's start error may be in it
                 continue
         deployed.append(fn.name)
     if wait and deployed:
@@ -116,7 +117,7 @@ def deploy_functions(ctx: Context, functions: list[FunctionSpec], *, wait: bool 
             failures.update(_wait_ready(client, deployed, timeout))
     for name in deployed:
         if name not in failures:
-            console.print(f"[green]deployed[/green] {name}: {client.url}/function/{name}")
+            console.print("[green]deployed[/green]", cell(f"{name}: {client.url}/function/{name}"))
     if failures:
         raise DeployError("\n".join(f"{name}: {why}" for name, why in failures.items()))
 
@@ -134,7 +135,7 @@ def _wait_ready(client: GatewayClient, names: list[str], timeout: float) -> dict
                 pending.remove(name)
             elif status.get("startError"):
                 pending.remove(name)
-                failures[name] = f"failed to start (`streamfaas logs {name}` has all its output):\n{status['startError']}"
+                failures[name] = f"failed to start (`streamfaas logs {name}` has all its output):\n{lines_printable(str(status['startError']))}"
         if not pending:
             break
         left = deadline - time.monotonic()
@@ -299,9 +300,9 @@ def list_(ctx: Context, verbose: bool, as_json: bool) -> None:
         table.add_column("Image")
         table.add_column("Created")
     for f in items:
-        row = [f["name"], str(int(f.get("invocationCount", 0))), f"{f.get('availableReplicas', 0)}/{f.get('replicas', 0)}"]
+        row = [cell(f["name"]), cell(int(f.get("invocationCount", 0))), cell(f"{f.get('availableReplicas', 0)}/{f.get('replicas', 0)}")]
         if verbose:
-            row += [f.get("image", ""), f.get("createdAt", "")]
+            row += [cell(f.get("image", "")), cell(f.get("createdAt", ""))]
         table.add_row(*row)
     Console(width=200).print(table)
 
@@ -338,7 +339,7 @@ def describe(ctx: Context, name: str, as_json: bool) -> None:
     if scaling:
         rows += _scaling_rows(scaling)
     if f.get("startError"):  # why it does not start: the end of the function's traceback
-        rows.append(("Start Error", "\n".join(map(printable, str(f["startError"]).split("\n"))).replace("\n", "\n" + " " * 20)))
+        rows.append(("Start Error", lines_printable(str(f["startError"])).replace("\n", "\n" + " " * 20)))
     for key, value in rows:
         click.echo(f"{key + ':':<20}{value if key == 'Start Error' else printable(str(value))}")
 
@@ -391,16 +392,6 @@ def remove(ctx: Context, names: tuple[str, ...], stack_file: str | None) -> None
     for name in targets:
         client.remove(name)
         click.echo(f"removed {name}", err=True)
-
-
-# C0 controls but tab, DEL and C1 controls, shown escaped: a function writes its log and its
-# start error, and an escape sequence must not act on the terminal that shows them (clear it,
-# move the cursor over a line's real time and instance, set the clipboard with OSC 52).
-_CONTROLS = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if c != 0x09}
-
-
-def printable(text: str) -> str:
-    return text.translate(_CONTROLS)
 
 
 @click.command()

@@ -27,6 +27,7 @@ from .._oci_build import (
 from .._wheelhouse import collect_wheels, python_tag
 from ..stack import FunctionSpec, Stack
 from ._options import Context, pass_ctx, stack_option
+from ._text import cell
 from ._types import KEY_VALUE, _ParamType
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -117,7 +118,7 @@ def build_oci(ctx: Context, stack: Stack, functions: list[FunctionSpec], options
     todo = [fn for fn in functions if not fn.skip_build]
     for fn in functions:
         if fn.skip_build:
-            console.print(f"[dim]skip build[/dim] {fn.name}")
+            console.print("[dim]skip build[/dim]", cell(fn.name))
     if not todo:
         return []
     buildah = options.buildah()
@@ -130,11 +131,11 @@ def build_oci(ctx: Context, stack: Stack, functions: list[FunctionSpec], options
         context, base = shrinkwrap(fn, build_root, wheels, options.base_image)
         image = image_name(fn.image, options.registry)
         if shrinkwrap_only:
-            console.print(f"[green]shrinkwrapped[/green] {fn.name} → {context}/")
+            console.print("[green]shrinkwrapped[/green]", cell(f"{fn.name} → {context}/"))
             continue
         with console.status(f"building {image} ({fn.lang}, FROM {base}) …"):
             build_image(buildah, context, image, options.args_for(fn, base), build_root / f"{fn.name}.buildah.log")
-        console.print(f"[green]built[/green] {fn.name} → {image}")
+        console.print("[green]built[/green]", cell(f"{fn.name} → {image}"))
         built.append((fn, image))
     return built
 
@@ -145,7 +146,7 @@ def push_functions(images: list[tuple[FunctionSpec, str, str]], buildah: Buildah
     for fn, source, dest in images:
         with console.status(f"pushing {dest} …"):
             digest = push_image(buildah, source, dest, tls_verify=tls_verify)
-        console.print(f"[green]pushed[/green] {fn.name} → {dest}" + (f" ({digest[:19]})" if digest else ""))
+        console.print("[green]pushed[/green]", cell(f"{fn.name} → {dest}" + (f" ({digest[:19]})" if digest else "")))
 
 
 def _tls_option(f: F) -> F:

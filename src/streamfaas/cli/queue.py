@@ -19,6 +19,7 @@ from ..config import IPNetwork, QueueConfig, parse_network
 from ..errors import ConfigError
 from ._credentials import lookup
 from ._options import Context, flag_errors, gateway_option, pass_ctx
+from ._text import cell
 from ._types import DURATION, HTTP_URLS, POSITIVE_DURATION, SIZE, _ParamType
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -160,8 +161,8 @@ def queue_list(ctx: Context, failed: bool, limit: int, as_json: bool) -> None:
     for column in ("Call ID", "Function", "Attempts", "Submitted", "Callback", "Last error"):
         table.add_column(column)
     for job in data["jobs"]:
-        table.add_row(job["callId"], job["function"], str(job["attempts"]), _when(job["submittedAt"]),
-                      job.get("callbackUrl") or "", job.get("lastError") or "")
+        table.add_row(*map(cell, (job["callId"], job["function"], job["attempts"], _when(job["submittedAt"]),
+                                  job.get("callbackUrl") or "", job.get("lastError") or "")))
     Console(width=200).print(table)
     depth = data["depth"]
     click.echo(f"{depth['pending']} queued, {depth['failed']} dead-lettered", err=True)

@@ -55,7 +55,10 @@ def cgi_environment(request: web.Request) -> dict[str, str]:
     env: dict[str, str] = {}
     for name, value in request.headers.items():
         key = _canonical(name)
-        if key in ("Host", "Transfer-Encoding"):
+        # Proxy would be Http_Proxy, which Python's HTTP clients (urllib, requests, httpx) take
+        # for the function's own proxy, whatever its case ("httpoxy"): a caller could read and
+        # answer every http:// call the function makes. Go's net/http/cgi drops it too.
+        if key in ("Host", "Transfer-Encoding", "Proxy"):
             continue
         env.setdefault("Http_" + key.replace("-", "_"), value)
     env["Http_Method"] = request.method
@@ -283,6 +286,7 @@ async def _stream(
     await resp.prepare(request)
     await resp.write(first)
     written = len(first)
+    last = first
     total = config.exec_timeout
     remaining = max(total - (time.monotonic() - started), 0.001) if total else 0.0
     try:
@@ -293,6 +297,7 @@ async def _stream(
                 write = resp.write
                 while chunk := await read(READ_SIZE):
                     await write(chunk)
+                    last = chunk
                     written += len(chunk)
                     idle.chunks += 1
                 code = await process.wait()
@@ -305,11 +310,11 @@ async def _stream(
             else f"stream stopped: exceeded the {total:g}s limit (exec_timeout)"
         )
         await process.close()  # the process goes before the client hears why
-        await _fail_after_headers(request, resp, sse, failure, None)
+        await _fail_after_headers(request, resp, sse, failure, None, last)
         return resp
     if code != 0:
         failure = UpstreamError(f"function failed mid-stream: {process.failure(code)}")
-        await _fail_after_headers(request, resp, sse, failure, None)
+        await _fail_after_headers(request, resp, sse, failure, None, last)
         return resp
     # Logged before the body's end goes out, as serializing mode logs before it answers: a
     # client that reads the logs once its answer is complete (the certifier) finds the line.

@@ -1,7 +1,12 @@
-"""A NUL in what becomes a sandboxed process's environment: bwrap reads its arguments
-NUL-separated from a file, so "%00--setenv%00X%00…" in a request path (a per-request process's
-Http_Path) or a NUL in an image's Env split one value into arguments of the caller's choosing
-(binds of the state folder, LD_PRELOAD): an anonymous caller read the admin password."""
+"""What a caller's request puts in a per-request process's environment (streaming and
+serializing modes, of-watchdog's Http_* variables), and nothing more:
+- a NUL: bwrap reads its arguments NUL-separated from a file, so "%00--setenv%00X%00…" in the
+  path (Http_Path) or a NUL in an image's Env split one value into arguments of the caller's
+  choosing (binds of the state folder, LD_PRELOAD): an anonymous caller read the admin password;
+- a ``Proxy:`` header: as Http_Proxy, Python's HTTP clients took it for the function's own
+  proxy ("httpoxy"), so a caller read and answered every http:// call the function made;
+- an error event after a process's unfinished event is an event of its own.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +44,25 @@ def test_a_nul_in_the_path_is_refused_never_an_argument(shared_platform: Platfor
     else:
         assert r.status_code in (202, 400), r.text  # queued, then refused by the watchdog like a sync call
     assert "INJECTED" not in r.text
+
+
+def test_a_proxy_header_never_becomes_the_functions_proxy(shared_platform: Platform, env_printer: str) -> None:
+    r = shared_platform.http.get(shared_platform.function_url(env_printer), headers={"Proxy": "http://127.0.0.1:9/", "X-Other": "kept"})
+    assert r.status_code == 200
+    names = {line.split("=", 1)[0].lower() for line in r.text.splitlines()}
+    assert "http_x_other" in names  # headers do arrive, as of-watchdog sets them
+    assert not {n for n in names if n.endswith("_proxy")}, names
+
+
+def test_an_error_after_an_unfinished_event_ends_that_event_first(shared_platform: Platform, tmp_path_factory: pytest.TempPathFactory) -> None:
+    folder = tmp_path_factory.mktemp("half-event")
+    shared_platform.images.build("half-event:latest", "python3-flask", folder)
+    body = {"service": "half-event", "image": "half-event:latest", "envProcess": "sh -c \"printf 'data: partial'; exit 3\"",
+            "envVars": {"mode": "streaming", "content_type": "text/event-stream"}}
+    assert shared_platform.http.post(f"{shared_platform.url}/system/functions", json=body).status_code == 202
+    shared_platform.wait_ready("half-event")
+    r = shared_platform.http.get(shared_platform.function_url("half-event"))
+    assert "data: partial\n\nevent: error\n" in r.text, r.text
 
 
 def test_no_sandbox_argument_may_hold_a_nul() -> None:
