@@ -188,3 +188,15 @@ async def test_a_queue_db_from_before_private_ok_is_upgraded_in_place(tmp_path: 
             await consumer.close()
     finally:
         await q.close()
+
+
+async def test_a_function_in_another_namespace_is_queued_and_consumed(queue: JobQueue) -> None:
+    # NAME.NAMESPACE (Kubernetes' other namespaces): the dot is NATS's subject separator.
+    await queue.submit(Job(call_id="ns-1", function="fn.other-ns"))
+    consumer = Consumer(queue)
+    try:
+        [lease] = await consumer.wait(1)
+        assert (lease.job.call_id, lease.job.function) == ("ns-1", "fn.other-ns")
+        await lease.ack()
+    finally:
+        await consumer.close()

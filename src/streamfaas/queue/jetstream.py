@@ -87,6 +87,16 @@ def redact_url(urls: str) -> str:
     return ",".join(shown)
 
 
+
+def _token(function: str) -> str:
+    """A function's name as one NATS subject token and a consumer name: NAME.NAMESPACE holds a
+    dot, NATS's separator (its jobs fell outside ``jobs.*``). A function name holds no "_"."""
+    return function.replace(".", "_")
+
+
+def _function(token: str) -> str:
+    return token.replace("_", ".")
+
 class NatsQueue(JobQueue):
     name = "nats"
 
@@ -169,7 +179,7 @@ class NatsQueue(JobQueue):
                 await nc.close()
 
     def _consumer_name(self, function: str) -> str:
-        return f"fn-{function}"
+        return f"fn-{_token(function)}"
 
     async def _ensure_consumer(self, function: str) -> None:
         if function in self._consumers:
@@ -184,7 +194,7 @@ class NatsQueue(JobQueue):
     async def _create_consumer(self, function: str) -> None:
         config = ConsumerConfig(
             durable_name=self._consumer_name(function),
-            filter_subject=f"{self.jobs_prefix}.{function}",
+            filter_subject=f"{self.jobs_prefix}.{_token(function)}",
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.lease,
@@ -209,7 +219,7 @@ class NatsQueue(JobQueue):
         try:
             if not failed:
                 await self._ensure_consumer(job.function)
-            await self.js.publish(f"{prefix}.{job.function}", job.body, stream=stream, headers={JOB_HEADER: meta})
+            await self.js.publish(f"{prefix}.{_token(job.function)}", job.body, stream=stream, headers={JOB_HEADER: meta})
         except nats.errors.Error as exc:
             raise QueueUnavailable(f"NATS at {self.shown_url} did not store the job: {exc or exc.__class__.__name__}") from None
 
@@ -219,7 +229,7 @@ class NatsQueue(JobQueue):
     # ---- workers ----
     async def _functions(self) -> list[str]:
         infos = await self.js.consumers_info(self.stream)
-        return [i.name.removeprefix("fn-") for i in infos if i.name and i.name.startswith("fn-")]
+        return [_function(i.name.removeprefix("fn-")) for i in infos if i.name and i.name.startswith("fn-")]
 
     async def consume(self, slots: FunctionSlots, deliver: Deliver, stop: asyncio.Event) -> None:
         started: set[str] = set()
