@@ -151,6 +151,10 @@ async def serve(config: GatewayConfig) -> None:
         keepalive_timeout=config.keepalive_timeout,
         handler_cancellation=True,
         access_log=None,
+        # A body passes on as its client encoded it (as OpenFaaS's does), with its own
+        # Content-Length and Content-Encoding: decompressed, it no longer matched them, and the
+        # next hop read a different framing from the one the gateway sent.
+        auto_decompress=False,
     )
     await runner.setup()
     own_url = ""

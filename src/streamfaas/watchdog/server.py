@@ -187,7 +187,8 @@ async def run(config: WatchdogConfig, backend: Backend, stopping: Sequence[int] 
     else:
         sock = listening_socket(config.host, config.port)
     address = sock.getsockname()
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # auto_decompress off: a body reaches the function as its client encoded it (the gateway's note).
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, auto_decompress=False)
     await runner.setup()
     site = web.SockSite(runner, sock, backlog=listen_backlog())  # it listens again: 128 unless told
     await site.start()
