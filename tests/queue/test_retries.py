@@ -142,3 +142,47 @@ def test_a_call_id_that_looks_like_markup_is_shown_as_text(gateway: Platform) ->
     wait_for(lambda: call_id in dead_letters(gateway), 30, what="the job to be dead-lettered")
     out = cli(gateway, "queue", "list", "--failed")
     assert call_id in out.stdout
+
+
+def test_a_callback_receiver_that_answers_without_end_is_not_read(gateway: Platform) -> None:
+    # Only the callback's status counts: its body was read whole, and a receiver that answered
+    # without end grew the gateway by GiBs until callback_timeout.
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    sent = {"bytes": 0}
+    cut = threading.Event()
+
+    class Endless(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            block = b"%x\r\n%s\r\n" % (65536, b"z" * 65536)
+            try:
+                while sent["bytes"] < 4 << 30 and not cut.is_set():
+                    self.wfile.write(block)
+                    sent["bytes"] += 65536
+            except OSError:
+                cut.set()  # the worker hung up
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        call_id = submit(gateway, "echo", b"e", callback=f"http://127.0.0.1:{server.server_address[1]}/cb").headers["X-Call-Id"]
+        assert cut.wait(20), f"the worker kept reading ({sent['bytes'] >> 20} MiB)"
+        assert sent["bytes"] < 256 << 20
+        pending = lambda: json.loads(cli(gateway, "queue", "list", "--json").stdout)["jobs"]  # noqa: E731
+        wait_for(lambda: all(j["callId"] != call_id for j in pending()), 30, what="the job to be done")
+        assert call_id not in dead_letters(gateway)  # a 200 is a delivered callback
+    finally:
+        cut.set()
+        server.shutdown()
+        server.server_close()

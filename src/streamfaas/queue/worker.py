@@ -327,7 +327,9 @@ class QueueWorker:
             async with asyncio.timeout(self.config.callback_timeout or None):
                 # Not following redirects: a 3xx is an answer (a failed callback), never a new address.
                 async with session.post(job.callback_url, data=body, headers=headers, allow_redirects=False) as resp:
-                    await resp.read()
+                    # Only its status counts: its body is not read (a receiver that answered
+                    # without end grew the gateway by GiBs); the connection goes, not to the pool.
+                    resp.close()
                     if 200 <= resp.status < 300:
                         return ""
                     return f"callback {job.callback_url} answered HTTP {resp.status}"
