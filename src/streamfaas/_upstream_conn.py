@@ -108,7 +108,7 @@ class Response:
     connection may be reused) or ``close()`` (anything else: the connection is closed)."""
 
     __slots__ = ("status", "reason", "headers", "content", "_conn", "_raw", "_head", "_complete", "_keep", "_head_only",
-                 "_delimited", "_sent", "_sender", "_head_left")
+                 "_delimited", "_sent", "_sender", "_head_left", "_stalled")
 
     def __init__(self, conn: Connection, head_only: bool) -> None:
         self.status = 0
@@ -123,6 +123,7 @@ class Response:
         self._head_only = head_only
         self._delimited = True  # by a length or by chunks (else by the connection's close)
         self._sent = False  # the whole request went out
+        self._stalled = False  # its streamed body sent nothing for the body's idle limit
         self._sender: asyncio.Task[None] | None = None
         self._head_left = MAX_HEAD  # bytes the head may still take
 

@@ -287,11 +287,13 @@ async def open_upstream(
     headers: CIMultiDict[str],
     body: bytes | StreamReader | None,
     timeout: float,
+    body_idle: float = 0.0,
 ) -> Response:
-    """Send the request and wait for the response headers; map failures to 502/504."""
+    """Send the request and wait for the response headers; map failures to 502/504 (408: a
+    streamed body that sent nothing for ``body_idle`` seconds)."""
     try:
         async with asyncio.timeout(timeout or None):
-            return await pool.request(method, base, target, headers, body)
+            return await pool.request(method, base, target, headers, body, body_idle)
     except TimeoutError:
         raise UpstreamTimeout(f"upstream did not answer within {timeout:g}s") from None
 

@@ -31,7 +31,7 @@ from aiohttp import ClientPayloadError, StreamReader
 from multidict import CIMultiDict
 
 from ._upstream_conn import Address, Connection, Response
-from .errors import UpstreamError
+from .errors import RequestTimeout, UpstreamError
 
 _NO_BODY_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 _BAD_IN_HEAD = ("\r", "\n", "\0")
@@ -81,10 +81,12 @@ class Pool:
         target: str,
         headers: CIMultiDict[str],
         body: bytes | StreamReader | None,
+        body_idle: float = 0.0,
     ) -> Response:
         """Send ``method target`` to ``base`` and wait for the response head. Connection
         failures raise ``UpstreamUnreachable`` (nothing was sent); anything after that
-        ``UpstreamError``."""
+        ``UpstreamError``. ``body_idle``: a streamed body that sends nothing for this long is
+        given up on (the exchange is cut; ``RequestTimeout`` if no head had come)."""
         if self._closed:
             raise UpstreamUnreachable("upstream unavailable: the replica is gone")
         address, host, prefix = self._address(base)
@@ -94,10 +96,12 @@ class Pool:
         if conn is None:
             conn = await self._connect(address)
         try:
-            response = self._send(conn, method, head, body, stream)
+            response = self._send(conn, method, head, body, stream, body_idle)
             try:
                 await response._head
             except ClientPayloadError as exc:
+                if response._stalled:
+                    raise RequestTimeout(f"request body stalled: nothing of it for {body_idle:g}s (read_timeout)") from None
                 if not (reused and response.status == 0 and method in _NO_BODY_METHODS and not body):
                     raise UpstreamError(f"upstream unavailable: {exc}") from None
                 # A kept-alive connection the upstream closed as this request went out: a
@@ -105,7 +109,7 @@ class Pool:
                 # http.Transport does); others fail, since the function may have acted on them.
                 response.close()
                 conn = await self._connect(address)
-                response = self._send(conn, method, head, body, stream)
+                response = self._send(conn, method, head, body, stream, body_idle)
                 try:
                     await response._head
                 except ClientPayloadError as again:
@@ -117,12 +121,13 @@ class Pool:
             conn.close()
             raise
 
-    def _send(self, conn: Connection, method: str, head: bytes, body: bytes | StreamReader | None, stream: bool) -> Response:
+    def _send(self, conn: Connection, method: str, head: bytes, body: bytes | StreamReader | None, stream: bool,
+              body_idle: float = 0.0) -> Response:
         response = conn.response = Response(conn, head_only=method == "HEAD")
         assert conn.transport is not None
         if isinstance(body, StreamReader):
             conn.transport.write(head)
-            response._sender = asyncio.get_running_loop().create_task(_send_body(conn, response, body, stream))
+            response._sender = asyncio.get_running_loop().create_task(_send_body(conn, response, body, stream, body_idle))
         else:
             conn.transport.write(head + body if body else head)
             response._sent = True
@@ -220,12 +225,27 @@ def _head(method: str, target: str, host: str, headers: CIMultiDict[str], body: 
     return "".join(lines).encode("utf-8", "surrogateescape"), stream
 
 
-async def _send_body(conn: Connection, response: Response, body: StreamReader, chunked: bool) -> None:
-    """Copy a streamed request body upstream, as it comes, with flow control both ways."""
+async def _send_body(conn: Connection, response: Response, body: StreamReader, chunked: bool, idle: float = 0.0) -> None:
+    """Copy a streamed request body upstream, as it comes, with flow control both ways. A body
+    that sends nothing for ``idle`` seconds cuts the exchange: a caller that withholds it would
+    hold the replica (a waitress thread, a per-request process) for as long as it liked."""
     assert conn.transport is not None
     transport = conn.transport
+    read = body.readany
     try:
-        while data := await body.readany():
+        while True:
+            if idle:
+                try:
+                    async with asyncio.timeout(idle):
+                        data = await read()
+                except TimeoutError:
+                    response._stalled = True
+                    conn.close()
+                    return
+            else:
+                data = await read()
+            if not data:
+                break
             if chunked:
                 transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
             else:

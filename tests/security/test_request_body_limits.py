@@ -28,6 +28,7 @@ def functions(shared_platform: Platform, tmp_path_factory: pytest.TempPathFactor
         ("buffered", {"buffer_body": "true", "RAW_BODY": "true"}),  # default max_body: 10 MiB
         ("buffered-1s", {"buffer_body": "true", "read_timeout": "1s", "RAW_BODY": "true"}),
         ("streamed-1mib", {"max_body": "1MiB", "RAW_BODY": "true"}),
+        ("streamed-1s", {"read_timeout": "1s", "RAW_BODY": "true"}),
     ]
     for name, env in deploy:
         handler = shared_platform.write_function(root, name, BODY_SIZE)
@@ -189,6 +190,26 @@ def test_slow_async_body_gets_408_within_read_timeout(functions: Platform, body:
     assert status == 408
     assert message == b"request body not received within 1s (buffered-1s's read_timeout)\n"
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_withheld_streamed_body_is_given_up_after_read_timeout(functions: Platform, framing: str) -> None:
+    # Streamed on as it comes, a body that never came held the replica (a waitress thread; a
+    # process per request in the forking modes) until upstream_timeout, 10 min: a few idle
+    # sockets made a function unavailable to everyone.
+    url = functions.function_url("streamed-1s")
+    started = time.monotonic()
+    body = iter([b"5\r\nhello\r\n"]) if framing == "chunked" else _stalled()
+    exchange = _Exchange(url, _head(url, length=None if framing == "chunked" else MiB), body)
+    try:
+        status, message = exchange.answer(timeout=20)
+    finally:
+        exchange.close()
+    assert status == 408
+    assert message == b"request body stalled: nothing of it for 1s (read_timeout)\n"
+    assert time.monotonic() - started < 5
+    r = functions.http.post(url, content=b"after")  # the replica is free again
+    assert (r.status_code, r.text) == (200, "5")
 
 
 def test_huge_streamed_body_gets_413_by_its_length_and_never_piles_up(functions: Platform) -> None:

@@ -197,6 +197,8 @@ async def _forward(
     """Send the request to a replica (another one if it cannot be reached) and stream the
     answer back: this frame lives as long as the stream, so it holds little."""
     provider = state.provider
+    # A streamed body is held to the function's read_timeout between its pieces.
+    read_timeout = provider.record(name, namespace).body_limits.read_timeout if isinstance(body, aiohttp.StreamReader) else 0.0
     for attempt in range(CONNECT_ATTEMPTS):
         replica = await provider.acquire(name, namespace)
         reply_headers["X-Served-By"] = f"{name}[{replica.id}]"
@@ -206,7 +208,7 @@ async def _forward(
             try:
                 upstream = await open_upstream(
                     replica.pool, request.method, replica.url, path, headers=headers, body=body,
-                    timeout=state.config.upstream_timeout,
+                    timeout=state.config.upstream_timeout, body_idle=read_timeout,
                 )
             except UpstreamUnreachable:
                 # Nothing was sent: the replica is going away (crash, scale-down, update), so wait

@@ -136,6 +136,7 @@ async def proxy_to_function(request: web.Request, state: WatchdogState) -> web.S
         headers=headers,
         body=body,
         timeout=headers_limit,
+        body_idle=config.read_timeout if isinstance(body, aiohttp.StreamReader) else 0.0,
     )
     elapsed = time.monotonic() - started
     extra = None
