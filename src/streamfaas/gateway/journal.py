@@ -193,6 +193,7 @@ class Stream:
         self.remote_seen = -1e9  # when a reader on another gateway last said it was there
         self.on_abandon: Callable[[], None] | None = None  # stops the function (no reader left)
         self._timer: asyncio.TimerHandle | None = None
+        self.overhead = 0  # counted in the journal's size besides the bytes (Journal.adopt)
 
     # ---- written by the pump ------------------------------------------------------------
     def append(self, data: bytes) -> None:
@@ -390,6 +391,11 @@ class Stream:
         self.journal.forget(self)
 
 
+# A stream's objects (Stream, its timer, the pump's task and upstream response), measured at
+# ≈ 4.8 KiB a stream with a small head (tenth session).
+STREAM_OVERHEAD = 4096
+
+
 class Journal:
     """A gateway's journalled streams, by stream id, within ``max_bytes`` in all."""
 
@@ -408,6 +414,11 @@ class Journal:
         """A stream under a given id: a new one, or a local copy of another gateway's."""
         stream = Stream(self, function, sid, head, max_bytes, window, grace)
         self.streams[sid] = stream
+        # What a stream holds besides its bytes counts against the journal too: its head (a
+        # function may send 60 KiB of headers) and its objects. Else streams of no bytes, kept
+        # for resume_window, grew the gateway past --resume-journal-bytes (4.8-111 KiB a call).
+        stream.overhead = STREAM_OVERHEAD + len(head.reason or "") + sum(len(k) + len(v) for k, v in head.headers.items())
+        self.grew(stream.overhead)
         return stream
 
     def find(self, function: str, sid: str, event_id: str) -> Stream:
@@ -439,7 +450,7 @@ class Journal:
     def forget(self, stream: Stream) -> None:
         if self.streams.get(stream.sid) is stream:
             del self.streams[stream.sid]
-            self.size -= stream.end - stream.base
+            self.size -= stream.end - stream.base + stream.overhead
             stream.chunks.clear()
             stream.base = stream.end
             stream._disarm()
