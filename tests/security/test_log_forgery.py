@@ -5,6 +5,7 @@ gateway that serves it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -76,3 +77,32 @@ def test_a_whole_log_is_read_only_up_to_its_last_history_max_bytes(tmp_path: Pat
         assert end == log.stat().st_size
         assert sum(len(f"{stamp} fn[r1] {ln.text}\n") for ln in lines) <= 1 << 20
         assert lines[-1].text == "stdout: line 99999" and lines[0].text.startswith("stdout: line ")  # whole lines only
+
+
+def test_a_log_past_its_limit_is_cut_to_its_last_lines(tmp_path: Path) -> None:
+    # A function writes its log as it likes: one request wrote 1.9 GiB in 10 s to the disk the
+    # queue and the images share. Past LOG_MAX the file keeps its last LOG_KEEP bytes.
+    from streamfaas.watchdog.function_process import bound_log
+
+    log = tmp_path / "fn.log"
+    line = b"2026-01-02T03:04:05Z fn[1] stdout: " + b"x" * 64 + b"\n"
+    with open(log, "ab") as f:
+        f.write(line * 2000)  # ~200 KB
+        fd = f.fileno()
+        assert not bound_log(fd, most=1 << 20, keep=64 << 10)  # under the limit: untouched
+        f.write(line * 20000)  # ~2 MB
+        f.flush()
+        assert bound_log(fd, most=1 << 20, keep=64 << 10)
+        f.write(line)  # appending goes on after the cut
+    data = log.read_bytes()
+    assert len(data) <= (64 << 10) + 200
+    lines = data.split(b"\n")
+    assert lines[0] == line[:-1]  # whole lines only
+    assert b"the log passed 1048576 bytes: older lines were dropped" in lines[-3]
+    assert data.endswith(line)
+    r, w = os.pipe()  # a pipe (kubelet's, on Kubernetes) is never cut
+    try:
+        assert not bound_log(w, most=0, keep=0)
+    finally:
+        os.close(r)
+        os.close(w)
