@@ -372,6 +372,7 @@ class QueueConfig:
     nats_stream: str = "STREAMFAAS_ASYNC"
     max_body: int = 1024 * 1024  # a bigger async request body gets 413
     max_response: int = 64 * 1024 * 1024  # a function's bigger answer to a job: dead-lettered; 0: no limit
+    max_bytes: int = 1024 * 1024 * 1024  # what the queue may hold (jobs and dead letters): past it, 503; 0: no limit
     worker: bool = True  # the gateway runs a queue worker in-process
     concurrency: int = 8  # jobs of one function a worker runs at once
     max_retries: int = 5  # failed attempts retried before a job is dead-lettered

@@ -200,3 +200,38 @@ async def test_a_function_in_another_namespace_is_queued_and_consumed(queue: Job
         await lease.ack()
     finally:
         await consumer.close()
+
+
+async def test_a_full_queue_refuses_new_jobs_with_503_and_takes_them_again_once_drained(
+        backend: str, nats_url: str | None, tmp_path: Path) -> None:
+    # Anyone may queue a job: unbounded, 1 MiB submits filled the disk at ~40 MiB/s.
+    from streamfaas.queue.base import QueueUnavailable
+
+    q: JobQueue
+    if backend == "nats":
+        from streamfaas.queue.jetstream import NatsQueue
+
+        assert nats_url is not None
+        q = NatsQueue(nats_url, stream=f"T_{uuid.uuid4().hex[:8]}", lease=1.0, fetch_wait=0.2, discover_interval=0.1,
+                      max_bytes=1 << 20)
+    else:
+        q = SqliteQueue(tmp_path / "queue.db", lease=1.0, poll_interval=0.02, max_bytes=1 << 20)
+    await q.start()
+    try:
+        stored = 0
+        with pytest.raises(QueueUnavailable) as full:
+            for i in range(40):  # 40 × 64 KiB: 2.5 MiB, past the limit
+                await q.submit(Job(call_id=f"full-{i}", function="fn", body=b"x" * 65536))
+                stored += 1
+        assert full.value.http_status == 503
+        assert 8 <= stored < 20, stored
+        consumer = Consumer(q, per_function=64)
+        try:
+            leases = await consumer.wait(stored)
+            for lease in leases:
+                await lease.ack()
+            await q.submit(Job(call_id="after", function="fn", body=b"x" * 65536))  # room again
+        finally:
+            await consumer.close()
+    finally:
+        await q.close()

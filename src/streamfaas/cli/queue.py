@@ -63,6 +63,9 @@ _SHARED = [
                  help="Longest run of one attempt."),
     click.option("--queue-callback-timeout", "q_callback_timeout", type=DURATION, default="30s", show_default=True,
                  help="Longest wait for a callback URL to answer."),
+    click.option("--queue-max-bytes", "q_max_bytes", type=SIZE, default="1GiB", show_default=True,
+                 help="What the queue may hold, its jobs and dead letters together: an async call past it "
+                      "gets 503 (0: no limit). With NATS, the jobs stream's max_bytes (and the dead letters' own)."),
     click.option("--max-async-response", "q_max_response", type=SIZE, default="64MiB", show_default=True,
                  help="Largest answer a worker takes from a function for a job (it holds it whole, "
                       "for the callback): a bigger one is dead-lettered (0: no limit)."),
@@ -88,6 +91,7 @@ def queue_config(values: dict[str, Any]) -> QueueConfig:
             nats_stream=values["q_nats_stream"],
             max_body=values.get("q_max_body", QueueConfig.max_body),
             max_response=values["q_max_response"],
+            max_bytes=values["q_max_bytes"],
             worker=values.get("q_worker", True),
             concurrency=values["q_concurrency"],
             max_retries=values["q_max_retries"],

@@ -41,7 +41,7 @@ def open_queue(config: QueueConfig, state_dir: Path) -> JobQueue:
             raise QueueUnavailable(
                 "the nats queue needs nats-py: pip install 'streamfaas[nats]'"
             ) from None
-        return NatsQueue(config.nats_url, stream=config.nats_stream, lease=config.lease)
+        return NatsQueue(config.nats_url, stream=config.nats_stream, lease=config.lease, max_bytes=config.max_bytes)
     from .sqlite import SqliteQueue
 
-    return SqliteQueue(config.sqlite_path or state_dir / "queue.db", lease=config.lease)
+    return SqliteQueue(config.sqlite_path or state_dir / "queue.db", lease=config.lease, max_bytes=config.max_bytes)

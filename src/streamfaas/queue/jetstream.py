@@ -26,6 +26,7 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
+    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -101,8 +102,9 @@ class NatsQueue(JobQueue):
     name = "nats"
 
     def __init__(self, url: str, *, stream: str = "STREAMFAAS_ASYNC", lease: float = 30.0, fetch_wait: float = 1.0,
-                 discover_interval: float = 1.0) -> None:
+                 discover_interval: float = 1.0, max_bytes: int = 0) -> None:
         self.url = url
+        self.max_bytes = max_bytes  # each stream's: new jobs refused past it, the oldest dead letters dropped
         self.shown_url = redact_url(url)  # for messages and logs: never a password
         self.stream = stream
         self.failed_stream = f"{stream}_FAILED"
@@ -141,8 +143,8 @@ class NatsQueue(JobQueue):
             raise QueueUnavailable(f"cannot connect to NATS at {self.shown_url}: {exc or exc.__class__.__name__}") from None
         js = self.js
         try:
-            await self._ensure_stream(js, self.stream, f"{self.jobs_prefix}.*", RetentionPolicy.WORK_QUEUE)
-            await self._ensure_stream(js, self.failed_stream, f"{self.failed_prefix}.*", RetentionPolicy.LIMITS)
+            await self._ensure_stream(js, self.stream, f"{self.jobs_prefix}.*", RetentionPolicy.WORK_QUEUE, self.max_bytes)
+            await self._ensure_stream(js, self.failed_stream, f"{self.failed_prefix}.*", RetentionPolicy.LIMITS, self.max_bytes)
         except nats.errors.Error as exc:
             await self.close()
             raise QueueUnavailable(f"NATS at {self.shown_url}: cannot create stream {self.stream} (is JetStream on? `nats-server -js`): {exc}") from None
@@ -163,8 +165,11 @@ class NatsQueue(JobQueue):
         log.warning("queue: reconnected to NATS at %s", self.shown_url)
 
     @staticmethod
-    async def _ensure_stream(js: JetStreamContext, name: str, subject: str, retention: RetentionPolicy) -> None:
-        config = StreamConfig(name=name, subjects=[subject], retention=retention, storage=StorageType.FILE)
+    async def _ensure_stream(js: JetStreamContext, name: str, subject: str, retention: RetentionPolicy, max_bytes: int) -> None:
+        # Past max_bytes, the jobs stream refuses new jobs (503) and the dead letters drop their oldest.
+        discard = DiscardPolicy.NEW if retention == RetentionPolicy.WORK_QUEUE else DiscardPolicy.OLD
+        config = StreamConfig(name=name, subjects=[subject], retention=retention, storage=StorageType.FILE,
+                              max_bytes=max_bytes or -1, discard=discard)
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:

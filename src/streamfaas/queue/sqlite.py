@@ -71,6 +71,12 @@ def _job(row: tuple[Any, ...]) -> tuple[int, Job]:
     )
 
 
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    """The database's pages in use (freed pages are reused, so the file's own size only grows)."""
+    pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return int(pages * conn.execute("PRAGMA page_size").fetchone()[0])
+
+
 _Leased = tuple[list[Lease], float | None]  # jobs leased; else when the next one is due
 
 
@@ -106,8 +112,9 @@ class SqliteLease(Lease):
 class SqliteQueue(JobQueue):
     name = "sqlite"
 
-    def __init__(self, path: Path, *, lease: float = 30.0, poll_interval: float = 0.05) -> None:
+    def __init__(self, path: Path, *, lease: float = 30.0, poll_interval: float = 0.05, max_bytes: int = 0) -> None:
         self.path = path
+        self.max_bytes = max_bytes  # 0: no limit
         self.lease = lease
         self.poll_interval = poll_interval
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -146,7 +153,7 @@ class SqliteQueue(JobQueue):
                 conn.execute("SAVEPOINT op")
                 try:
                     results.append((True, op(conn)))
-                except sqlite3.Error as exc:
+                except (sqlite3.Error, QueueUnavailable) as exc:  # the op's own refusal too (a full queue)
                     conn.execute("ROLLBACK TO op")
                     results.append((False, exc))
                 conn.execute("RELEASE op")
@@ -180,6 +187,8 @@ class SqliteQueue(JobQueue):
                     continue
                 if ok:
                     fut.set_result(value)
+                elif isinstance(value, QueueUnavailable):
+                    fut.set_exception(value)
                 else:
                     fut.set_exception(QueueUnavailable(f"queue database {self.path}: {value}"))
 
@@ -224,7 +233,16 @@ class SqliteQueue(JobQueue):
             "INSERT INTO jobs (call_id, function, method, path, query, headers, body, callback_url,"
             " submitted_at, attempts, last_error, available_at, private_ok) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
         )
-        await self.run(lambda c: c.execute(sql, row), durable=True)
+        size = len(job.body) + len(row[5])
+
+        def insert(c: sqlite3.Connection) -> None:
+            if self.max_bytes and _used_bytes(c) + size > self.max_bytes:
+                # Anyone may queue a job: without a bound, 1 MiB submits to a slow function
+                # filled the disk at ~40 MiB/s, and dead letters never expire.
+                raise QueueUnavailable(f"the queue is full (--queue-max-bytes {self.max_bytes}): try again later")
+            c.execute(sql, row)
+
+        await self.run(insert, durable=True)
         self._submitted.set()
 
     def _lease_op(self, running: dict[str, int], per_function: int) -> Callable[[sqlite3.Connection], _Leased]:
