@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import httpx
 import pytest
 from llm_server import API_KEY, LLMServer, async_wait_for
 
@@ -155,3 +156,27 @@ async def test_more_tools_than_openai_allows_is_400_before_any_is_compiled(llm: 
     assert status == 400
     assert_openai_error(body, param="tools", code="invalid_value")
     assert "at most 128" in body["error"]["message"]
+
+
+async def test_a_body_still_being_read_holds_a_place_and_the_next_request_gets_429(guarded_llm: LLMServer) -> None:
+    # Bodies were read (up to 8 MiB each) and parsed before admission: 16 at once took the
+    # server to 2.2 GiB. One slot, no queue: a body being sent is that one place.
+    import socket as sockets
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(guarded_llm.url)
+    assert parts.hostname and parts.port
+    slow = sockets.create_connection((parts.hostname, parts.port), timeout=30)
+    try:
+        slow.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {API_KEY}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{{\"messages\": ".encode())
+
+        def call() -> int:
+            r = httpx.post(f"{guarded_llm.url}/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2},
+                           headers=AUTH, timeout=30)
+            return r.status_code
+
+        await async_wait_for(lambda: call() == 429, what="a 429 while the first body is still coming")
+    finally:
+        slow.close()
+    await async_wait_for(lambda: call() == 200, what="its place to be free again once that client went")

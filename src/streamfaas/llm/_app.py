@@ -52,6 +52,7 @@ class ServerState:
     api_key: bytes | None
     engine: Engine
     scheduler: Scheduler | None = None
+    reading: int = 0  # requests whose body is being read and checked, not yet submitted
 
     def check_model(self, model: str | None) -> None:
         # No model named means the one this server serves (lenient; OpenAI would say 400).
@@ -173,12 +174,25 @@ async def _generate(
     request: web.Request, parse: Callable[[object], GenerationRequest]
 ) -> web.StreamResponse:
     state = request.app[STATE]
-    body = await _read_json(request)
-    state.check_model(requested_model(body))
-    # In a thread: checking a request compiles its JSON schemas' grammars, which can take a
-    # while, and the loop serves every other stream meanwhile.
-    parsed = await asyncio.to_thread(parse, body)
-    generation = await _scheduler(state).submit(parsed)
+    scheduler = _scheduler(state)
+    # Admitted before its body is read: bodies being read and checked count against the
+    # server's capacity too (16 concurrent 8 MiB bodies took it to 2.2 GiB and stalled it).
+    scheduler.check_room(state.reading)
+    state.reading += 1
+    try:
+        raw = await request.read()
+
+        def check() -> GenerationRequest:
+            # In a thread: parsing 8 MiB of JSON, and compiling a request's JSON schemas into
+            # grammars, take a while; the loop serves every other stream meanwhile.
+            body = _loads(raw)
+            state.check_model(requested_model(body))
+            return parse(body)
+
+        parsed = await asyncio.to_thread(check)
+    finally:
+        state.reading -= 1
+    generation = await scheduler.submit(parsed)
     try:
         if parsed.stream:
             return await _stream(request, state, generation)
@@ -291,8 +305,7 @@ def _event_bytes(encoder: ChunkEncoder, events: list[Event]) -> bytes:
     return out
 
 
-async def _read_json(request: web.Request) -> object:
-    raw = await request.read()
+def _loads(raw: bytes) -> object:
     try:
         return json.loads(raw)
     except ValueError:  # includes UnicodeDecodeError

@@ -48,6 +48,12 @@ class Scheduler:
     def in_flight(self) -> int:
         return len(self._active) + self._waiting
 
+    def check_room(self, arriving: int) -> None:
+        """429 now if the server is full, counting ``arriving`` requests not submitted yet."""
+        if self.in_flight + arriving >= self.capacity:
+            self.rejected_total += 1
+            raise errors.server_busy(len(self._active), self._waiting + arriving)
+
     async def submit(self, request: GenerationRequest) -> Generation:
         """Start a generation once a slot is free; 429 at once when the queue is full too."""
         if self._closed:
