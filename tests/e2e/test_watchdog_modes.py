@@ -227,6 +227,14 @@ def test_serializing_answers_with_content_length(deployed: Platform) -> None:
     assert float(r.headers["x-duration-seconds"]) > 0
 
 
+def test_serializing_output_over_its_limit_is_a_502_not_held(shared_platform: Platform, tmp_path: Path) -> None:
+    # Held whole before it is sent: a process writing without end grew the watchdog by GiBs.
+    _deploy(shared_platform, tmp_path, "endless-out", {"run.sh": "exec yes"}, "sh function/run.sh", {"mode": "serializing"})
+    r = httpx.get(shared_platform.function_url("endless-out"), timeout=60)
+    assert r.status_code == 502
+    assert r.text.strip() == "the function's output is larger than 67108864 bytes, which serializing mode holds whole: use mode streaming"
+
+
 def test_process_gets_of_watchdogs_cgi_variables(deployed: Platform) -> None:
     r = httpx.put(deployed.function_url("env") + "/a/b?x=1&y=2", content=b"hi",
                   headers={"Content-Type": "text/plain", "x-custom-header": "c"}, timeout=30)

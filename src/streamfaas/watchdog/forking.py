@@ -323,6 +323,9 @@ async def _stream(
     return resp
 
 
+MAX_SERIALIZED = 64 << 20  # the most stdout serializing mode holds for one answer
+
+
 async def invoke_serializing(request: web.Request, config: WatchdogConfig, command: RequestCommand) -> web.StreamResponse:
     """Serializing mode: the body read whole into stdin, stdout read whole, then one sized
     response (500 with stderr's last line if the process failed)."""
@@ -335,7 +338,16 @@ async def invoke_serializing(request: web.Request, config: WatchdogConfig, comma
         limit = _headers_limit(config)
         try:
             async with asyncio.timeout(limit or None):
-                output = await process.stdout.read()
+                held = bytearray()
+                while chunk := await process.stdout.read(READ_SIZE):
+                    held += chunk
+                    if len(held) > MAX_SERIALIZED:
+                        # Held whole before it is sent: a process that writes without end grew
+                        # the watchdog by 3 GiB in 10 s. A bigger answer streams (mode: streaming).
+                        return error_response(
+                            f"the function's output is larger than {MAX_SERIALIZED} bytes, which serializing "
+                            "mode holds whole: use mode streaming", 502)
+                output = bytes(held)
                 code = await process.wait()
         except TimeoutError:
             return error_response(f"function did not finish within {limit:g}s", 504)
