@@ -13,16 +13,19 @@ from streamfaas.queue import FunctionSlots, Job, JobQueue, Lease
 from streamfaas.queue.sqlite import SqliteQueue
 
 
-@pytest.fixture
-async def queue(backend: str, nats_url: str | None, tmp_path: Path) -> AsyncIterator[JobQueue]:
-    q: JobQueue
+def _make_queue(backend: str, nats_url: str | None, tmp_path: Path, max_bytes: int = 0) -> JobQueue:
     if backend == "nats":
         from streamfaas.queue.jetstream import NatsQueue
 
         assert nats_url is not None
-        q = NatsQueue(nats_url, stream=f"T_{uuid.uuid4().hex[:8]}", lease=1.0, fetch_wait=0.2, discover_interval=0.1)
-    else:
-        q = SqliteQueue(tmp_path / "queue.db", lease=1.0, poll_interval=0.02)
+        return NatsQueue(nats_url, stream=f"T_{uuid.uuid4().hex[:8]}", lease=1.0, fetch_wait=0.2, discover_interval=0.1,
+                         max_bytes=max_bytes)
+    return SqliteQueue(tmp_path / "queue.db", lease=1.0, poll_interval=0.02, max_bytes=max_bytes)
+
+
+@pytest.fixture
+async def queue(backend: str, nats_url: str | None, tmp_path: Path) -> AsyncIterator[JobQueue]:
+    q = _make_queue(backend, nats_url, tmp_path)
     await q.start()
     try:
         yield q
@@ -207,15 +210,7 @@ async def test_a_full_queue_refuses_new_jobs_with_503_and_takes_them_again_once_
     # Anyone may queue a job: unbounded, 1 MiB submits filled the disk at ~40 MiB/s.
     from streamfaas.queue.base import QueueUnavailable
 
-    q: JobQueue
-    if backend == "nats":
-        from streamfaas.queue.jetstream import NatsQueue
-
-        assert nats_url is not None
-        q = NatsQueue(nats_url, stream=f"T_{uuid.uuid4().hex[:8]}", lease=1.0, fetch_wait=0.2, discover_interval=0.1,
-                      max_bytes=1 << 20)
-    else:
-        q = SqliteQueue(tmp_path / "queue.db", lease=1.0, poll_interval=0.02, max_bytes=1 << 20)
+    q = _make_queue(backend, nats_url, tmp_path, max_bytes=1 << 20)
     await q.start()
     try:
         stored = 0
