@@ -465,7 +465,8 @@ def end_of_event(last: bytes | None) -> bytes:
     A chunk that is only the second half of a blank line gets one more: an empty line is no event."""
     if not last or last.endswith((b"\n\n", b"\r\n\r\n", b"\r\r")):
         return b""
-    return b"\n" if last.endswith((b"\n", b"\r")) else b"\n\n"
+    # After a lone CR the next LF would pair with it (one CRLF line end): two are needed.
+    return b"\n" if last.endswith(b"\n") else b"\n\n"
 
 
 async def _fail_after_headers(

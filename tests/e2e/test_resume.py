@@ -174,17 +174,17 @@ def test_a_journal_over_its_byte_limit_drops_its_oldest_events(
 
 def test_an_event_that_never_ends_is_cut_at_the_journals_limit(shared_platform: Platform, tmp_path: Path) -> None:
     # Each event is held whole until its blank line (to give it an id): one that never ends
-    # grew the gateway by GiBs, with or without a client attached. Now it is ended at
-    # resume_max_bytes with an error event, and the function stopped.
+    # grew the gateway by GiBs, with or without a client attached. Now it is ended at 16 MiB
+    # (MAX_EVENT, or resume_max_bytes if larger) with an error event, and the function stopped.
     endless = 'from flask import Response\n\ndef handle(req):\n    def gen():\n        yield "data: start"\n        for _ in range(4096):\n            yield "x" * 16384\n    return Response(gen(), mimetype="text/event-stream")\n'
     shared_platform.deploy("endless-event", shared_platform.write_function(tmp_path, "endless-event", endless),
                            env={**RESUME, "resume_max_bytes": "64KiB"})
     with httpx.Client(timeout=30) as client, client.stream("GET", shared_platform.function_url("endless-event")) as resp:
         assert resp.status_code == 200
         body = b"".join(resp.iter_bytes())
-    assert len(body) < 1024 * 1024, len(body)  # not the function's 64 MiB
+    assert 16 << 20 < len(body) < 17 << 20, len(body)  # not the function's 64 MiB
     assert body.endswith(b"\n\n") and b"event: error" in body
-    assert b"an event longer than resume_max_bytes (65536 bytes)" in body
+    assert b"an event longer than 16777216 bytes" in body
 
 
 def test_a_function_that_sets_its_own_ids_keeps_them_and_resumes_by_them(

@@ -200,3 +200,28 @@ async def test_a_stream_with_no_reader_is_abandoned_after_its_grace() -> None:
     stream.detach(reader)
     await asyncio.wait_for(abandoned.wait(), 5)
     await journal.close()
+
+
+async def test_a_stream_adopted_twice_is_counted_once() -> None:
+    # Two resumes of another gateway's stream at once adopt it twice: the first copy's bytes
+    # and overhead were never given back, and the journal's count only grew.
+    journal = Journal(10 << 20)
+    head = Head(200, "OK", CIMultiDict())
+    first = journal.adopt("fn", SID, head, max_bytes=1000, window=60, grace=30)
+    first.append(b"x" * 100)
+    second = journal.adopt("fn", SID, head, max_bytes=1000, window=60, grace=30)
+    assert journal.streams[SID] is second
+    assert journal.size == second.overhead
+    first.finish("complete")
+    second.finish("complete")
+    await journal.close()
+    assert journal.size == 0
+
+
+def test_the_error_event_after_a_lone_cr_ends_that_event_first() -> None:
+    from streamfaas.proxy import end_of_event
+
+    assert end_of_event(b"data: x\r") == b"\n\n"  # the LF pairs with the CR: one more ends the event
+    assert end_of_event(b"data: x\n") == b"\n"
+    assert end_of_event(b"data: x") == b"\n\n"
+    assert end_of_event(b"data: x\n\n") == end_of_event(b"data: x\r\n\r\n") == end_of_event(None) == b""

@@ -106,3 +106,62 @@ def test_a_log_past_its_limit_is_cut_to_its_last_lines(tmp_path: Path) -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_the_log_is_checked_for_all_of_a_watchdogs_output_not_per_process(
+        capfdbinary: pytest.CaptureFixture[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    # In the forking modes each request's process has its own pump: a counter per pump never
+    # reached the check when every process wrote a little less than it.
+    from streamfaas.watchdog import function_process
+
+    checks: list[int] = []
+    monkeypatch.setattr(function_process, "LOG_CHECK", 1000)
+    monkeypatch.setattr(function_process, "_written", 0)
+    monkeypatch.setattr(function_process, "bound_log", lambda fd: checks.append(fd) or False)
+
+    async def one_process() -> None:
+        reader = asyncio.StreamReader()
+        reader.feed_data(b"y" * 600 + b"\n")  # under LOG_CHECK, alone
+        reader.feed_eof()
+        await pump_output(reader, b"fn[r1] stderr: ")
+
+    for _ in range(4):
+        asyncio.run(one_process())
+    capfdbinary.readouterr()
+    assert len(checks) == 2  # 4 × ~640 bytes: checked twice
+
+
+def test_a_follower_goes_on_after_the_log_was_cut(tmp_path: Path) -> None:
+    from streamfaas.watchdog.function_process import bound_log
+
+    log = tmp_path / "fn.log"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    log.write_text("".join(f"{stamp} fn[r1] stdout: old {i}\n" for i in range(1000)))
+
+    async def follow() -> list[str]:
+        seen: list[str] = []
+        caught_up, done = asyncio.Event(), asyncio.Event()
+
+        async def read() -> None:
+            async for line in follow_log(log, "fn", tail=-1, since=None, follow=True, alive=lambda: not done.is_set()):
+                seen.append(line.text)
+                if len(seen) == 2000:
+                    caught_up.set()
+                if line.text == "stdout: after the cut":
+                    done.set()
+
+        task = asyncio.create_task(read())
+        with open(log, "ab") as f:  # as the watchdog does past its limit: keep the end, say so, go on
+            for i in range(1000, 2000):
+                f.write(f"{stamp} fn[r1] stdout: old {i}\n".encode())
+            f.flush()
+            await asyncio.wait_for(caught_up.wait(), 10)  # the follower has read them all
+            assert bound_log(f.fileno(), most=1000, keep=200)
+            f.write(f"{stamp} fn[r1] stdout: after the cut\n".encode())
+        await asyncio.wait_for(done.wait(), 10)
+        await task
+        return seen
+
+    seen = asyncio.run(follow())
+    assert seen[-1] == "stdout: after the cut"
+    assert len(seen) == 2000 + 1  # every line before the cut, then the new one: none twice

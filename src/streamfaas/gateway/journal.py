@@ -72,7 +72,7 @@ class EventIds:
         """What ends the event in progress, if one is: before a last event of the gateway's own."""
         if not self._event:
             return b""
-        return b"\n" if self._event.endswith((b"\n", b"\r")) else b"\n\n"
+        return b"\n" if self._event.endswith(b"\n") else b"\n\n"  # after a lone CR, an LF pairs with it
 
     def feed(self, chunk: bytes) -> bytes:
         """The bytes to send for ``chunk``: the same, with an id line at each event end."""
@@ -413,6 +413,9 @@ class Journal:
     def adopt(self, function: str, sid: str, head: Head, *, max_bytes: int, window: float, grace: float) -> Stream:
         """A stream under a given id: a new one, or a local copy of another gateway's."""
         stream = Stream(self, function, sid, head, max_bytes, window, grace)
+        replaced = self.streams.get(sid)
+        if replaced is not None:  # adopted twice at once (two resumes of another gateway's stream)
+            self.forget(replaced)
         self.streams[sid] = stream
         # What a stream holds besides its bytes counts against the journal too: its head (a
         # function may send 60 KiB of headers) and its objects. Else streams of no bytes, kept

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..errors import StreamfaasError
 from .auth import is_private
 from .invoke import qualified_name
 from .state import state_of
@@ -15,13 +16,20 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     metrics = state.metrics
     hidden: set[bytes] = set()
     admin = state.credentials is None or state.credentials.matches(request.headers.get("Authorization"))
-    default = state.provider.default_namespace
-    for status in state.provider.statuses():
+    provider = state.provider
+    for status in provider.statuses():
         metrics.service_count.labels(function_name=status.name).set(status.availableReplicas)
-        if not admin and is_private(status.labels, status.annotations):
-            namespace = "" if status.namespace == default else status.namespace
-            for label in {status.name, qualified_name(status.name, namespace)}:
-                hidden.add(b'function_name="%s"' % label.encode())
+    if not admin:
+        for namespace in provider.namespaces():  # a private function in any of them (Kubernetes)
+            try:
+                statuses = provider.statuses(namespace)
+            except StreamfaasError:
+                continue  # a namespace that cannot be read now
+            own = "" if namespace == provider.default_namespace else namespace
+            for status in statuses:
+                if is_private(status.labels, status.annotations):
+                    for label in {status.name, qualified_name(status.name, own)}:
+                        hidden.add(b'function_name="%s"' % label.encode())
     body = metrics.render()
     if hidden:
         # A private function's series are the admin's to see: without them an anonymous caller

@@ -89,8 +89,8 @@ async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: 
             await _append(stream, retry_line + out if retry_line and not _sets_retry(chunk) else out)
         while chunk:
             last = chunk
-            if ids.held > stream.max_bytes:
-                raise EventTooLong(stream.max_bytes)
+            if ids.held > max(stream.max_bytes, MAX_EVENT):
+                raise EventTooLong(max(stream.max_bytes, MAX_EVENT))
             chunk = await read()
             if chunk:
                 await _append(stream, ids.feed(chunk))
@@ -112,12 +112,15 @@ async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: 
             await mirror.finished(stream)
 
 
-class EventTooLong(Exception):
-    """An event that outgrew the stream's journal: its bytes are held until its blank line
-    (to give it an id), so a function that never ends one would grow the gateway without end."""
+# The longest event a resumable stream passes on (or resume_max_bytes, if larger): each event
+# is held whole until its blank line (to give it an id), so one that never ends would grow the
+# gateway without end. Large enough for an image sent in one data: line.
+MAX_EVENT = 16 << 20
 
+
+class EventTooLong(Exception):
     def __init__(self, limit: int) -> None:
-        super().__init__(f"the function sent an event longer than resume_max_bytes ({limit} bytes)")
+        super().__init__(f"the function sent an event longer than {limit} bytes (a resumable stream holds each event whole)")
 
 
 async def _append(stream: Stream, data: bytes) -> None:

@@ -179,8 +179,14 @@ async def _generate(
     # server's capacity too (16 concurrent 8 MiB bodies took it to 2.2 GiB and stalled it).
     scheduler.check_room(state.reading)
     state.reading += 1
+    checking: asyncio.Future[GenerationRequest] | None = None
     try:
-        raw = await request.read()
+        try:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                raw = await request.read()
+        except TimeoutError:
+            raise OpenAIError(f"The request body did not arrive within {BODY_TIMEOUT:g}s.", status=408,
+                              type="invalid_request_error", code="request_timeout") from None
 
         def check() -> GenerationRequest:
             # In a thread: parsing 8 MiB of JSON, and compiling a request's JSON schemas into
@@ -189,9 +195,14 @@ async def _generate(
             state.check_model(requested_model(body))
             return parse(body)
 
-        parsed = await asyncio.to_thread(check)
+        checking = asyncio.ensure_future(asyncio.to_thread(check))
+        # The place is given back when the check ends, not when a client that left does: else
+        # send-and-drop would pile checks up in the threads without bound.
+        checking.add_done_callback(lambda _: _left(state))
+        parsed = await asyncio.shield(checking)
     finally:
-        state.reading -= 1
+        if checking is None:
+            state.reading -= 1
     generation = await scheduler.submit(parsed)
     try:
         if parsed.stream:
@@ -303,6 +314,13 @@ def _event_bytes(encoder: ChunkEncoder, events: list[Event]) -> bytes:
         else:
             out += encoder.call_arguments(event.text)
     return out
+
+
+BODY_TIMEOUT = 30.0  # a request's body must arrive within this: a body being read holds a place
+
+
+def _left(state: ServerState) -> None:
+    state.reading -= 1
 
 
 def _loads(raw: bytes) -> object:

@@ -24,6 +24,8 @@ FOLLOW_CHUNK = 1 << 20
 # The most of a log's end that one request reads (older lines are not shown): a function writes
 # its log as it likes, and parsing it costs the gateway ~10× its size in memory.
 HISTORY_MAX = 16 << 20
+# The line a watchdog writes where it cut its log back (watchdog/function_process.bound_log).
+CUT_MARK = b" streamfaas: the log passed "
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,13 @@ async def follow_log(
     while alive():
         try:
             with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < position:
+                    # Cut back (a log past its limit keeps its end, watchdog/function_process.py):
+                    # what was kept was read already; go on after the line that says so.
+                    kept = f.read(size)
+                    at = kept.rfind(CUT_MARK)
+                    position, partial = (kept.find(b"\n", at) + 1 if at >= 0 else 0), b""
                 f.seek(position)
                 chunk = f.read(FOLLOW_CHUNK)  # a fast writer is caught up with a piece at a time
                 position = f.tell()

@@ -26,7 +26,6 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    DiscardPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -104,7 +103,9 @@ class NatsQueue(JobQueue):
     def __init__(self, url: str, *, stream: str = "STREAMFAAS_ASYNC", lease: float = 30.0, fetch_wait: float = 1.0,
                  discover_interval: float = 1.0, max_bytes: int = 0) -> None:
         self.url = url
-        self.max_bytes = max_bytes  # each stream's: new jobs refused past it, the oldest dead letters dropped
+        self.max_bytes = max_bytes  # jobs and dead letters together: a submit past it is refused
+        self._held_bytes = 0
+        self._held_at = -1e9
         self.shown_url = redact_url(url)  # for messages and logs: never a password
         self.stream = stream
         self.failed_stream = f"{stream}_FAILED"
@@ -143,8 +144,8 @@ class NatsQueue(JobQueue):
             raise QueueUnavailable(f"cannot connect to NATS at {self.shown_url}: {exc or exc.__class__.__name__}") from None
         js = self.js
         try:
-            await self._ensure_stream(js, self.stream, f"{self.jobs_prefix}.*", RetentionPolicy.WORK_QUEUE, self.max_bytes)
-            await self._ensure_stream(js, self.failed_stream, f"{self.failed_prefix}.*", RetentionPolicy.LIMITS, self.max_bytes)
+            await self._ensure_stream(js, self.stream, f"{self.jobs_prefix}.*", RetentionPolicy.WORK_QUEUE)
+            await self._ensure_stream(js, self.failed_stream, f"{self.failed_prefix}.*", RetentionPolicy.LIMITS)
         except nats.errors.Error as exc:
             await self.close()
             raise QueueUnavailable(f"NATS at {self.shown_url}: cannot create stream {self.stream} (is JetStream on? `nats-server -js`): {exc}") from None
@@ -165,11 +166,8 @@ class NatsQueue(JobQueue):
         log.warning("queue: reconnected to NATS at %s", self.shown_url)
 
     @staticmethod
-    async def _ensure_stream(js: JetStreamContext, name: str, subject: str, retention: RetentionPolicy, max_bytes: int) -> None:
-        # Past max_bytes, the jobs stream refuses new jobs (503) and the dead letters drop their oldest.
-        discard = DiscardPolicy.NEW if retention == RetentionPolicy.WORK_QUEUE else DiscardPolicy.OLD
-        config = StreamConfig(name=name, subjects=[subject], retention=retention, storage=StorageType.FILE,
-                              max_bytes=max_bytes or -1, discard=discard)
+    async def _ensure_stream(js: JetStreamContext, name: str, subject: str, retention: RetentionPolicy) -> None:
+        config = StreamConfig(name=name, subjects=[subject], retention=retention, storage=StorageType.FILE)
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
@@ -229,7 +227,29 @@ class NatsQueue(JobQueue):
             raise QueueUnavailable(f"NATS at {self.shown_url} did not store the job: {exc or exc.__class__.__name__}") from None
 
     async def submit(self, job: Job) -> None:
+        if self.max_bytes:
+            # Not the streams' own max_bytes: it reserves that storage in the server up front,
+            # and a full jobs stream would refuse a retry's own publish.
+            held = await self._held()
+            if held + len(job.body) > self.max_bytes:
+                raise QueueUnavailable(
+                    f"the queue is full (--queue-max-bytes {self.max_bytes}): try again later, "
+                    "or purge its dead letters (`streamfaas queue purge --failed`)"
+                )
         await self.publish(job)
+        self._held_bytes += len(job.body)  # until the next look: a burst is counted as it comes
+
+    async def _held(self) -> int:
+        """Bytes in the jobs and dead-letter streams, asked of the server at most once a second."""
+        now = time.monotonic()
+        if now - self._held_at > 1.0:
+            try:
+                infos = [await self.js.stream_info(name) for name in (self.stream, self.failed_stream)]
+            except nats.errors.Error as exc:
+                raise QueueUnavailable(f"NATS at {self.shown_url} did not answer: {exc or exc.__class__.__name__}") from None
+            self._held_bytes = sum(info.state.bytes for info in infos)
+            self._held_at = now
+        return self._held_bytes
 
     # ---- workers ----
     async def _functions(self) -> list[str]:

@@ -136,7 +136,11 @@ class SqliteQueue(JobQueue):
         conn.executescript(_SCHEMA)
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
         if "private_ok" not in columns:  # a queue.db from before it was kept
-            conn.execute("ALTER TABLE jobs ADD COLUMN private_ok INTEGER NOT NULL DEFAULT 1")
+            try:
+                conn.execute("ALTER TABLE jobs ADD COLUMN private_ok INTEGER NOT NULL DEFAULT 1")
+            except sqlite3.OperationalError as exc:  # another process added it meanwhile
+                if "duplicate column" not in str(exc):
+                    raise
         self._conn = conn
 
     def _apply(self, batch: list[tuple[Op, bool, asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
@@ -236,10 +240,15 @@ class SqliteQueue(JobQueue):
         size = len(job.body) + len(row[5])
 
         def insert(c: sqlite3.Connection) -> None:
-            if self.max_bytes and _used_bytes(c) + size > self.max_bytes:
-                # Anyone may queue a job: without a bound, 1 MiB submits to a slow function
-                # filled the disk at ~40 MiB/s, and dead letters never expire.
-                raise QueueUnavailable(f"the queue is full (--queue-max-bytes {self.max_bytes}): try again later")
+            # Anyone may queue a job: without a bound, 1 MiB submits to a slow function filled
+            # the disk at ~40 MiB/s. Past it the oldest dead letters go first (else jobs made to
+            # fail would close the queue for good), then a submit is refused.
+            while self.max_bytes and _used_bytes(c) + size > self.max_bytes:
+                oldest = c.execute("SELECT id, call_id FROM jobs WHERE state='failed' ORDER BY id LIMIT 1").fetchone()
+                if oldest is None:
+                    raise QueueUnavailable(f"the queue is full (--queue-max-bytes {self.max_bytes}): try again later")
+                log.warning("queue: full: dropping the oldest dead-lettered job, %s", oldest[1])
+                c.execute("DELETE FROM jobs WHERE id=?", (oldest[0],))
             c.execute(sql, row)
 
         await self.run(insert, durable=True)

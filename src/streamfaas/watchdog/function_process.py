@@ -16,6 +16,7 @@ import aiohttp
 from .._process import kill_group
 from ..config import WatchdogConfig
 from ..errors import DeployError
+from ..provider.logs import CUT_MARK
 from ..upstream import Pool
 from .spawn import Spawned
 from .start_report import TAIL_LINES
@@ -34,6 +35,7 @@ def log_prefix(config: WatchdogConfig, stream_name: str) -> bytes:
 LOG_MAX = 64 << 20
 LOG_KEEP = 16 << 20
 LOG_CHECK = 1 << 20
+_written = 0  # since the last check, by every pump of this watchdog (a process per request has its own)
 
 
 def bound_log(fd: int, most: int = LOG_MAX, keep: int = LOG_KEEP) -> bool:
@@ -49,7 +51,7 @@ def bound_log(fd: int, most: int = LOG_MAX, keep: int = LOG_KEEP) -> bool:
         tail = tail[tail.find(b"\n") + 1 :]
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()
         os.ftruncate(fd, 0)  # another replica's line written meanwhile lands first: misordered, not lost
-        os.write(fd, tail + stamp + b" streamfaas: the log passed %d bytes: older lines were dropped\n" % most)
+        os.write(fd, tail + stamp + CUT_MARK + b"%d bytes: older lines were dropped\n" % most)
     except OSError:
         return False
     return True
@@ -57,8 +59,8 @@ def bound_log(fd: int, most: int = LOG_MAX, keep: int = LOG_KEEP) -> bool:
 
 async def pump_output(stream: asyncio.StreamReader, prefix: bytes, on_line: Callable[[bytes], None] | None = None) -> None:
     """Copy a process's output into the function's log, line by line, stamped and prefixed."""
+    global _written
     out = sys.stdout.buffer
-    written = 0
     while True:
         try:
             line = await stream.readline()
@@ -75,10 +77,10 @@ async def pump_output(stream: asyncio.StreamReader, prefix: bytes, on_line: Call
         pieces = line.split(b"\n")
         if pieces[-1] == b"":
             pieces.pop()
-        written += out.write(b"".join(stamp + prefix + piece + b"\n" for piece in pieces))
+        _written += out.write(b"".join(stamp + prefix + piece + b"\n" for piece in pieces))
         out.flush()
-        if written >= LOG_CHECK:
-            written = 0
+        if _written >= LOG_CHECK:
+            _written = 0
             bound_log(out.fileno())
 
 
