@@ -202,18 +202,17 @@ async def test_a_stream_with_no_reader_is_abandoned_after_its_grace() -> None:
     await journal.close()
 
 
-async def test_a_stream_adopted_twice_is_counted_once() -> None:
-    # Two resumes of another gateway's stream at once adopt it twice: the first copy's bytes
-    # and overhead were never given back, and the journal's count only grew.
+async def test_a_stream_is_never_adopted_twice() -> None:
+    # Two resumes of another gateway's stream at once: a second copy replaced the first under
+    # its reader, and neither's bytes were given back. JetStreamJournal.adopt reuses the copy.
     journal = Journal(10 << 20)
     head = Head(200, "OK", CIMultiDict())
     first = journal.adopt("fn", SID, head, max_bytes=1000, window=60, grace=30)
     first.append(b"x" * 100)
-    second = journal.adopt("fn", SID, head, max_bytes=1000, window=60, grace=30)
-    assert journal.streams[SID] is second
-    assert journal.size == second.overhead
+    with pytest.raises(ValueError, match="kept here already"):
+        journal.adopt("fn", SID, head, max_bytes=1000, window=60, grace=30)
+    assert journal.streams[SID] is first and journal.size == first.overhead + 100
     first.finish("complete")
-    second.finish("complete")
     await journal.close()
     assert journal.size == 0
 

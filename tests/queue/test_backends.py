@@ -213,12 +213,14 @@ async def test_a_full_queue_refuses_new_jobs_with_503_and_takes_them_again_once_
     q = _make_queue(backend, nats_url, tmp_path, max_bytes=1 << 20)
     await q.start()
     try:
-        stored = 0
-        with pytest.raises(QueueUnavailable) as full:
-            for i in range(40):  # 40 × 64 KiB: 2.5 MiB, past the limit
-                await q.submit(Job(call_id=f"full-{i}", function="fn", body=b"x" * 65536))
-                stored += 1
-        assert full.value.http_status == 503
+        # 40 × 64 KiB at once (2.5 MiB, past the limit): concurrent submits see each other.
+        results = await asyncio.gather(
+            *(q.submit(Job(call_id=f"full-{i}", function="fn", body=b"x" * 65536)) for i in range(40)),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, QueueUnavailable)]
+        assert refused and all(r.http_status == 503 for r in refused)
+        stored = sum(r is None for r in results)
         assert 8 <= stored < 20, stored
         consumer = Consumer(q, per_function=64)
         try:
@@ -242,6 +244,8 @@ async def test_a_full_queue_refuses_new_jobs_with_503_and_takes_them_again_once_
 
 async def test_a_full_sqlite_queue_drops_its_oldest_dead_letters_before_refusing(tmp_path: Path) -> None:
     # Jobs made to fail would otherwise fill it for good: the oldest dead letters go first.
+    from streamfaas.queue.base import QueueUnavailable
+
     q = SqliteQueue(tmp_path / "queue.db", lease=1.0, poll_interval=0.02, max_bytes=1 << 20)
     await q.start()
     try:
@@ -258,5 +262,10 @@ async def test_a_full_sqlite_queue_drops_its_oldest_dead_letters_before_refusing
         failed = [job.call_id for job in await q.list_jobs(failed=True, limit=100)]
         assert failed and "dead-0" not in failed and failed == sorted(failed, key=lambda c: int(c.split("-")[1]))
         assert len(await q.list_jobs(failed=False, limit=100)) == 12
+        # Dead letters too small to make the room are kept, and the submit refused.
+        with pytest.raises(QueueUnavailable):
+            for i in range(40):
+                await q.submit(Job(call_id=f"more-{i}", function="fn", body=b"x" * 65536))
+        assert len(await q.list_jobs(failed=True, limit=100)) <= len(failed)
     finally:
         await q.close()

@@ -413,9 +413,8 @@ class Journal:
     def adopt(self, function: str, sid: str, head: Head, *, max_bytes: int, window: float, grace: float) -> Stream:
         """A stream under a given id: a new one, or a local copy of another gateway's."""
         stream = Stream(self, function, sid, head, max_bytes, window, grace)
-        replaced = self.streams.get(sid)
-        if replaced is not None:  # adopted twice at once (two resumes of another gateway's stream)
-            self.forget(replaced)
+        if sid in self.streams:  # two resumes of another gateway's stream at once: one copy (JetStreamJournal.adopt)
+            raise ValueError(f"stream {sid!r} is kept here already")
         self.streams[sid] = stream
         # What a stream holds besides its bytes counts against the journal too: its head (a
         # function may send 60 KiB of headers) and its objects. Else streams of no bytes, kept

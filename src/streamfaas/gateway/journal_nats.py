@@ -143,6 +143,12 @@ class JetStreamJournal:
             head = _head(first)
             if head is None or head.get("function") != function:
                 raise JournalGone("unknown", f"no stream {sid!r} of function {function!r} is kept")
+            copied = self.journal.streams.get(sid)
+            if copied is not None and copied.function == function:
+                # Another resume copied it while this one looked it up: one copy, read by both
+                # (a second would be counted in the journal and never given back).
+                await sub.unsubscribe()
+                return copied
             stream = self.journal.adopt(function, sid, Head(head["status"], head["reason"], CIMultiDict(head["headers"])),
                                         max_bytes=int(head["max_bytes"]), window=float(head["window"]),
                                         grace=float(head.get("grace", 30.0)))

@@ -14,7 +14,8 @@ from .state import state_of
 async def metrics_endpoint(request: web.Request) -> web.Response:
     state = state_of(request)
     metrics = state.metrics
-    hidden: set[bytes] = set()
+    hidden: set[bytes] = set()  # function_name="…" label values
+    hidden_namespaces: set[bytes] = set()  # '.NAMESPACE"': a namespace that could not be read
     admin = state.credentials is None or state.credentials.matches(request.headers.get("Authorization"))
     provider = state.provider
     for status in provider.statuses():
@@ -24,17 +25,22 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
             try:
                 statuses = provider.statuses(namespace)
             except StreamfaasError:
-                continue  # a namespace that cannot be read now
+                hidden_namespaces.add(b'.%s"' % namespace.encode())  # unread: none of its series shown
+                continue
             own = "" if namespace == provider.default_namespace else namespace
             for status in statuses:
                 if is_private(status.labels, status.annotations):
-                    for label in {status.name, qualified_name(status.name, own)}:
-                        hidden.add(b'function_name="%s"' % label.encode())
+                    hidden.add(b'function_name="%s"' % qualified_name(status.name, own).encode())
     body = metrics.render()
-    if hidden:
+    if hidden or hidden_namespaces:
         # A private function's series are the admin's to see: without them an anonymous caller
         # learns neither its name nor how much, and how successfully, others call it.
-        body = b"\n".join(line for line in body.split(b"\n") if not any(h in line for h in hidden))
+        def shown(line: bytes) -> bool:
+            if any(h in line for h in hidden):
+                return False
+            return not (b'function_name="' in line and any(n in line for n in hidden_namespaces))
+
+        body = b"\n".join(line for line in body.split(b"\n") if shown(line))
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp

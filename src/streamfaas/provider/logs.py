@@ -46,6 +46,18 @@ def parse_stamp(token: str) -> float | None:
     return None if t.tzinfo is None else t.timestamp()
 
 
+def _cut_mark(data: bytes) -> int:
+    """Where the last line of a watchdog's cut begins (a stamp, then the mark), or -1. A
+    function's line holds its replica's prefix after the stamp, so it cannot pass for one."""
+    end = len(data)
+    while (at := data.rfind(CUT_MARK, 0, end)) >= 0:
+        start = data.rfind(b"\n", 0, at) + 1
+        if parse_stamp(data[start:at].decode(errors="replace")) is not None:
+            return start
+        end = at
+    return -1
+
+
 def split_line(line: str) -> tuple[float | None, str, str]:
     """``(time, instance, text)`` of a log line; time None and instance "" where it has none."""
     stamp_token, _, rest = line.partition(" ")
@@ -130,8 +142,11 @@ async def follow_log(
                     # Cut back (a log past its limit keeps its end, watchdog/function_process.py):
                     # what was kept was read already; go on after the line that says so.
                     kept = f.read(size)
-                    at = kept.rfind(CUT_MARK)
-                    position, partial = (kept.find(b"\n", at) + 1 if at >= 0 else 0), b""
+                    at = _cut_mark(kept)
+                    if at < 0:  # being rewritten (the cut truncates, then writes): look again
+                        await asyncio.sleep(POLL_INTERVAL)
+                        continue
+                    position, partial = kept.find(b"\n", at) + 1, b""
                 f.seek(position)
                 chunk = f.read(FOLLOW_CHUNK)  # a fast writer is caught up with a piece at a time
                 position = f.tell()

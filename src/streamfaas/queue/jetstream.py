@@ -104,8 +104,10 @@ class NatsQueue(JobQueue):
                  discover_interval: float = 1.0, max_bytes: int = 0) -> None:
         self.url = url
         self.max_bytes = max_bytes  # jobs and dead letters together: a submit past it is refused
-        self._held_bytes = 0
+        self._held_bytes = 0  # in the streams, as last asked (plus what was stored since)
         self._held_at = -1e9
+        self._publishing = 0  # bytes of submits being published now
+        self._asking: asyncio.Future[None] | None = None
         self.shown_url = redact_url(url)  # for messages and logs: never a password
         self.stream = stream
         self.failed_stream = f"{stream}_FAILED"
@@ -227,29 +229,43 @@ class NatsQueue(JobQueue):
             raise QueueUnavailable(f"NATS at {self.shown_url} did not store the job: {exc or exc.__class__.__name__}") from None
 
     async def submit(self, job: Job) -> None:
+        size = len(job.body)
         if self.max_bytes:
             # Not the streams' own max_bytes: it reserves that storage in the server up front,
             # and a full jobs stream would refuse a retry's own publish.
-            held = await self._held()
-            if held + len(job.body) > self.max_bytes:
+            await self._refresh_held()
+            if self._held_bytes + self._publishing + size > self.max_bytes:
                 raise QueueUnavailable(
                     f"the queue is full (--queue-max-bytes {self.max_bytes}): try again later, "
                     "or purge its dead letters (`streamfaas queue purge --failed`)"
                 )
-        await self.publish(job)
-        self._held_bytes += len(job.body)  # until the next look: a burst is counted as it comes
+        self._publishing += size  # no await since the check: concurrent submits see each other
+        try:
+            await self.publish(job)
+        finally:
+            self._publishing -= size
+        self._held_bytes += size  # stored: counted as the server will, until the next look
 
-    async def _held(self) -> int:
-        """Bytes in the jobs and dead-letter streams, asked of the server at most once a second."""
-        now = time.monotonic()
-        if now - self._held_at > 1.0:
-            try:
-                infos = [await self.js.stream_info(name) for name in (self.stream, self.failed_stream)]
-            except nats.errors.Error as exc:
-                raise QueueUnavailable(f"NATS at {self.shown_url} did not answer: {exc or exc.__class__.__name__}") from None
-            self._held_bytes = sum(info.state.bytes for info in infos)
-            self._held_at = now
-        return self._held_bytes
+    async def _refresh_held(self) -> None:
+        """What the jobs and dead-letter streams hold, asked of the server at most once a second
+        (one question at a time, however many submits wait for it)."""
+        if time.monotonic() - self._held_at <= 1.0:
+            return
+        if self._asking is None:
+            self._asking = asyncio.ensure_future(self._ask_held())
+        try:
+            await asyncio.shield(self._asking)
+        finally:
+            if self._asking is not None and self._asking.done():
+                self._asking = None
+
+    async def _ask_held(self) -> None:
+        try:
+            infos = [await self.js.stream_info(name) for name in (self.stream, self.failed_stream)]
+        except nats.errors.Error as exc:
+            raise QueueUnavailable(f"NATS at {self.shown_url} did not answer: {exc or exc.__class__.__name__}") from None
+        self._held_bytes = sum(info.state.bytes for info in infos)
+        self._held_at = time.monotonic()
 
     # ---- workers ----
     async def _functions(self) -> list[str]:

@@ -243,12 +243,20 @@ class SqliteQueue(JobQueue):
             # Anyone may queue a job: without a bound, 1 MiB submits to a slow function filled
             # the disk at ~40 MiB/s. Past it the oldest dead letters go first (else jobs made to
             # fail would close the queue for good), then a submit is refused.
-            while self.max_bytes and _used_bytes(c) + size > self.max_bytes:
-                oldest = c.execute("SELECT id, call_id FROM jobs WHERE state='failed' ORDER BY id LIMIT 1").fetchone()
-                if oldest is None:
+            excess = _used_bytes(c) + size - self.max_bytes if self.max_bytes else 0
+            if excess > 0:
+                # The oldest dead letters whose bodies make the room, if they can; else refused.
+                last, freed = None, 0
+                for row_id, nbytes in c.execute(
+                    "SELECT id, length(body) + length(headers) FROM jobs WHERE state='failed' ORDER BY id"
+                ):
+                    last, freed = row_id, freed + nbytes
+                    if freed >= excess:
+                        break
+                if last is None or freed < excess:
                     raise QueueUnavailable(f"the queue is full (--queue-max-bytes {self.max_bytes}): try again later")
-                log.warning("queue: full: dropping the oldest dead-lettered job, %s", oldest[1])
-                c.execute("DELETE FROM jobs WHERE id=?", (oldest[0],))
+                dropped = c.execute("DELETE FROM jobs WHERE state='failed' AND id<=?", (last,)).rowcount
+                log.warning("queue: full: dropped the %d oldest dead-lettered job(s)", dropped)
             c.execute(sql, row)
 
         await self.run(insert, durable=True)
