@@ -32,7 +32,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from . import proxy_direct
 from ._upstream_conn import Response
 from .config import SseSettings
-from .errors import PayloadTooLarge, StreamfaasError, UpstreamError, UpstreamTimeout
+from .errors import PayloadTooLarge, RequestTimeout, StreamfaasError, UpstreamError, UpstreamTimeout
 from .upstream import Pool
 
 # RFC 9110 §7.6.1 connection-specific headers, plus the ones aiohttp sets itself per hop.
@@ -265,16 +265,23 @@ class _HeartbeatClock:
             await beat.send()
 
 
-async def read_capped(request: web.Request, limit: int, too_large: str) -> bytes:
+async def read_capped(request: web.Request, limit: int, too_large: str, *, read_timeout: float = 0.0,
+                      too_slow: str = "") -> bytes:
     """A request's body read whole, as it comes; ``PayloadTooLarge(too_large)`` once it is past
-    ``limit`` bytes, by its Content-Length before any of it is read or as it arrives (0: no limit)."""
+    ``limit`` bytes, by its Content-Length before any of it is read or as it arrives (0: no limit);
+    ``RequestTimeout(too_slow)`` if it is not all in within ``read_timeout`` seconds (0: no limit):
+    a body that trickles in must not hold its bytes in memory for as long as its sender likes."""
     if limit and (request.content_length or 0) > limit:
         raise PayloadTooLarge(too_large)
     body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if limit and len(body) > limit:
-            raise PayloadTooLarge(too_large)
+    try:
+        async with asyncio.timeout(read_timeout or None):
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if limit and len(body) > limit:
+                    raise PayloadTooLarge(too_large)
+    except TimeoutError:
+        raise RequestTimeout(too_slow) from None
     return bytes(body)
 
 

@@ -21,7 +21,7 @@ from yarl import URL
 
 from ..config import GatewayConfig
 from ..errors import BadRequest, FunctionNotFound
-from ..proxy import forward_headers
+from ..proxy import forward_headers, read_capped
 from ..queue import (
     AUTH_HEADERS,
     CallbackPolicy,
@@ -36,7 +36,7 @@ from ..queue import (
     open_queue,
 )
 from .auth import check_function_access, cross_site_reason, is_private
-from .invoke import check_namespace, qualified_name, read_within, split_name
+from .invoke import check_namespace, qualified_name, split_name, too_slow
 from .state import STATE_KEY, GatewayState, state_of
 from .system import json_body
 
@@ -178,7 +178,7 @@ async def submit_async(request: web.Request) -> web.Response:
     limit = state.config.queue.max_body
     too_large = f"request body is larger than the async limit of {limit} bytes (--max-async-body)"
     read_timeout = state.provider.record(name, namespace).body_limits.read_timeout
-    body = await read_within(request, limit, too_large, name, read_timeout)
+    body = await read_capped(request, limit, too_large, read_timeout=read_timeout, too_slow=too_slow(name, read_timeout))
     headers = forward_headers(request.headers, drop=_NOT_STORED)
     job = Job(
         call_id=call_id,

@@ -15,7 +15,6 @@ from ..config import BodyLimits, ResumeSettings, SseSettings
 from ..errors import (
     NamespaceNotFound,
     PayloadTooLarge,
-    RequestTimeout,
     StreamfaasError,
     Unauthorized,
 )
@@ -272,17 +271,12 @@ def _releaser(replica: Endpoint) -> Callable[[], None]:
 
 async def _read_body(request: web.Request, name: str, limits: BodyLimits) -> bytes:
     """A buffered body, read as it comes and given up on past ``max_body`` or ``read_timeout``."""
-    return await read_within(request, limits.max_body, _too_large(name, limits), name, limits.read_timeout)
+    return await read_capped(request, limits.max_body, _too_large(name, limits),
+                             read_timeout=limits.read_timeout, too_slow=too_slow(name, limits.read_timeout))
 
 
-async def read_within(request: web.Request, limit: int, too_large: str, name: str, read_timeout: float) -> bytes:
-    """A whole body, given up on past ``limit`` bytes (413) or ``read_timeout`` seconds (408):
-    a body that trickles in must not hold its bytes in memory for as long as its sender likes."""
-    try:
-        async with asyncio.timeout(read_timeout or None):
-            return await read_capped(request, limit, too_large)
-    except TimeoutError:
-        raise RequestTimeout(f"request body not received within {read_timeout:g}s ({name}'s read_timeout)") from None
+def too_slow(name: str, read_timeout: float) -> str:
+    return f"request body not received within {read_timeout:g}s ({name}'s read_timeout)"
 
 
 def _too_large(name: str, limits: BodyLimits) -> str:

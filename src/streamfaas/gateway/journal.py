@@ -412,10 +412,9 @@ class Journal:
 
     def adopt(self, function: str, sid: str, head: Head, *, max_bytes: int, window: float, grace: float) -> Stream:
         """A stream under a given id: a new one, or a local copy of another gateway's."""
-        stream = Stream(self, function, sid, head, max_bytes, window, grace)
         if sid in self.streams:  # two resumes of another gateway's stream at once: one copy (JetStreamJournal.adopt)
             raise ValueError(f"stream {sid!r} is kept here already")
-        self.streams[sid] = stream
+        stream = self.streams[sid] = Stream(self, function, sid, head, max_bytes, window, grace)
         # What a stream holds besides its bytes counts against the journal too: its head (a
         # function may send 60 KiB of headers) and its objects. Else streams of no bytes, kept
         # for resume_window, grew the gateway past --resume-journal-bytes (4.8-111 KiB a call).

@@ -18,12 +18,13 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     hidden_namespaces: set[bytes] = set()  # '.NAMESPACE"': a namespace that could not be read
     admin = state.credentials is None or state.credentials.matches(request.headers.get("Authorization"))
     provider = state.provider
-    for status in provider.statuses():
+    default = provider.statuses()
+    for status in default:
         metrics.service_count.labels(function_name=status.name).set(status.availableReplicas)
     if not admin:
         for namespace in provider.namespaces():  # a private function in any of them (Kubernetes)
             try:
-                statuses = provider.statuses(namespace)
+                statuses = default if namespace == provider.default_namespace else provider.statuses(namespace)
             except StreamfaasError:
                 hidden_namespaces.add(b'.%s"' % namespace.encode())  # unread: none of its series shown
                 continue

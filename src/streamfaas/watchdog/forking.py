@@ -213,11 +213,8 @@ async def read_body(request: web.Request, config: WatchdogConfig) -> bytes:
     """A request body read whole, within ``read_timeout`` and ``max_body``: the gateway holds
     bodies to ``max_body`` too, but on Kubernetes other pods can reach a watchdog directly."""
     too_large = f"request body is larger than this function's max_body of {config.max_body} bytes"
-    try:
-        async with asyncio.timeout(config.read_timeout or None):
-            return await read_capped(request, config.max_body, too_large)
-    except TimeoutError:
-        raise _RequestTimeout(f"request body not received within {config.read_timeout:g}s") from None
+    return await read_capped(request, config.max_body, too_large, read_timeout=config.read_timeout,
+                             too_slow=f"request body not received within {config.read_timeout:g}s")
 
 
 def _log_request(config: WatchdogConfig, text: str) -> None:
@@ -232,10 +229,6 @@ def _log_request(config: WatchdogConfig, text: str) -> None:
 
 def _log_wrote(config: WatchdogConfig, size: int, started: float) -> None:
     _log_request(config, f"Wrote {size} Bytes - Duration: {time.monotonic() - started:f} seconds")
-
-
-class _RequestTimeout(StreamfaasError):
-    http_status = 408
 
 
 async def _stop_feeding(feeder: asyncio.Task[None]) -> None:
