@@ -4,7 +4,7 @@ real pods of a python3-flask function (tests/k8s/functions/probe), real SSE stre
 - A burst of 200 streams at a function with ``threads: 16``, target 16 and max 20 is decided
   at once (the Deployment asks for >= 10 replicas within 2 s) and served: every stream
   completes, on >= 10 pods. On this 2-core machine a real kubelet starts ~14 Python pods in
-  parallel (5-7 s), so *ready* replicas are asserted within ``READY_BOUND`` and the times printed.
+  parallel (5-7 s here, 18 s on CI late in the suite), so *ready* replicas are asserted within ``READY_BOUND`` and the times printed.
 - Then the burst ends with long streams open on most pods, and the function goes back to its
   minimum: the pods removed drain (SIGTERM, the watchdog's ``drain_timeout``) and every one of
   those streams gets its final event.
@@ -53,8 +53,10 @@ DONE = "event: done"  # the probe's final event: a stream that shows it was not 
 # Ready replicas after a burst: the decision is immediate (0.1-0.3 s), but ~14 Python pods
 # starting at once on 2 cores under a real kubelet take time: >= 10 were ready at 5.3-6.8 s here
 # (2026-12-02, printed by the test; 14 s before the kubelet's API limits were raised, see
-# scripts/k8s-cluster.sh); the bound leaves room for a loaded machine.
-READY_BOUND = 15.0
+# scripts/k8s-cluster.sh), and at 18.4 s on CI's machine (2026-12-03, late in a 30-minute suite).
+# How fast a kubelet starts pods is the machine's, not the autoscaler's: the autoscaler's part,
+# the decision, is held to 2 s below; the bound for ready pods only catches pods that never come.
+READY_BOUND = 40.0
 
 
 def _final(s: Stream) -> bool:
