@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .._log_cut import CUT_MARK
+
 POLL_INTERVAL = 0.1
 TAIL_WINDOW = 256 * 1024  # a tail reads this much of the file's end first, then 4× more as needed
 FOLLOW_CHUNK = 1 << 20
 # The most of a log's end that one request reads (older lines are not shown): a function writes
 # its log as it likes, and parsing it costs the gateway ~10× its size in memory.
 HISTORY_MAX = 16 << 20
-# The line a watchdog writes where it cut its log back (watchdog/function_process.bound_log).
-CUT_MARK = b" streamfaas: the log passed "
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,10 @@ from collections.abc import Callable
 
 import aiohttp
 
+from .._log_cut import CUT_MARK
 from .._process import kill_group
 from ..config import WatchdogConfig
 from ..errors import DeployError
-from ..provider.logs import CUT_MARK
 from ..upstream import Pool
 from .spawn import Spawned
 from .start_report import TAIL_LINES
