@@ -42,6 +42,11 @@ class UpstreamUnreachable(UpstreamError):
     """The connection could not be made: nothing was sent, so the request may go elsewhere."""
 
 
+def body_stalled(idle: float) -> str:
+    """Why a streamed request body was given up on (408, or the stream's end once answered)."""
+    return f"request body stalled: nothing of it for {idle:g}s (read_timeout)"
+
+
 class Pool:
     """Keep-alive connections to upstreams, for one replica (``unix_path``) or for TCP
     addresses taken from each request's base URL. An idle connection is closed after
@@ -101,7 +106,7 @@ class Pool:
                 await response._head
             except ClientPayloadError as exc:
                 if response._stalled:
-                    raise RequestTimeout(f"request body stalled: nothing of it for {body_idle:g}s (read_timeout)") from None
+                    raise RequestTimeout(body_stalled(body_idle)) from None
                 if not (reused and response.status == 0 and method in _NO_BODY_METHODS and not body):
                     raise UpstreamError(f"upstream unavailable: {exc}") from None
                 # A kept-alive connection the upstream closed as this request went out: a

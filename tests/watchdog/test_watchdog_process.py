@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,3 +162,38 @@ def test_the_watchdogs_imports_leave_out_the_gateways_packages() -> None:
     heavy = [m for m in modules if m.split(".")[0] in ("pydantic", "pydantic_core", "yaml", "click", "prometheus_client", "rich")
              or m.startswith(("streamfaas.provider", "streamfaas.gateway", "streamfaas.cli"))]
     assert heavy == []
+
+
+@pytest.mark.parametrize("fprocess", ["wc -c", "cat"])
+def test_a_forked_process_whose_streamed_body_stalls_is_killed_after_read_timeout(tmp_path: Path, fprocess: str) -> None:
+    """Streaming mode forks a process per request and streams the body to its stdin. A caller
+    that sends a piece and then nothing held that process until the caller left; on Kubernetes
+    any pod reaches a watchdog. ``wc -c`` waits for the body's end (so it is a 408); ``cat``
+    answers at once (so its stream is cut)."""
+    env = {**os.environ, "fprocess": fprocess, "mode": "streaming", "port": "0", "read_timeout": "1s"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamfaas.watchdog"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        url = httpx.URL(proc.stdout.readline().decode().split()[-1])
+        with socket.create_connection((url.host, url.port), timeout=20) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: fn\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            wait_for(lambda: len(descendants(proc.pid)) == 1, what="the request's process")
+            started = time.monotonic()
+            reply = b""
+            # The stream cut closes the connection; a 408 is whole at its message (aiohttp then
+            # lingers, reading what else of the body comes, before it closes).
+            while (chunk := sock.recv(65536)) and not (reply := reply + chunk).endswith(b"(read_timeout)\n"):
+                pass
+            took = time.monotonic() - started
+        wait_for(lambda: not descendants(proc.pid), what="the request's process to be killed")
+        if fprocess == "wc -c":
+            assert reply.startswith(b"HTTP/1.1 408 "), reply
+            assert reply.endswith(b"\r\n\r\nrequest body stalled: nothing of it for 1s (read_timeout)\n"), reply
+        else:
+            assert reply.startswith(b"HTTP/1.1 200 "), reply
+            assert b"hello" in reply and not reply.endswith(b"0\r\n\r\n"), reply  # cut, not ended as if whole
+        assert took < 5
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)

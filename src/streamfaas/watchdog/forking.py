@@ -32,6 +32,7 @@ from ..proxy import (
     is_event_stream,
     read_capped,
 )
+from ..upstream import body_stalled
 from .function_process import log_prefix, process_exit, pump_output
 from .spawn import RequestCommand
 
@@ -117,6 +118,7 @@ class RequestProcess:
         self._exited = asyncio.get_running_loop().create_future()
         self.returncode: int | None = None
         self.last_error = b""
+        self.stalled = 0.0  # the read_timeout a streamed body went past (the process was killed)
 
     @classmethod
     async def start(cls, command: RequestCommand, request_env: Mapping[str, str], config: WatchdogConfig) -> RequestProcess:
@@ -148,8 +150,11 @@ class RequestProcess:
         self.returncode = self.popen.wait()
         self._exited.set_result(None)
 
-    async def feed(self, body: bytes | aiohttp.StreamReader | None) -> None:
-        """Write the request body to stdin, then close it (the process sees its end)."""
+    async def feed(self, body: bytes | aiohttp.StreamReader | None, idle: float = 0.0) -> None:
+        """Write the request body to stdin, then close it (the process sees its end). A streamed
+        body that sends nothing for ``idle`` seconds kills the process (``stalled``): a caller
+        that withholds its body would hold a process for as long as it liked, and a process
+        given the body's end early would take a part for the whole."""
         stdin, pipe = self._stdin, self._stdin_pipe
         assert stdin is not None
         try:
@@ -157,8 +162,16 @@ class RequestProcess:
                 if body:
                     stdin.write(body)
             elif body is not None:
-                async for chunk in body.iter_any():
-                    if pipe.lost:
+                while True:
+                    try:
+                        async with asyncio.timeout(idle or None):
+                            chunk = await body.readany()
+                    except TimeoutError:
+                        self.stalled = idle
+                        if self.returncode is None:
+                            kill_group(self.popen.pid, signal.SIGKILL)  # reaped by _watch_exit
+                        return
+                    if not chunk or pipe.lost:
                         break
                     stdin.write(chunk)
                     await pipe.drain()
@@ -246,7 +259,7 @@ async def invoke_streaming(request: web.Request, config: WatchdogConfig, command
         body = await read_body(request, config)
     _log_request(config, "Forking fprocess.")
     process = await RequestProcess.start(command, cgi_environment(request), config)
-    feeder = asyncio.create_task(process.feed(body))
+    feeder = asyncio.create_task(process.feed(body, config.read_timeout))
     try:
         limit = _headers_limit(config)
         try:
@@ -257,6 +270,8 @@ async def invoke_streaming(request: web.Request, config: WatchdogConfig, command
         except TimeoutError:
             return error_response(f"function wrote nothing within {limit:g}s", 504)
         if not first:
+            if process.stalled:
+                return error_response(body_stalled(process.stalled), 408)
             if code != 0:
                 return error_response(process.failure(code), 500)
             _log_wrote(config, 0, started)
@@ -306,7 +321,8 @@ async def _stream(
         await _fail_after_headers(request, resp, sse, failure, None, last)
         return resp
     if code != 0:
-        failure = UpstreamError(f"function failed mid-stream: {process.failure(code)}")
+        why = body_stalled(process.stalled) if process.stalled else f"function failed mid-stream: {process.failure(code)}"
+        failure = UpstreamError(why)
         await _fail_after_headers(request, resp, sse, failure, None, last)
         return resp
     # Logged before the body's end goes out, as serializing mode logs before it answers: a
