@@ -5,6 +5,7 @@ on the first gateway only; a client still reading on the second keeps it from be
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from queue_fixture import NatsServer, queue_args
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 from test_resume import ANSWER, RESUME, _pairs  # noqa: E402
 
-from platform_fixture import Platform, Signals  # noqa: E402
+from platform_fixture import Platform, Signals, wait_for  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,54 @@ def test_a_stream_begun_on_one_gateway_resumes_on_another_and_the_function_ran_o
     assert _pairs(rest)[-1] == ("done", "end")
     assert len(signals.marks("run-across")) == 1  # gateway two's replica was never called
     signals.wait_marks("finished-across")
+
+
+def test_clients_resuming_one_stream_at_once_on_another_gateway_all_resume(
+    gateways: tuple[Platform, Platform, Signals]
+) -> None:
+    # The first resume on gateway two begins its copy from JetStream; the others, a moment
+    # later, joined that copy before it had read up to their event, and got a 404 ("has no
+    # event"). Large events (300 kB) make the copy take long enough to be joined midway.
+    one, two, signals = gateways
+    query = "?gate=together&size=300000"
+    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", one.function_url("answer") + query) as es:
+        first = []
+        for event in es.iter_sse():
+            first.append(event)
+            if len(first) == 2:
+                break
+    clients = 8
+    start = threading.Barrier(clients)
+    answered = [threading.Event() for _ in range(clients)]
+    got: list[object] = [None] * clients
+
+    def resume(i: int) -> None:
+        try:
+            start.wait(10)
+            with httpx.Client(timeout=30) as client, connect_sse(
+                client, "GET", two.function_url("answer") + query, headers={"Last-Event-ID": first[-1].id}
+            ) as es:
+                answered[i].set()
+                if es.response.status_code != 200:
+                    got[i] = (es.response.status_code, es.response.read())
+                    return
+                got[i] = [e.data.split(" ")[0] for e in es.iter_sse()]  # "3 xxx…": the event's number
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            got[i] = exc
+        finally:
+            answered[i].set()
+
+    threads = [threading.Thread(target=resume, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: all(a.is_set() for a in answered), 30, what="every resume's answer")
+    finally:
+        signals.open("together")  # the function goes on past event 3
+        for t in threads:
+            t.join(30)
+    assert got == [["3", "4", "5", "6", "end"]] * clients
+    assert len(signals.marks("run-together")) == 1
 
 
 def test_an_unknown_stream_is_a_404_on_every_gateway(gateways: tuple[Platform, Platform, Signals]) -> None:

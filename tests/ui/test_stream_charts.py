@@ -114,7 +114,9 @@ def test_charts_show_a_functions_streams_and_fit_every_width(
         shots.mkdir()
         for width, height in ((390, 844), (768, 1024), (1280, 800)):
             page.set_viewport_size({"width": width, "height": height})
-            block.scroll_into_view_if_needed()
+            # In the page's own turn: the article can be redrawn between Playwright's finding it
+            # and scrolling to it ("not attached to the DOM").
+            page.evaluate("name => document.querySelector(`article[data-function=\"${name}\"]`).scrollIntoView({block: 'nearest'})", NAME)
             scroll_width, inner_width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
             assert scroll_width <= inner_width, f"the page is {scroll_width} px wide in a {inner_width} px window"
             assert page.evaluate(CLIPPED) == []

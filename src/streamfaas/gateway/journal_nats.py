@@ -41,6 +41,26 @@ JETSTREAM_JOURNAL_AGE = 3600.0  # seconds: a stream resumes on another gateway w
 _CATCH_UP = 10.0  # seconds to read a stream's journal so far, before giving up on a resume
 
 
+class _Copy:
+    """How far this gateway's copy of another gateway's stream has read JetStream."""
+
+    __slots__ = ("seq", "moved", "closed")
+
+    def __init__(self) -> None:
+        self.seq = 0  # the JetStream sequence of the last message copied
+        self.moved = asyncio.Event()
+        self.closed = False
+
+    def advance(self, seq: int) -> None:
+        self.seq = seq
+        moved, self.moved = self.moved, asyncio.Event()
+        moved.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self.moved.set()
+
+
 class JetStreamJournal:
     """Mirrors a gateway's journalled streams into JetStream and reads other gateways' back."""
 
@@ -56,6 +76,7 @@ class JetStreamJournal:
         self._nc: Client | None = None
         self._control_sub: Subscription | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._copies: dict[str, _Copy] = {}  # streams being copied from JetStream, by id
 
     async def start(self) -> None:
         servers = [u.strip() for u in self.url.split(",") if u.strip()]
@@ -144,34 +165,65 @@ class JetStreamJournal:
             if head is None or head.get("function") != function:
                 raise JournalGone("unknown", f"no stream {sid!r} of function {function!r} is kept")
             copied = self.journal.streams.get(sid)
-            if copied is not None and copied.function == function:
+            joined = copied if copied is not None and copied.function == function else None
+            if joined is not None:
                 # Another resume copied it while this one looked it up: one copy, read by both
                 # (a second would be counted in the journal and never given back).
                 await sub.unsubscribe()
-                return copied
+        except BaseException:
+            await sub.unsubscribe()
+            raise
+        if joined is not None:
+            await self._reach(joined, self._copies.get(sid), last.seq or 0)
+            return joined
+        try:
             stream = self.journal.adopt(function, sid, Head(head["status"], head["reason"], CIMultiDict(head["headers"])),
                                         max_bytes=int(head["max_bytes"]), window=float(head["window"]),
                                         grace=float(head.get("grace", 30.0)))
-            caught_up = asyncio.Event()
-            task = asyncio.get_running_loop().create_task(self._copy(sub, stream, last.seq or 0, caught_up))
+            copy = self._copies[sid] = _Copy()
+            task = asyncio.get_running_loop().create_task(self._copy(sub, stream, copy))
         except BaseException:
             await sub.unsubscribe()
             raise
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         try:
-            async with asyncio.timeout(_CATCH_UP):
-                await caught_up.wait()
-        except TimeoutError:
+            await self._reach(stream, copy, last.seq or 0)
+        except JournalGone:
             task.cancel()
             self.journal.forget(stream)
-            raise JournalGone("unknown", f"stream {sid!r} could not be read back in time") from None
+            raise
         if stream.done and stream.outcome_time + stream.window < time.time():
             self.journal.forget(stream)
             raise JournalGone("unknown", f"stream {sid!r} ended more than its resume_window ago")
         return stream
 
-    async def _copy(self, sub: Subscription, stream: Stream, last_seq: int, caught_up: asyncio.Event) -> None:
+    async def caught_up(self, stream: Stream) -> None:
+        """Return once this gateway's copy of ``stream`` holds what JetStream holds of it now;
+        at once for a stream that is not being copied. Another client's resume may have begun
+        the copy a moment ago, and it may not have reached this client's event yet: without
+        this wait, that event was not found (404)."""
+        copy = self._copies.get(stream.sid)
+        if copy is None or stream.done or self._nc is None:
+            return
+        try:
+            last = await self._nc.jetstream().get_last_msg(self.stream, f"{self.subjects}.{stream.sid}")
+        except nats.errors.Error:
+            return  # nothing newer to wait for; the copy so far answers
+        await self._reach(stream, copy, last.seq or 0)
+
+    async def _reach(self, stream: Stream, copy: _Copy | None, seq: int) -> None:
+        """Wait until ``copy`` has read JetStream up to ``seq`` (or the stream ended, or the copy stopped)."""
+        if copy is None:
+            return
+        try:
+            async with asyncio.timeout(_CATCH_UP):
+                while copy.seq < seq and not stream.done and not copy.closed:
+                    await copy.moved.wait()
+        except TimeoutError:
+            raise JournalGone("unknown", f"stream {stream.sid!r} could not be read back in time") from None
+
+    async def _copy(self, sub: Subscription, stream: Stream, copy: _Copy) -> None:
         keepalive = asyncio.get_running_loop().create_task(self._say_reading(stream))
         try:
             while not stream.done:
@@ -184,14 +236,15 @@ class JetStreamJournal:
                 elif kind == "end":
                     stream.outcome_time = float((msg.headers or {}).get("Sf-Time", "0"))
                     stream.finish((msg.headers or {}).get("Sf-Outcome", "complete"))
-                if msg.metadata.sequence.stream >= last_seq:
-                    caught_up.set()
+                copy.advance(msg.metadata.sequence.stream)
         except (nats.errors.Error, ValueError) as exc:
             log.warning("journal: reading stream %s back from JetStream failed: %s", stream.sid, exc)
             if not stream.done:
                 stream.finish("function")
         finally:
-            caught_up.set()
+            if self._copies.get(stream.sid) is copy:
+                del self._copies[stream.sid]
+            copy.close()
             keepalive.cancel()
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()

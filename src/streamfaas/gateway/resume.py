@@ -230,6 +230,9 @@ async def resume_or_none(
             if journal.mirror is None or not sid:
                 raise
             stream = await journal.mirror.adopt(function, sid, event_id)  # begun on another gateway
+        else:
+            if journal.mirror is not None:  # a copy another client's resume began may be behind this one's event
+                await journal.mirror.caught_up(stream)
         offset = stream.offset_after(event_id)
     except JournalGone as gone:
         count("rerun" if settings.rerun else gone.reason)
