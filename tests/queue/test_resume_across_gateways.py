@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from httpx_sse import connect_sse
+from httpx_sse import ServerSentEvent, connect_sse
 from queue_fixture import NatsServer, queue_args
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
@@ -40,18 +40,23 @@ def gateways(tmp_path_factory: pytest.TempPathFactory, nats_server: NatsServer) 
         signals.close()
 
 
-def test_a_stream_begun_on_one_gateway_resumes_on_another_and_the_function_ran_once(
-    gateways: tuple[Platform, Platform, Signals]
-) -> None:
-    one, two, signals = gateways
-    query = "?gate=across"
-    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", one.function_url("answer") + query) as es:
-        stream_id = es.response.headers["X-Stream-Id"]
+def _first_two_events(url: str) -> tuple[str, list[ServerSentEvent]]:
+    """Open a stream, read its first two events and leave: its X-Stream-Id and those events."""
+    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", url) as es:
         first = []
         for event in es.iter_sse():
             first.append(event)
             if len(first) == 2:
                 break
+        return es.response.headers["X-Stream-Id"], first
+
+
+def test_a_stream_begun_on_one_gateway_resumes_on_another_and_the_function_ran_once(
+    gateways: tuple[Platform, Platform, Signals]
+) -> None:
+    one, two, signals = gateways
+    query = "?gate=across"
+    stream_id, first = _first_two_events(one.function_url("answer") + query)
     # Resume on the other gateway before the function goes on: the journal so far from
     # JetStream, then the live tail, while the function (waiting on the gate) runs on gateway one.
     with httpx.Client(timeout=30) as client, connect_sse(
@@ -79,12 +84,7 @@ def test_clients_resuming_one_stream_at_once_on_another_gateway_all_resume(
     # event"). Large events (300 kB) make the copy take long enough to be joined midway.
     one, two, signals = gateways
     query = "?gate=together&size=300000"
-    with httpx.Client(timeout=30) as client, connect_sse(client, "GET", one.function_url("answer") + query) as es:
-        first = []
-        for event in es.iter_sse():
-            first.append(event)
-            if len(first) == 2:
-                break
+    _, first = _first_two_events(one.function_url("answer") + query)
     clients = 8
     start = threading.Barrier(clients)
     answered = [threading.Event() for _ in range(clients)]
