@@ -47,6 +47,19 @@ def body_stalled(idle: float) -> str:
     return f"request body stalled: nothing of it for {idle:g}s (read_timeout)"
 
 
+async def next_piece(body: StreamReader, idle: float) -> bytes | None:
+    """A streamed request body's next piece (b"" at its end), or None if nothing of it came for
+    ``idle`` seconds (0: no limit): a caller that withholds its body must not hold what serves it
+    (a waitress thread, a per-request process) for as long as it likes."""
+    if not idle:
+        return await body.readany()
+    try:
+        async with asyncio.timeout(idle):
+            return await body.readany()
+    except TimeoutError:
+        return None
+
+
 class Pool:
     """Keep-alive connections to upstreams, for one replica (``unix_path``) or for TCP
     addresses taken from each request's base URL. An idle connection is closed after
@@ -232,23 +245,16 @@ def _head(method: str, target: str, host: str, headers: CIMultiDict[str], body: 
 
 async def _send_body(conn: Connection, response: Response, body: StreamReader, chunked: bool, idle: float = 0.0) -> None:
     """Copy a streamed request body upstream, as it comes, with flow control both ways. A body
-    that sends nothing for ``idle`` seconds cuts the exchange: a caller that withholds it would
-    hold the replica (a waitress thread, a per-request process) for as long as it liked."""
+    that sends nothing for ``idle`` seconds cuts the exchange (``next_piece``)."""
     assert conn.transport is not None
     transport = conn.transport
-    read = body.readany
     try:
         while True:
-            if idle:
-                try:
-                    async with asyncio.timeout(idle):
-                        data = await read()
-                except TimeoutError:
-                    response._stalled = True
-                    conn.close()
-                    return
-            else:
-                data = await read()
+            data = await next_piece(body, idle)
+            if data is None:
+                response._stalled = True
+                conn.close()
+                return
             if not data:
                 break
             if chunked:

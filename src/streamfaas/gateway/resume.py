@@ -80,6 +80,7 @@ async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: 
     clean = False
     outcome = "client"  # cancelled: every client went away and none came back in time
     last: bytes | None = None
+    event_limit = max(stream.max_bytes, MAX_EVENT)
     try:
         read = upstream.content.readany
         chunk = await read()
@@ -89,8 +90,8 @@ async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: 
             await _append(stream, retry_line + out if retry_line and not _sets_retry(chunk) else out)
         while chunk:
             last = chunk
-            if ids.held > max(stream.max_bytes, MAX_EVENT):
-                raise EventTooLong(max(stream.max_bytes, MAX_EVENT))
+            if ids.held > event_limit:
+                raise EventTooLong(event_limit)
             chunk = await read()
             if chunk:
                 await _append(stream, ids.feed(chunk))

@@ -32,7 +32,7 @@ from ..proxy import (
     is_event_stream,
     read_capped,
 )
-from ..upstream import body_stalled
+from ..upstream import body_stalled, next_piece
 from .function_process import log_prefix, process_exit, pump_output
 from .spawn import RequestCommand
 
@@ -163,10 +163,8 @@ class RequestProcess:
                     stdin.write(body)
             elif body is not None:
                 while True:
-                    try:
-                        async with asyncio.timeout(idle or None):
-                            chunk = await body.readany()
-                    except TimeoutError:
+                    chunk = await next_piece(body, idle)
+                    if chunk is None:
                         self.stalled = idle
                         if self.returncode is None:
                             kill_group(self.popen.pid, signal.SIGKILL)  # reaped by _watch_exit
