@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -106,6 +107,7 @@ class Callback:
     body: bytes
     function_name: str = ""
     answered: int = 200  # what the receiver answered; 0: it never answered (``hang``)
+    received: float = 0.0  # time.monotonic() when it arrived
 
 
 HANG = 0  # in ``CallbackReceiver.script``: hold the callback unanswered until the receiver closes
@@ -133,7 +135,7 @@ class CallbackReceiver:
                 callback = Callback(
                     call_id, self.headers.get("X-Function-Status", ""),
                     self.headers.get("X-Duration-Seconds", ""), self.headers.get("X-Queue-Worker", ""), body,
-                    self.headers.get("X-Function-Name", ""), status,
+                    self.headers.get("X-Function-Name", ""), status, time.monotonic(),
                 )
                 receiver._record(callback)
                 if status == HANG:

@@ -134,16 +134,24 @@ def test_retried_attempts_wait_the_backoff_and_it_doubles(gateway: Platform, rec
 
 
 # ---- what is retried, and what is not -------------------------------------------------------
-def test_callback_answering_non_2xx_is_retried_until_it_answers_2xx(gateway: Platform, receiver: CallbackReceiver) -> None:
+def test_callback_answering_non_2xx_is_retried_without_running_the_function_again(
+    gateway: Platform, receiver: CallbackReceiver
+) -> None:
     call_id = new_id("cb-refused")
     receiver.script(call_id, [500, 404])
     submit(gateway, "scripted", b"x", callback=receiver.url, call_id=call_id)
     receiver.wait_all([call_id], timeout=30)
     attempts = receiver.attempts_of(call_id)
     assert [c.answered for c in attempts] == [500, 404, 200]
-    # Each retry ran the function again, and only the last callback was taken.
-    assert [report(c)["attempt"] for c in attempts] == [1, 2, 3]
+    # Each retry sent the one answer the function gave (its first run), and only the last
+    # callback was taken: a receiver that was down does not make the function run, and cost, again.
+    assert [report(c)["attempt"] for c in attempts] == [1, 1, 1]
     assert len(receiver.of(call_id)) == 1
+    # The callback's retries wait the job's backoff, doubling: 0.8 × 250 ms, then 0.8 × 500 ms.
+    first, second, third = (c.received for c in attempts)
+    assert second - first >= 0.8 * BACKOFF
+    assert third - second >= 0.8 * 2 * BACKOFF
+    wait_for(lambda: call_id not in queued(gateway, failed=False), 20, what="the job to leave the queue")
 
 
 def test_callback_timing_out_is_retried(gateway: Platform, receiver: CallbackReceiver) -> None:
@@ -153,7 +161,7 @@ def test_callback_timing_out_is_retried(gateway: Platform, receiver: CallbackRec
     receiver.wait_all([call_id], timeout=30)
     attempts = receiver.attempts_of(call_id)
     assert [c.answered for c in attempts] == [HANG, 200]
-    assert [report(c)["attempt"] for c in attempts] == [1, 2]
+    assert [report(c)["attempt"] for c in attempts] == [1, 1]
 
 
 def test_function_answering_429_is_retried(gateway: Platform, receiver: CallbackReceiver) -> None:

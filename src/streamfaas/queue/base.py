@@ -55,6 +55,11 @@ class Lease(ABC):
         """Not run to the end (shutdown): put the job back at once; the attempt does not count."""
 
     @abstractmethod
+    async def note(self, error: str) -> None:
+        """Show ``error`` as the job's last error while it stays leased (its callback is being
+        retried), where the queue can change a leased job."""
+
+    @abstractmethod
     async def keep_alive(self) -> None:
         """Still working on it: extend the lease."""
 

@@ -69,6 +69,9 @@ class NatsLease(Lease):
     async def release(self) -> None:
         await self._msg.nak()
 
+    async def note(self, error: str) -> None:
+        pass  # a leased message cannot change; the worker's log says why it is retried
+
     async def keep_alive(self) -> None:
         await self._msg.in_progress()
 

@@ -105,6 +105,9 @@ class SqliteLease(Lease):
     async def release(self) -> None:
         await self._queue.run(self._mine("UPDATE jobs SET available_at=?, lease_owner=NULL", time.time()))
 
+    async def note(self, error: str) -> None:
+        await self._queue.run(self._mine("UPDATE jobs SET last_error=?", error))
+
     async def keep_alive(self) -> None:
         await self._queue.run(self._mine("UPDATE jobs SET available_at=?", time.time() + self._queue.lease))
 

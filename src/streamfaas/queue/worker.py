@@ -1,9 +1,11 @@
 """The queue worker: leases jobs, runs each through the gateway, POSTs the result to its callback.
 
 A job is acked only once it is done: its callback answered 2xx, or it had none. A function 5xx
-(or 429), a connection error or a failed callback is retried with exponential backoff; after the
-last retry the job goes to the dead-letter list. On shutdown, in-flight jobs get the drain
-timeout to finish; the rest go back to the queue at once.
+(or 429) or a connection error is retried with exponential backoff; after the last retry the job
+goes to the dead-letter list. A failed callback is retried the same way, but by this worker,
+with the answer it holds, while it keeps the job's lease: the function does not run again
+because the receiver was down (only if the worker itself dies first). On shutdown, in-flight
+jobs get the drain timeout to finish; the rest go back to the queue at once.
 
 A callback goes only where the callback policy allows (callbacks.py): an address in its URL is
 checked before the function runs, a name on the addresses it resolves to as the worker connects,
@@ -79,6 +81,7 @@ class Outcome:
     retry_reason: str | None = None  # function | connection | callback; None: done
     error: str = ""
     permanent: bool = False  # no retry can succeed: dead-letter it now
+    spent: bool = False  # its retries were spent in this attempt (the callback's): dead-letter it now
 
 
 def backoff_delay(config: QueueConfig, failed_before: int) -> float:
@@ -170,7 +173,7 @@ class QueueWorker:
             self.metrics.wait_seconds.labels(function_name=fn).observe(max(0.0, time.time() - job.submitted_at))
         heartbeat = asyncio.create_task(self._keep_alive(lease))
         try:
-            outcome = await self._attempt(job)
+            outcome = await self._attempt(job, lease.note)
             heartbeat.cancel()
             await self._settle(lease, outcome)
         except asyncio.CancelledError:
@@ -196,7 +199,7 @@ class QueueWorker:
                 if metrics is not None:
                     metrics.completed.labels(function_name=fn, code=str(outcome.status)).inc()
                     metrics.done_seconds.labels(function_name=fn).observe(max(0.0, time.time() - job.submitted_at))
-            elif outcome.permanent or job.attempts + 1 > self.config.max_retries:
+            elif outcome.permanent or outcome.spent or job.attempts + 1 > self.config.max_retries:
                 log.warning("queue worker: %s (%s) dead-lettered after %d attempts%s: %s", job.call_id, fn,
                             job.attempts + 1, " (not retried)" if outcome.permanent else "", outcome.error)
                 await lease.dead_letter(outcome.error)
@@ -213,7 +216,7 @@ class QueueWorker:
             # The queue could not record it: the lease runs out and the job runs again.
             log.warning("queue worker: cannot record the outcome of %s: %s", job.call_id, exc)
 
-    async def _attempt(self, job: Job) -> Outcome:
+    async def _attempt(self, job: Job, note: Callable[[str], Awaitable[None]]) -> Outcome:
         began = time.perf_counter()
         if job.callback_url:
             try:
@@ -238,13 +241,36 @@ class QueueWorker:
             text = answer.body[:_ERROR_TEXT].decode(errors="replace").strip()
             return Outcome(status, "function", f"function answered HTTP {status}: {text}")
         if job.callback_url:
+            return await self._deliver(job, answer, duration, note)
+        return Outcome(status)
+
+    async def _deliver(self, job: Job, answer: Answer, duration: float, note: Callable[[str], Awaitable[None]]) -> Outcome:
+        """POST the answer to the job's callback until it is taken, retrying a failure after the
+        backoff (the retries left to the job), the function's answer held meanwhile: a receiver
+        that is down must not make the function run, and cost, again."""
+        status = answer.status
+        tries = 0
+        while True:
             try:
                 error = await self._callback(job, status, answer.content_type, answer.body, duration)
             except CallbackRefused as exc:
                 return Outcome(status, "callback", f"callback {job.callback_url} refused: {exc}", permanent=True)
-            if error:
-                return Outcome(status, "callback", error)
-        return Outcome(status)
+            if not error:
+                return Outcome(status)
+            tries += 1
+            if job.attempts + tries > self.config.max_retries:
+                return Outcome(status, "callback", f"{error} ({tries} {'try' if tries == 1 else 'tries'}; "
+                               "the function ran once)", spent=True)
+            delay = backoff_delay(self.config, job.attempts + tries - 1)
+            log.info("queue worker: %s (%s) callback try %d failed, again in %.2fs: %s",
+                     job.call_id, job.function, tries, delay, error)
+            if self.metrics is not None:
+                self.metrics.retries.labels(function_name=job.function, reason="callback").inc()
+            try:
+                await note(error)  # `queue list` shows why the job is still there
+            except (QueueUnavailable, OSError) as exc:
+                log.warning("queue worker: cannot record the callback failure of %s: %s", job.call_id, exc)
+            await asyncio.sleep(delay)
 
     async def _call(self, job: Job) -> Answer | Outcome:
         """Run the job through a gateway: its answer, or the Outcome of a failed attempt."""
