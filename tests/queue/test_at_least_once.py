@@ -154,6 +154,23 @@ def test_callback_answering_non_2xx_is_retried_without_running_the_function_agai
     wait_for(lambda: call_id not in queued(gateway, failed=False), 20, what="the job to leave the queue")
 
 
+def test_callback_retries_share_the_jobs_retry_budget_with_the_function(
+    gateway: Platform, receiver: CallbackReceiver
+) -> None:
+    call_id = new_id("cb-budget")
+    receiver.script(call_id, [500] * (MAX_RETRIES + 2))  # more refusals than the job has retries
+    submit(gateway, "scripted", b"x", callback=receiver.url, call_id=call_id, headers={"X-Answers": "503,200"})
+    wait_for(lambda: call_id in queued(gateway, failed=True), 30, what="the job to be dead-lettered")
+    r = gateway.http.get(f"{gateway.url}/system/queue", params={"failed": "true", "limit": "1000"})
+    [job] = [j for j in r.json()["jobs"] if j["callId"] == call_id]
+    # One retry went to the function's 503; the callback got the rest: MAX_RETRIES tries in all,
+    # each with the second run's answer, and the function was not run a third time.
+    attempts = receiver.attempts_of(call_id)
+    assert len(attempts) == MAX_RETRIES
+    assert {report(c)["attempt"] for c in attempts} == {2}
+    assert job["lastError"].endswith(f"({MAX_RETRIES} tries with one answer of the function, not run again)")
+
+
 def test_callback_timing_out_is_retried(gateway: Platform, receiver: CallbackReceiver) -> None:
     call_id = new_id("cb-slow")
     receiver.script(call_id, [HANG])  # the first callback is never answered

@@ -103,7 +103,7 @@ def test_refused_callback_is_retried_then_dead_lettered(gateway: Platform) -> No
     # The function ran once; its answer was offered to the callback on every try.
     assert job["attempts"] == 1
     assert "callback" in job["lastError"] and "Connect" in job["lastError"]
-    assert job["lastError"].endswith(f"({MAX_RETRIES + 1} tries; the function ran once)")
+    assert job["lastError"].endswith(f"({MAX_RETRIES + 1} tries with one answer of the function, not run again)")
     metrics = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     assert 'streamfaas_queue_retries_total{function_name="echo",reason="callback"}' in metrics
     # Purging the dead-letter list is explicit and reported.

@@ -259,8 +259,8 @@ class QueueWorker:
                 return Outcome(status)
             tries += 1
             if job.attempts + tries > self.config.max_retries:
-                return Outcome(status, "callback", f"{error} ({tries} {'try' if tries == 1 else 'tries'}; "
-                               "the function ran once)", spent=True)
+                return Outcome(status, "callback", f"{error} ({tries} {'try' if tries == 1 else 'tries'} "
+                               "with one answer of the function, not run again)", spent=True)
             delay = backoff_delay(self.config, job.attempts + tries - 1)
             log.info("queue worker: %s (%s) callback try %d failed, again in %.2fs: %s",
                      job.call_id, job.function, tries, delay, error)
