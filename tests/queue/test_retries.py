@@ -111,6 +111,24 @@ def test_refused_callback_is_retried_then_dead_lettered(gateway: Platform) -> No
     assert call_id not in dead_letters(gateway)
 
 
+def test_a_callback_urls_credentials_stay_out_of_errors_logs_and_listings(gateway: Platform) -> None:
+    # A receiver's credentials ride in its URL (user:password@, a token in the path or query, as
+    # webhook URLs have): errors and logs name the callback by its origin, listings hide the password.
+    port = refused_url().rsplit(":", 1)[1].split("/", 1)[0]
+    secrets = ("cb-s3cret-pw", "tok-9f8e7d6c", "q-s3cret-key")
+    url = f"http://cbuser:{secrets[0]}@127.0.0.1:{port}/hook/{secrets[1]}?key={secrets[2]}"
+    call_id = submit(gateway, "echo", b"x", callback=url).headers["X-Call-Id"]
+    job = wait_for(lambda: dead_letters(gateway).get(call_id), 30, what="the job to be dead-lettered")
+    assert job["lastError"].startswith(f"callback to http://127.0.0.1:{port} failed: "), job["lastError"]
+    assert job["callbackUrl"] == f"http://cbuser:***@127.0.0.1:{port}/hook/{secrets[1]}?key={secrets[2]}"
+    log = gateway.log_path.read_text(errors="replace")
+    assert call_id in log  # the dead letter was logged, with its error
+    for secret in secrets:
+        assert secret not in job["lastError"]
+        assert secret not in log
+    assert secrets[0] not in json.dumps(job)
+
+
 def test_rest_api_lists_queue_and_rejects_bad_retry_bodies(gateway: Platform) -> None:
     r = gateway.http.get(f"{gateway.url}/system/queue")
     assert r.status_code == 200

@@ -127,6 +127,33 @@ class CallbackPolicy:
         return "public addresses" + (f" and {allowed}" if allowed else " only")
 
 
+def shown_callback(url: str) -> str:
+    """A callback URL as errors and logs name it: its origin only. The caller chose the rest, and
+    a receiver's credentials often live there (``https://user:password@…``, a token in the path
+    or the query, as webhook URLs have)."""
+    try:
+        origin = URL(url).origin()
+    except ValueError:
+        return "(not a URL)"
+    return str(origin)
+
+
+def scrub_callback(text: str, url: str) -> str:
+    """``text`` (an exception's) with the callback URL, as given or as yarl prints it, shown by
+    its origin only, and its password (where one could be told from other words) put out of sight."""
+    shown = shown_callback(url)
+    try:
+        parsed = URL(url)
+    except ValueError:
+        return text.replace(url, shown)
+    for form in {url, str(parsed), parsed.human_repr()}:
+        text = text.replace(form, shown)
+    for secret in {parsed.raw_password, parsed.password}:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
 class PolicyResolver(AbstractResolver):
     """Resolves callback hosts and keeps only the addresses ``policy`` allows: the connection can
     go nowhere else. Raises CallbackRefused when none is left."""

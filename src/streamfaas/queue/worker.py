@@ -40,7 +40,13 @@ from ..config import QueueConfig
 from ..errors import StreamfaasError
 from ..proxy import forward_headers
 from .base import FunctionSlots, JobQueue, Lease, QueueUnavailable
-from .callbacks import CallbackPolicy, CallbackRefused, PolicyResolver
+from .callbacks import (
+    CallbackPolicy,
+    CallbackRefused,
+    PolicyResolver,
+    scrub_callback,
+    shown_callback,
+)
 from .gateways import GatewayList
 from .job import AUTH_HEADERS, Job
 from .metrics import QueueMetrics
@@ -224,7 +230,7 @@ class QueueWorker:
                 # with a wider policy, an older version, or by other means. Nothing is run.
                 self.callback_policy.check_url(job.callback_url)
             except CallbackRefused as exc:
-                return Outcome(0, "callback", f"callback {job.callback_url} refused: {exc}", permanent=True)
+                return _refused(0, job.callback_url, exc)
         try:
             job.function_url(self.gateways.urls[0])
         except ValueError as exc:
@@ -241,10 +247,11 @@ class QueueWorker:
             text = answer.body[:_ERROR_TEXT].decode(errors="replace").strip()
             return Outcome(status, "function", f"function answered HTTP {status}: {text}")
         if job.callback_url:
-            return await self._deliver(job, answer, duration, note)
+            return await self._deliver(job, job.callback_url, answer, duration, note)
         return Outcome(status)
 
-    async def _deliver(self, job: Job, answer: Answer, duration: float, note: Callable[[str], Awaitable[None]]) -> Outcome:
+    async def _deliver(self, job: Job, url: str, answer: Answer, duration: float,
+                       note: Callable[[str], Awaitable[None]]) -> Outcome:
         """POST the answer to the job's callback until it is taken, retrying a failure after the
         backoff (the retries left to the job), the function's answer held meanwhile: a receiver
         that is down must not make the function run, and cost, again."""
@@ -254,7 +261,7 @@ class QueueWorker:
             try:
                 error = await self._callback(job, status, answer.content_type, answer.body, duration)
             except CallbackRefused as exc:
-                return Outcome(status, "callback", f"callback {job.callback_url} refused: {exc}", permanent=True)
+                return _refused(status, url, exc)
             if not error:
                 return Outcome(status)
             tries += 1
@@ -358,11 +365,19 @@ class QueueWorker:
                     resp.close()
                     if 200 <= resp.status < 300:
                         return ""
-                    return f"callback {job.callback_url} answered HTTP {resp.status}"
+                    return f"callback to {shown_callback(job.callback_url)} answered HTTP {resp.status}"
         except TimeoutError:
-            return f"callback {job.callback_url} did not answer within {self.config.callback_timeout:g}s"
+            return f"callback to {shown_callback(job.callback_url)} did not answer within {self.config.callback_timeout:g}s"
         except aiohttp.ClientError as exc:
-            return f"callback {job.callback_url} failed: {_describe(exc)}"
+            # An error's text may quote the URL whole: only its origin is shown.
+            detail = scrub_callback(_describe(exc), job.callback_url)
+            return f"callback to {shown_callback(job.callback_url)} failed: {detail}"
+
+
+def _refused(status: int, url: str, exc: CallbackRefused) -> Outcome:
+    """A callback the policy refuses: permanent, named by its origin only."""
+    return Outcome(status, "callback", f"callback to {shown_callback(url)} refused: {scrub_callback(str(exc), url)}",
+                   permanent=True)
 
 
 def _describe(exc: BaseException) -> str:
