@@ -138,6 +138,18 @@ def shown_callback(url: str) -> str:
     return str(origin)
 
 
+def listed_callback(url: str | None) -> str | None:
+    """A callback URL as `queue list` shows it: whole, for the admin to tell receivers apart, but
+    for a password in it, which is the receiver's, not the admin's."""
+    if not url:
+        return url
+    try:
+        parsed = URL(url)
+        return str(parsed.with_password("***")) if parsed.password else url
+    except ValueError:
+        return "(not a URL)"
+
+
 def scrub_callback(text: str, url: str) -> str:
     """``text`` (an exception's) with the callback URL, as given or as yarl prints it, shown by
     its origin only, and its password (where one could be told from other words) put out of sight."""

@@ -10,6 +10,8 @@ from urllib.parse import quote, unquote
 
 from yarl import URL
 
+from .callbacks import listed_callback
+
 # Never stored: a queued job must not carry the caller's credentials to disk or to NATS.
 AUTH_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 _DOT_SEGMENTS = frozenset({".", ".."})
@@ -127,7 +129,7 @@ class JobInfo:
             state=state,
             method=job.method,
             path=job.path,
-            callback_url=_password_hidden(job.callback_url),
+            callback_url=listed_callback(job.callback_url),
             submitted_at=job.submitted_at,
             attempts=job.attempts,
             last_error=job.last_error,
@@ -147,17 +149,6 @@ class JobInfo:
             "lastError": self.last_error,
             "bodySize": self.body_size,
         }
-
-
-def _password_hidden(url: str | None) -> str | None:
-    """A callback URL as `queue list` shows it: a password in it is the receiver's, not the admin's."""
-    if not url:
-        return url
-    try:
-        parsed = URL(url)
-        return str(parsed.with_password("***")) if parsed.password else url
-    except ValueError:
-        return "(not a URL)"
 
 
 @dataclass(frozen=True)
