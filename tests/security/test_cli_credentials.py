@@ -124,3 +124,21 @@ def test_gateway_on_all_interfaces_records_the_loopback_url_the_cli_uses(tmp_pat
         assert listed.returncode == 0, listed.stderr
     finally:
         platform.close()
+
+
+def test_credentials_in_the_gateway_url_are_used_and_never_printed(platform: Platform, tmp_path: Path) -> None:
+    env = _cli_env(platform, tmp_path)
+    env["STREAMFAAS_STATE_DIR"] = str(tmp_path / "elsewhere")  # no local password: only the URL's
+    origin = platform.url.removeprefix("http://")
+    right = _cli(env, "list", "--gateway", f"http://admin:{platform.password}@{origin}")
+    assert right.returncode == 0, right.stderr
+    assert right.stdout.startswith("Function")
+    secret = "Wr0ng-s3cret-in-the-url"
+    for url in (f"http://admin:{secret}@{origin}", "http://admin:" + secret + "@127.0.0.1:1"):
+        wrong = _cli(env, "list", "--gateway", url)
+        assert wrong.returncode == 1, wrong
+        assert "unauthorized at http://127.0.0.1" in wrong.stderr or "cannot reach the gateway at http://127.0.0.1:1 " in wrong.stderr
+        assert secret not in wrong.stderr + wrong.stdout
+    # The same from the environment (OPENFAAS_URL), through the prompt of a destructive command.
+    purged = _cli({**env, "OPENFAAS_URL": f"http://admin:{secret}@{origin}"}, "queue", "purge", "--failed")
+    assert purged.returncode != 0 and secret not in purged.stderr + purged.stdout

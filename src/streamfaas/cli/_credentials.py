@@ -11,7 +11,7 @@ import base64
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ruamel.yaml import YAML
 
@@ -25,6 +25,20 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 def config_file() -> Path:
     folder = os.environ.get("OPENFAAS_CONFIG") or os.path.join(os.path.expanduser("~"), ".openfaas")
     return Path(folder) / "config.yml"
+
+
+def split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``http://user:password@host:port/`` as the URL without them and ``(user, password)``;
+    a URL without credentials (or one that does not parse) as it is, and None."""
+    try:
+        parts = urlsplit(url)
+        has = parts.username is not None
+    except ValueError:
+        return url, None
+    if not has:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=host)), (unquote(parts.username or ""), unquote(parts.password or ""))
 
 
 def _normalise(url: str) -> str:

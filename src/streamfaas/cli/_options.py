@@ -13,7 +13,7 @@ import click
 from ..config import default_state_dir
 from ..errors import ConfigError
 from ._client import GatewayClient
-from ._credentials import lookup
+from ._credentials import lookup, split_credentials
 from ._types import HTTP_URL
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,6 +26,8 @@ class Context:
 
     def __init__(self) -> None:
         self.gateway_from_flag: str | None = None
+        self._gateway_url = DEFAULT_GATEWAY
+        self._url_auth: tuple[str, str] | None = None
         env_url = os.environ.get("OPENFAAS_URL")
         self.gateway_url = env_url or DEFAULT_GATEWAY
         if env_url:
@@ -34,9 +36,21 @@ class Context:
         self.state_dir = Path(state) if state else default_state_dir()
         self._client: GatewayClient | None = None
 
+    @property
+    def gateway_url(self) -> str:
+        """The gateway's URL without credentials: what every message may print."""
+        return self._gateway_url
+
+    @gateway_url.setter
+    def gateway_url(self, url: str) -> None:
+        # ``http://user:password@host``: the credentials are used, never printed (errors, the
+        # deploy line and prompts all name the gateway by this URL).
+        self._gateway_url, self._url_auth = split_credentials(url)
+
     def client(self) -> GatewayClient:
         if self._client is None:
-            self._client = GatewayClient(self.gateway_url, auth=lookup(self.gateway_url, self.state_dir))
+            auth = self._url_auth or lookup(self.gateway_url, self.state_dir)
+            self._client = GatewayClient(self.gateway_url, auth=auth)
         return self._client
 
     def close(self) -> None:
