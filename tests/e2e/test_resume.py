@@ -187,6 +187,36 @@ def test_an_event_that_never_ends_is_cut_at_the_journals_limit(shared_platform: 
     assert b"an event longer than 16777216 bytes" in body
 
 
+def test_a_functions_resume_max_bytes_never_lifts_the_gateways_bound_on_unfinished_events(tmp_path: Path) -> None:
+    # resume_max_bytes is the function's own setting: at 64 GiB it let one call hold GiBs of an
+    # event that never ends. The operator's --resume-journal-bytes bounds one such event, and
+    # all of them together: two streams of 3 MiB unfinished events do not fit in 4 MiB.
+    endless = ('import time\nfrom flask import Response, request\n\ndef handle(req):\n    n = int(request.args["n"])\n'
+               '    def gen():\n        yield "data: start"\n'
+               '        for _ in range(n):\n            yield "x" * 16384\n'
+               '        time.sleep(30)\n    return Response(gen(), mimetype="text/event-stream")\n')
+    platform = Platform(tmp_path / "state", ("--resume-journal-bytes", "4MiB")).start()
+    try:
+        platform.deploy("huge-event", platform.write_function(tmp_path, "huge-event", endless),
+                        env={**RESUME, "resume_max_bytes": "64GiB"})
+        url = platform.function_url("huge-event")
+        with httpx.Client(timeout=60) as client:
+            with client.stream("GET", url + "?n=4096") as resp:  # 64 MiB, one event
+                body = b"".join(resp.iter_bytes())
+            assert 4 << 20 < len(body) < 5 << 20, len(body)
+            assert b"an event longer than 4194304 bytes" in body
+            with client.stream("GET", url + "?n=192") as first:  # 3 MiB, then it waits
+                it = first.iter_bytes()
+                got = next(it)
+                while len(got) < 3 << 20:
+                    got += next(it)
+                second = client.get(url + "?n=192")
+            assert b"past what the gateway holds for all resumable streams' unfinished events" in second.content
+            assert second.content.endswith(b"\n\n")
+    finally:
+        platform.close()
+
+
 def test_a_function_that_sets_its_own_ids_keeps_them_and_resumes_by_them(
     shared_platform: Platform, tmp_path: Path
 ) -> None:

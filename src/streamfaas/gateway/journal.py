@@ -402,6 +402,9 @@ class Journal:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.size = 0
+        # Bytes of events still in progress, held by the pumps until their blank line: not in
+        # ``size`` (no event is journalled yet), but bounded by ``max_bytes`` too, all together.
+        self.partial = 0
         self.streams: OrderedDict[str, Stream] = OrderedDict()  # oldest first
         self.pumps: set[asyncio.Task[None]] = set()  # one per stream whose function still runs
         self.mirror: JetStreamJournal | None = None  # with the NATS queue: other gateways' streams

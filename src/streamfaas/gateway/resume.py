@@ -80,7 +80,11 @@ async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: 
     clean = False
     outcome = "client"  # cancelled: every client went away and none came back in time
     last: bytes | None = None
-    event_limit = max(stream.max_bytes, MAX_EVENT)
+    journal = stream.journal
+    # A function's resume_max_bytes may lift the limit past MAX_EVENT, never past the operator's
+    # --resume-journal-bytes; and all streams' unfinished events share that bound.
+    event_limit = min(max(stream.max_bytes, MAX_EVENT), journal.max_bytes)
+    held = 0
     try:
         read = upstream.content.readany
         chunk = await read()
@@ -90,8 +94,12 @@ async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: 
             await _append(stream, retry_line + out if retry_line and not _sets_retry(chunk) else out)
         while chunk:
             last = chunk
-            if ids.held > event_limit:
+            journal.partial += ids.held - held
+            held = ids.held
+            if held > event_limit:
                 raise EventTooLong(event_limit)
+            if journal.partial > journal.max_bytes:
+                raise EventTooLong(held, gateway_wide=True)
             chunk = await read()
             if chunk:
                 await _append(stream, ids.feed(chunk))
@@ -103,6 +111,7 @@ async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: 
         why = str(exc) if isinstance(exc, EventTooLong) else stream_failure(exc)
         await _append(stream, ids.feed(ids.end_event() + error_event(why, 502)))
     finally:
+        journal.partial -= held
         if clean:
             upstream.release()
         else:
@@ -113,15 +122,20 @@ async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: 
             await mirror.finished(stream)
 
 
-# The longest event a resumable stream passes on (or resume_max_bytes, if larger): each event
+# The longest event a resumable stream passes on (or resume_max_bytes, if larger, up to the
+# gateway's --resume-journal-bytes): each event
 # is held whole until its blank line (to give it an id), so one that never ends would grow the
 # gateway without end. Large enough for an image sent in one data: line.
 MAX_EVENT = 16 << 20
 
 
 class EventTooLong(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the function sent an event longer than {limit} bytes (a resumable stream holds each event whole)")
+    def __init__(self, limit: int, *, gateway_wide: bool = False) -> None:
+        if gateway_wide:
+            super().__init__(f"the function's unfinished event ({limit} bytes) is past what the gateway holds for all resumable "
+                             "streams' unfinished events (--resume-journal-bytes)")
+        else:
+            super().__init__(f"the function sent an event longer than {limit} bytes (a resumable stream holds each event whole)")
 
 
 async def _append(stream: Stream, data: bytes) -> None:
