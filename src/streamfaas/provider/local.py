@@ -46,7 +46,7 @@ from .logs import LogLine, follow_log
 from .models import DEFAULT_NAMESPACE, FunctionDeployment, FunctionStatus
 from .oci_rootfs import OciImage, OciStore, parse_reference
 from .record import FunctionRecord, LocalSecrets
-from .replica import Replica, ReplicaSpec, error_summary
+from .replica import Replica, ReplicaSpec, error_kind
 from .secrets import SecretStore, private_dir, write_private
 from .venvs import VenvCache
 
@@ -263,7 +263,8 @@ class LocalProvider:
                     raise FunctionNotReady(f"function {name!r} has no replicas")
                 error = "" if full else record.start_error()
                 if error:  # crash-looping: say why now rather than wait out the cold start
-                    raise FunctionNotReady(f"function {name!r} is failing to start: {error_summary(error)}")
+                    raise FunctionNotReady(f"function {name!r} is failing to start: {error_kind(error)}; "
+                                           f"`streamfaas describe {name}` shows the error")
                 # Waiting for a slot of a running replica is not a cold start: no deadline then.
                 timeout = None if full else deadline - loop.time()
                 if timeout is not None and timeout <= 0:

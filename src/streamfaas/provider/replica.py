@@ -45,6 +45,22 @@ def error_summary(error: str) -> str:
     return summary
 
 
+_EXCEPTION = re.compile(r"([A-Za-z_]\w*\.)*[A-Z]\w*")  # a class name: RuntimeError, json.JSONDecodeError
+
+
+def error_kind(error: str) -> str:
+    """What a caller (anyone, for a public function) is told of a start failure: the exception's
+    type and where it was raised, never its message, which may quote a secret the function read
+    (``int(api_key)``). The whole line is the admin's (``startError``, describe, logs)."""
+    summary = error_summary(error)
+    head = summary.split(":", 1)[0].strip() if ":" in summary else ""
+    kind = head if head and _EXCEPTION.fullmatch(head) else "its server exited"
+    frames = [m for m in map(_FRAME.match, error.splitlines()) if m]
+    if frames:
+        kind += f" ({frames[-1].group(1)}, line {frames[-1].group(2)})"
+    return kind
+
+
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 

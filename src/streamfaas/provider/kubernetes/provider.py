@@ -413,7 +413,12 @@ class KubernetesProvider:
                     else:
                         error = self._start_error(ns, name)
                         if error:  # it cannot start: say why now rather than wait out the cold start
-                            raise FunctionNotReady(f"function {name!r} is failing to start: {error}")
+                            # "pod P: REASON", without the message: a container's termination
+                            # message is the function's text (it may quote a secret); the
+                            # admin's status (startError, describe) has all of it.
+                            kind = ": ".join(error.split(": ", 2)[:2])
+                            raise FunctionNotReady(f"function {name!r} is failing to start: {kind}; "
+                                                   f"`streamfaas describe {name}` shows the error")
                         timeout = deadline - loop.time()
                         if timeout <= 0:
                             raise FunctionNotReady(f"function {name!r} is not ready (waited {self.cold_start_timeout:g}s)")
