@@ -47,3 +47,25 @@ def test_private_function_needs_its_token_under_its_namespaced_name_too(platform
         assert httpx.post(p.url + path, content=b"x", timeout=30).status_code == 401, path
     r = httpx.post(p.url + "/function/nsprivate.openfaas-fn", content=b"x", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert r.status_code == 200 and r.text == "inside"
+
+
+def test_the_admin_password_reaches_no_public_function_in_any_shape(shared_platform: Platform, tmp_path: Path) -> None:
+    # The gateway dropped Authorization only when its first value was exactly the admin's Basic
+    # credential: a second header, or a list in one, went to the (untrusted) function whole.
+    echo = "from flask import request\n\ndef handle(req):\n    return request.headers.get('Authorization', '-')\n"
+    shared_platform.deploy("auth-echo", shared_platform.write_function(tmp_path, "auth-echo", echo))
+    url = shared_platform.function_url("auth-echo")
+    token = base64.b64encode(f"admin:{shared_platform.password}".encode()).decode()
+    shapes = [
+        [("Authorization", f"Basic {token}")],
+        [("Authorization", "Bearer x"), ("Authorization", f"Basic {token}")],
+        [("Authorization", f"Bearer x, Basic {token}")],
+        [("Authorization", f"basic {token.rstrip('=')}")],
+        [("Authorization", "Basic " + base64.b64encode(f"root:{shared_platform.password}".encode()).decode())],
+    ]
+    for headers in shapes:
+        r = httpx.post(url, content=b"x", headers=headers, timeout=30)
+        assert (r.status_code, r.text) == (200, "-"), headers  # every Authorization value dropped
+    # A caller's own credential for the function still goes through.
+    other = base64.b64encode(b"alice:her-own").decode()
+    assert httpx.post(url, content=b"x", headers={"Authorization": f"Basic {other}"}, timeout=30).text == f"Basic {other}"

@@ -57,6 +57,25 @@ class Credentials:
         ok_password = hmac.compare_digest(password.encode(), self.password.encode())
         return bool(sep) and ok_user and ok_password
 
+    def anywhere_in(self, values: list[str]) -> bool:
+        """Whether the admin's password rides in any of these Authorization values, in any part
+        of one (``Bearer x, Basic …``, a second header, padding or case a strict check refuses):
+        such a request's Authorization never reaches a function."""
+        secret = self.password.encode()
+        for value in values:
+            for part in value.split(","):
+                encoded = _auth_param(part, "basic")
+                if encoded is None:
+                    continue
+                token = encoded.split()[0] if encoded.split() else ""
+                try:
+                    decoded = base64.b64decode(token + "=" * (-len(token) % 4))
+                except (binascii.Error, ValueError):
+                    continue
+                if secret and secret in decoded:
+                    return True
+        return False
+
 
 def _auth_param(header: str | None, scheme: str) -> str | None:
     """What follows ``scheme`` in an Authorization header; the scheme's case does not matter

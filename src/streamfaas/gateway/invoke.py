@@ -142,7 +142,7 @@ async def _prepare(
     if check_function_access(name, d.labels, d.annotations, header, state.credentials,
                              lambda: provider.function_token(name, namespace), lambda: cross_site_reason(request)):
         headers.popall(hdrs.AUTHORIZATION, None)  # the platform's credential is not the function's business
-    elif state.credentials is not None and state.credentials.matches(headers.get(hdrs.AUTHORIZATION)):
+    elif state.credentials is not None and state.credentials.anywhere_in(headers.getall(hdrs.AUTHORIZATION, [])):
         headers.popall(hdrs.AUTHORIZATION, None)  # never hand the admin password to a function
     sse = SseSettings.from_env(d.envVars)
     resume = ResumeSettings.from_env(d.envVars)
