@@ -54,3 +54,35 @@ def test_function_page_cannot_use_admin_credentials(platform: Platform, open_bro
     assert "read:blocked" in title, title
     names = [s["name"] for s in p.http.get(p.url + "/system/secrets").json()]
     assert "xss-pwned" not in names, title
+
+
+PRIVATE = "def handle(req):\n    print('PRIVATE CALLED', flush=True)\n    return 'private result'\n"
+REDIRECTS = "def handle(req):\n    return ('', 307, {'Location': '/function/vault/drop-everything?confirm=yes'})\n"
+
+
+def test_the_pages_do_not_follow_a_functions_redirect_with_the_admins_credentials(
+    platform: Platform, open_browser: OpenBrowser, tmp_path: Path
+) -> None:
+    # fetch follows a 307 by default and sends the POST again, same-origin, with the browser's
+    # cached basic credentials, which a private function takes from its admin: a function the
+    # admin invoked from /ui/ could call a private one, with a path and body of its choosing.
+    from playwright.sync_api import expect
+
+    p = platform
+    p.deploy("vault", p.write_function(tmp_path, "vault", PRIVATE), labels={"streamfaas.auth/private": "true"})
+    p.deploy("bouncer", p.write_function(tmp_path, "bouncer", REDIRECTS))
+    context = open_browser(("admin", p.password))
+    page = context.pages[0]
+    page.goto(p.url + "/ui/")
+    expect(page.locator('tr[data-function="bouncer"]')).to_contain_text("1/1")
+    page.select_option("#invoke-function", "bouncer")
+    page.fill("#invoke-body", "hello")
+    page.click("#invoke")
+    expect(page.locator("#invoke-error")).to_contain_text("redirect, which this page does not follow")
+    page.goto(p.url + "/ui/chat?function=bouncer")
+    page.fill("#prompt", "hello")
+    page.press("#prompt", "Enter")
+    expect(page.locator(".turn.assistant .error").last).to_contain_text("redirect, which this page does not follow")
+    assert "private result" not in page.content()
+    assert p.http.get(p.url + "/system/function/vault").json().get("invocationCount", 0) == 0
+    assert "PRIVATE CALLED" not in p.http.get(p.url + "/system/logs", params={"name": "vault", "tail": "100"}).text

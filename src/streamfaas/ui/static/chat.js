@@ -1,7 +1,7 @@
 // The chat page: POST the conversation to a function with Accept: text/event-stream and render
 // its SSE deltas as they arrive. Events: `data: {"content": "…"}` (one token each),
 // `event: done` with `{"finish_reason", "usage"}`, and `event: error` with `{"error": {"message": …}}`.
-import { atBottom, el, formatMs, functionUrl, isAbort, listFunctions, readText } from "./common.js";
+import { atBottom, el, formatMs, functionUrl, isAbort, listFunctions, readText, REDIRECT_NOT_FOLLOWED } from "./common.js";
 import { SSEParser, cutNote, deltaOf, errorMessage } from "./sse.js";
 
 const $ = (id) => document.getElementById(id);
@@ -127,7 +127,9 @@ async function send(event) {
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify({ messages }),
       signal: controller.signal,
+      redirect: "manual", // see functions.js: never re-sent elsewhere with the admin's credentials
     });
+    if (resp.type === "opaqueredirect") throw new Error(REDIRECT_NOT_FOLLOWED);
     if (!resp.ok) {
       const body = (await resp.text()).trim();
       throw new Error(`HTTP ${resp.status}: ${errorMessage(body) || resp.statusText}`);

@@ -10,6 +10,9 @@ export async function listFunctions() {
   return items.sort((a, b) => a.name.localeCompare(b.name));
 }
 
+// What the pages say of a function's 3xx, which they do not follow (fetch's redirect: "manual").
+export const REDIRECT_NOT_FOLLOWED = "the function answered with a redirect, which this page does not follow";
+
 export function functionUrl(name) {
   return "/function/" + encodeURIComponent(name);
 }

@@ -1,5 +1,5 @@
 // The functions page: list what is deployed, invoke one, and show its response as it streams.
-import { atBottom, el, formatBytes, formatMs, functionUrl, isAbort, listFunctions, readText } from "./common.js";
+import { atBottom, el, formatBytes, formatMs, functionUrl, isAbort, listFunctions, readText, REDIRECT_NOT_FOLLOWED } from "./common.js";
 import { SSEParser, cutNote, deltaOf, errorMessage } from "./sse.js";
 import { startStreamCharts } from "./charts.js";
 
@@ -178,7 +178,11 @@ async function invoke(event) {
       headers: { "Content-Type": $("invoke-content-type").value || "text/plain" },
       body: $("invoke-body").value,
       signal: controller.signal,
+      // Not followed: a function's redirect to another function on this origin would be sent
+      // again with the admin's browser credentials, which a private function takes.
+      redirect: "manual",
     });
+    if (resp.type === "opaqueredirect") throw new Error(REDIRECT_NOT_FOLLOWED);
     head = `HTTP ${resp.status}`;
     const type = resp.headers.get("Content-Type") || "";
     if (type.startsWith("text/event-stream")) events = new EventText(view);
