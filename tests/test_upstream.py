@@ -272,6 +272,31 @@ async def test_a_response_head_past_its_bounds_is_refused_not_kept(serve, answer
     await wait_until(lambda: all(t.is_closing() for t in server.transports), "the function's connection to close")
 
 
+async def test_an_endless_trailer_is_refused_not_kept(serve) -> None:  # type: ignore[no-untyped-def]
+    # Trailers come after the body's last chunk; httptools gathers a header value whole (and
+    # by repeated concatenation) before any callback: unbounded, a function grew its watchdog
+    # by GiBs at quadratic CPU cost.
+    server = await serve(_endless(SSE + b"d\r\ndata: hello\n\n\r\n0\r\nX-Trailer: ", b"a"))
+    r = await Pool(unix_path=server.path).request("GET", BASE, "/", CIMultiDict(), None)
+    assert await r.content.readany() == b"data: hello\n\n"
+    with pytest.raises(ClientPayloadError) as caught:
+        async with asyncio.timeout(10):
+            while await r.content.readany():
+                pass
+    assert "framing or trailers larger than 64 KiB" in str(caught.value)
+    await wait_until(lambda: all(t.is_closing() for t in server.transports), "the function's connection to close")
+
+
+async def test_many_small_chunks_and_a_short_trailer_arrive_whole(serve) -> None:  # type: ignore[no-untyped-def]
+    chunks = b"".join(b"1;ext=v\r\n%d\r\n" % (n % 10) for n in range(50000))  # 450 KB of framing for 50 KB
+    server = await serve(lambda req, t: t.write(SSE + chunks + b"0\r\nX-Checksum: abc\r\n\r\n"))
+    r = await Pool(unix_path=server.path).request("GET", BASE, "/", CIMultiDict(), None)
+    got = b""
+    while chunk := await r.content.readany():
+        got += chunk
+    assert got == b"".join(b"%d" % (n % 10) for n in range(50000))
+
+
 async def test_a_head_just_under_the_bound_with_its_body_in_the_same_write_is_whole(serve) -> None:  # type: ignore[no-untyped-def]
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nX-Big: " + b"h" * 60000 + b"\r\n\r\n"
     body = b"b" * 100000

@@ -26,6 +26,7 @@ LIMIT = 2**16  # body bytes buffered before the upstream connection is paused
 # would grow without end in the watchdog and then in the gateway. Go's of-watchdog and nginx
 # stop far lower than this too.
 MAX_HEAD = 64 * 1024
+CHUNK_FRAMING = 64  # a chunk's size line and CRLFs, with room for a short extension
 MAX_HEADERS = 256
 
 Address = tuple[str, int] | str  # (host, port), or a Unix socket's path
@@ -108,7 +109,7 @@ class Response:
     connection may be reused) or ``close()`` (anything else: the connection is closed)."""
 
     __slots__ = ("status", "reason", "headers", "content", "_conn", "_raw", "_head", "_complete", "_keep", "_head_only",
-                 "_delimited", "_sent", "_sender", "_head_left", "_stalled")
+                 "_delimited", "_sent", "_sender", "_head_left", "_stalled", "_body_fed", "_framing_left")
 
     def __init__(self, conn: Connection, head_only: bool) -> None:
         self.status = 0
@@ -126,6 +127,8 @@ class Response:
         self._stalled = False  # its streamed body sent nothing for the body's idle limit
         self._sender: asyncio.Task[None] | None = None
         self._head_left = MAX_HEAD  # bytes the head may still take
+        self._body_fed = 0
+        self._framing_left = MAX_HEAD  # bytes after the head that are not body (chunk framing, trailers)
 
     @property
     def content_length(self) -> int | None:
@@ -233,7 +236,16 @@ class Connection(asyncio.Protocol):
                         return
                 else:
                     response._head_left -= len(data)
-            self.parser.feed_data(data)
+                self.parser.feed_data(data)
+            else:
+                # After the head, what is not body (chunk sizes, trailers, which httptools
+                # gathers whole before a callback) shares a budget: MAX_HEAD, and a little
+                # more for each chunk. Before, an endless trailer grew the watchdog without end.
+                body = response._body_fed
+                self.parser.feed_data(data)
+                response._framing_left -= len(data) - (response._body_fed - body)
+                if response._framing_left < 0:
+                    raise _Refused(f"response framing or trailers larger than {MAX_HEAD // 1024} KiB")
         except _Refused as exc:
             response._fail(_broken(f"refused {exc}"))
             self.close()
@@ -299,8 +311,14 @@ class Connection(asyncio.Protocol):
         self.response._headers_complete(self.parser.get_status_code())
 
     def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response.content._feed(body)
+        response = self.response
+        assert response is not None
+        response._body_fed += len(body)
+        response.content._feed(body)
+
+    def on_chunk_header(self) -> None:
+        if self.response is not None:
+            self.response._framing_left += CHUNK_FRAMING
 
     def on_message_complete(self) -> None:
         response = self.response
