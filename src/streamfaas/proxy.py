@@ -356,12 +356,14 @@ async def stream_response(
         headers.update(extra_headers)
     resp = _HeadWithFirstChunk(status=upstream.status, reason=upstream.reason, headers=headers)
     del headers  # copied into resp; a stream may live for hours, so hold no extra copy
-    length = upstream.content_length
-    if length is not None and upstream.headers.get(hdrs.TRANSFER_ENCODING) is None:
-        resp.content_length = length
     sse = is_event_stream(upstream.headers.get(hdrs.CONTENT_TYPE))
-    upstream.forget_headers()
     hints = sse_settings if sse else None
+    length = upstream.content_length
+    # An event stream the gateway adds to (the retry hint, heartbeats) goes chunked: its
+    # function's length would cut the last bytes off.
+    if length is not None and upstream.headers.get(hdrs.TRANSFER_ENCODING) is None and hints is None:
+        resp.content_length = length
+    upstream.forget_headers()
     retry_line = b"retry: %d\n" % hints.retry_ms if hints is not None and hints.retry_ms else b""
     count_events = sse and observer is not None
     clean = False

@@ -166,3 +166,14 @@ def test_bad_stream_settings_are_refused_at_deploy(shared_platform: Platform, ha
     r = shared_platform.http.post(f"{shared_platform.url}/system/functions", json=body)
     assert r.status_code == 400
     assert key in r.text
+
+
+def test_an_event_stream_with_a_length_gets_the_hint_and_all_of_its_bytes(shared_platform: Platform, tmp_path: Path) -> None:
+    # Flask gives a str body a Content-Length: the gateway added its retry line in front and kept
+    # that length, so the client lost the stream's last bytes (the event's blank line) silently.
+    whole = 'from flask import Response\n\ndef handle(req):\n    return Response(\'data: {"content": "hi"}\\n\\n\', mimetype="text/event-stream")\n'
+    shared_platform.deploy("sized-events", shared_platform.write_function(tmp_path, "sized-events", whole))
+    r = httpx.get(shared_platform.function_url("sized-events"), timeout=30)
+    assert r.status_code == 200
+    assert r.content == b'retry: 3000\ndata: {"content": "hi"}\n\n'
+    assert "Content-Length" not in r.headers or int(r.headers["Content-Length"]) == len(r.content)
