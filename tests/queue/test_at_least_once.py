@@ -63,7 +63,7 @@ def handle(req):
         times = list(times)
     answers = [int(a) for a in request.headers.get("X-Answers", "200").split(",")]
     status = answers[min(len(times), len(answers)) - 1]
-    seen = {h: request.headers.get(h) for h in ("Authorization", "Cookie", "Proxy-Authorization", "X-Custom")}
+    seen = {h: request.headers.get(h) for h in ("Authorization", "Cookie", "Proxy-Authorization", "X-Callback-Url", "X-Custom")}
     return json.dumps({"attempt": len(times), "began": times, "body": req, "headers": seen}), status
 """
 FUNCTIONS = ("scripted", "twin", "metered")
@@ -331,14 +331,16 @@ def test_credentials_are_neither_stored_nor_seen_by_the_function(
         assert call_id in listing.text and "s3cret" not in listing.text
         stored = asyncio.run(stored_headers(open_queue(backend, nats_url, stream, platform.state_dir)))
         assert stored.get("x-custom") == "kept"
-        assert {"authorization", "cookie", "proxy-authorization"}.isdisjoint(stored)
+        assert {"authorization", "cookie", "proxy-authorization", "x-callback-url"}.isdisjoint(stored)
         assert not [v for v in stored.values() if "s3cret" in v]
 
         worker.start()
         receiver.wait_all([call_id], timeout=30)
         [callback] = receiver.of(call_id)
         seen = report(callback)["headers"]
-        assert seen == {"Authorization": None, "Cookie": None, "Proxy-Authorization": None, "X-Custom": "kept"}
+        # Nor the receiver's URL, whose credentials (user:password@, a token) are not the function's.
+        assert seen == {"Authorization": None, "Cookie": None, "Proxy-Authorization": None, "X-Callback-Url": None,
+                        "X-Custom": "kept"}
     finally:
         worker.stop(signal.SIGKILL)
         platform.close()

@@ -42,7 +42,9 @@ from .system import json_body
 
 log = logging.getLogger("streamfaas.gateway")
 _DEPTH_INTERVAL = 1.0  # how often the depth gauge is refreshed
-_NOT_STORED = AUTH_HEADERS | {"x-call-id", "expect"}
+# X-Callback-Url is kept as the job's callback, not passed to the function: its credentials
+# (user:password@, a token in the path or query) are the receiver's, not the function's.
+_NOT_STORED = AUTH_HEADERS | {"x-call-id", "expect", "x-callback-url"}
 
 
 class AsyncInvocations:
