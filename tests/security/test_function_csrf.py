@@ -5,6 +5,8 @@ And no other site may frame the UI."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -95,3 +97,20 @@ def test_no_other_site_may_frame_the_ui(shared_platform: Platform, path: str) ->
     assert r.headers["X-Frame-Options"] == "DENY"
     assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
     assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_removed_private_functions_metrics_stay_hidden(shared_platform: Platform, tmp_path: Path) -> None:
+    # The series outlive the function; the hidden set was built from the functions deployed
+    # now, so once removed its name and traffic showed on the public /metrics.
+    p = shared_platform
+    p.deploy("gone-private", p.write_function(tmp_path, "gone-private", "def handle(req):\n    return 'ok'\n"),
+             labels={"streamfaas.auth/private": "true"})
+    token = p.http.get(f"{p.url}/system/function-token/gone-private").json()["token"]
+    assert httpx.post(p.function_url("gone-private"), content=b"x", timeout=30,
+                      headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    series = 'function_name="gone-private"'
+    assert series in p.http.get(f"{p.url}/metrics").text
+    assert p.http.request("DELETE", f"{p.url}/system/functions", json={"functionName": "gone-private"}).status_code in (200, 202)
+    anonymous = httpx.get(f"{p.url}/metrics", timeout=30)
+    assert anonymous.status_code == 200 and "gateway_function_invocation_total" in anonymous.text
+    assert series not in anonymous.text
