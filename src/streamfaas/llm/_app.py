@@ -30,6 +30,7 @@ from ._requests import (
 from ._responses import ChunkEncoder, completion_body, error_event, model_card, new_response_id, now
 from ._scheduler import Scheduler
 from ._settings import LLMSettings, model_aliases
+from ._structured import output_problem
 from ._toolcalls import CallStart, Content, Event, ToolCallReader
 
 log = logging.getLogger("streamfaas.llm")
@@ -171,7 +172,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _generate(
-    request: web.Request, parse: Callable[[object], GenerationRequest]
+    request: web.Request, parse: Callable[[object, Any], GenerationRequest]
 ) -> web.StreamResponse:
     state = request.app[STATE]
     scheduler = _scheduler(state)
@@ -193,7 +194,7 @@ async def _generate(
             # grammars, take a while; the loop serves every other stream meanwhile.
             body = _loads(raw)
             state.check_model(requested_model(body))
-            return parse(body)
+            return parse(body, state.engine.tokenizer)
 
         checking = asyncio.ensure_future(asyncio.to_thread(check))
         # The place is given back when the check ends, not when a client that left does: else
@@ -223,6 +224,7 @@ async def _whole(state: ServerState, generation: Generation) -> web.Response:
     request = generation.request
     text, finish_reason = "".join(parts), generation.finish_reason
     tool_call = None
+    reader = None
     if request.tool_use is not None:
         reader = ToolCallReader(request.tool_use)
         reader.feed(text)
@@ -230,6 +232,9 @@ async def _whole(state: ServerState, generation: Generation) -> web.Response:
         if reader.is_call:
             tool_call = (reader.call_id, reader.name, reader.arguments)
             finish_reason = _call_finish_reason(finish_reason)
+    unenforced = await _unenforced(state, generation, text, reader)
+    if unenforced is not None:
+        raise unenforced
     body = completion_body(
         request.kind,
         new_response_id(request.kind),
@@ -241,6 +246,39 @@ async def _whole(state: ServerState, generation: Generation) -> web.Response:
         tool_call,
     )
     return web.json_response(body)
+
+
+async def _unenforced(
+    state: ServerState, generation: Generation, text: str, reader: ToolCallReader | None
+) -> OpenAIError | None:
+    """The error to answer with when a constrained answer does not match its grammar.
+
+    A grammar that compiled, and whose first tokens matched when the request was checked, can
+    still hit one of llguidance's limits further on; llama.cpp then logs it and generates
+    unconstrained text, which must not be passed off as an answer that matches the schema."""
+    request = generation.request
+    param = request.constraint_param
+    if param is None:
+        return None
+    reason = generation.finish_reason
+    problem = None
+    tokenizer = state.engine.tokenizer
+    if tokenizer is not None:
+        # Whole only when the model stopped by itself: max_tokens or a stop sequence cut it.
+        complete = reason == "stop" and "stop" not in request.engine_body
+        problem = await asyncio.to_thread(
+            output_problem, request.engine_body["grammar"], tokenizer, text, complete
+        )
+    tool_use = request.tool_use
+    if problem is None and tool_use is not None and tool_use.required and reason != "length":
+        if reader is None or not reader.is_call:
+            problem = "the model answered without calling a tool"
+    if problem is None:
+        return None
+    log.warning("answer to %s does not match its grammar: %s", param, problem)
+    return errors.invalid_value(
+        param, f"this server could not enforce the schema while generating: {problem}."
+    )
 
 
 def _call_finish_reason(engine_reason: str | None) -> str:
@@ -266,6 +304,9 @@ async def _stream(
     )
     reader = ToolCallReader(parsed.tool_use) if parsed.tool_use is not None else None
     encode = encoder.text if reader is None else partial(_encode_events, encoder, reader)
+    if parsed.constraint_param is not None:  # kept, to check against the grammar at the end
+        texts: list[str] = []
+        encode = partial(_kept, texts, encode)
     response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     pending = encoder.opening()
@@ -291,13 +332,21 @@ async def _stream(
         pending += _event_bytes(encoder, reader.finish())
         if reader.is_call:
             finish_reason = _call_finish_reason(finish_reason)
-    if generation.error is not None:
-        pending += error_event(generation.error)
+    error = generation.error
+    if error is None and parsed.constraint_param is not None:
+        error = await _unenforced(state, generation, "".join(texts), reader)
+    if error is not None:
+        pending += error_event(error)
     else:
         pending += encoder.finish(finish_reason, generation.usage)
     await response.write(pending)
     await response.write_eof()
     return response
+
+
+def _kept(texts: list[str], encode: Callable[[str], bytes], text: str) -> bytes:
+    texts.append(text)
+    return encode(text)
 
 
 def _encode_events(encoder: ChunkEncoder, reader: ToolCallReader, text: str) -> bytes:

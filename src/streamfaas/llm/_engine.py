@@ -20,6 +20,7 @@ from . import _errors as errors
 from ._generation import Generation
 from ._metrics import LLMMetrics
 from ._settings import LLMSettings
+from ._vocab import load_tokenizer
 
 log = logging.getLogger("streamfaas.llm")
 
@@ -33,6 +34,8 @@ class Engine:
         self._model_path = model_path
         self._server: Any = None
         self.loaded_at = 0
+        # llguidance's tokenizer of the model, to check grammars with (None: not available).
+        self.tokenizer: Any = None
 
     def load(self) -> None:
         try:
@@ -71,6 +74,7 @@ class Engine:
             raise ConfigError(
                 f"could not load model {str(self._model_path)!r}: is it a GGUF file llama.cpp can read?"
             ) from None
+        self.tokenizer = load_tokenizer(self._model_path)
         self.loaded_at = int(time.time())
         log.info("model %s loaded in %.2fs", self._model_path.name, time.perf_counter() - started)
 

@@ -32,13 +32,19 @@ _MESSAGE_KEYS = {
     "tool": frozenset({"role", "content", "tool_call_id"}),
 }
 _MAX_STOP_SEQUENCES = 16
+# llama.cpp reads a token count into a C int: a larger one would wrap (2**32 + 5 became 5) or
+# fail inside the engine. A count past the context is harmless (generation ends when the slot's
+# context is full), so this, not the context size, is the bound.
+_MAX_TOKENS = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """One validated request. ``engine_body`` is what llama.cpp's server is sent: always a stream,
     always with usage, whatever the client asked for (the HTTP layer reshapes the answer).
-    ``tool_use`` is set when the model may answer with a tool call."""
+    ``tool_use`` is set when the model may answer with a tool call; ``constraint_param`` names
+    the parameter whose schema the answer is held to, when it is (an answer that turns out not to
+    match is that parameter's error)."""
 
     kind: Kind
     model: str | None
@@ -46,9 +52,11 @@ class GenerationRequest:
     include_usage: bool
     engine_body: dict[str, Any]
     tool_use: ToolUse | None = None
+    constraint_param: str | None = None
 
 
-def parse_chat_request(body: object) -> GenerationRequest:
+def parse_chat_request(body: object, tokenizer: Any = None) -> GenerationRequest:
+    """``tokenizer``: llguidance's, of the model (``_vocab``), to try each grammar's first tokens."""
     fields = _object(body)
     check_parameters("chat", fields)
     if "messages" not in fields:
@@ -59,13 +67,20 @@ def parse_chat_request(body: object) -> GenerationRequest:
     engine_body: dict[str, Any] = {"messages": messages}
     if tool_use is not None:
         _add_system_text(messages, tool_prompt(tool_use, answer_is_json=answer_schema is not None))
-    constraint = grammar(answer_schema, tool_use)
+    constraint = grammar(answer_schema, tool_use, tokenizer)
+    param = None
     if constraint is not None:
         engine_body["grammar"] = constraint
-    return _request("chat", fields, engine_body, tool_use)
+        if tool_use is not None:
+            param = "tools"
+        elif fields["response_format"].get("type") == "json_schema":
+            param = "response_format.json_schema.schema"
+        else:
+            param = "response_format"
+    return _request("chat", fields, engine_body, tool_use, param)
 
 
-def parse_completion_request(body: object) -> GenerationRequest:
+def parse_completion_request(body: object, tokenizer: Any = None) -> GenerationRequest:
     fields = _object(body)
     check_parameters("completion", fields)
     if "prompt" not in fields:
@@ -92,6 +107,7 @@ def _request(
     fields: dict[str, Any],
     engine_body: dict[str, Any],
     tool_use: ToolUse | None = None,
+    constraint_param: str | None = None,
 ) -> GenerationRequest:
     model = fields.get("model")
     if model is not None and not isinstance(model, str):
@@ -118,8 +134,10 @@ def _request(
     if n is not None and (not _is_int(n) or n != 1):
         raise errors.invalid_value("n", "only n=1 is supported by this server.")
 
-    max_tokens = _optional_int(fields, "max_tokens", minimum=1)
-    max_completion_tokens = _optional_int(fields, "max_completion_tokens", minimum=1)
+    max_tokens = _optional_int(fields, "max_tokens", minimum=1, maximum=_MAX_TOKENS)
+    max_completion_tokens = _optional_int(
+        fields, "max_completion_tokens", minimum=1, maximum=_MAX_TOKENS
+    )
     if max_completion_tokens is not None:
         max_tokens = max_completion_tokens
     if max_tokens is not None:
@@ -137,7 +155,8 @@ def _request(
 
     seed = _optional_int(fields, "seed")
     if seed is not None:
-        # llama.cpp takes a 32-bit seed, and its all-ones value means "random".
+        # llama.cpp takes a 32-bit seed, and its all-ones value means "random": any integer is
+        # folded into that range (never passed on as it is: past 64 bits it is a TypeError).
         engine_body["seed"] = seed % 0xFFFFFFFF
 
     stop = _stop(fields.get("stop"))
@@ -153,6 +172,7 @@ def _request(
         include_usage=include_usage,
         engine_body=engine_body,
         tool_use=tool_use,
+        constraint_param=constraint_param,
     )
 
 
@@ -295,15 +315,25 @@ def _optional_bool(fields: dict[str, Any], name: str, param: str | None = None) 
     raise errors.invalid_type(param or name, "a boolean", value)
 
 
-def _optional_int(fields: dict[str, Any], name: str, minimum: int | None = None) -> int | None:
+def _optional_int(
+    fields: dict[str, Any], name: str, minimum: int | None = None, maximum: int | None = None
+) -> int | None:
     value = fields.get(name)
     if value is None:
         return None
     if not _is_int(value):
         raise errors.invalid_type(name, "an integer", value)
     if minimum is not None and value < minimum:
-        raise errors.invalid_value(name, f"expected a value >= {minimum}, but got {value}.")
+        raise errors.invalid_value(name, f"expected a value >= {minimum}, but got {_shown(value)}.")
+    if maximum is not None and value > maximum:
+        raise errors.invalid_value(name, f"expected a value <= {maximum}, but got {_shown(value)}.")
     return int(value)
+
+
+def _shown(value: float) -> str:
+    """A number as an error message quotes it: a 4000-digit integer is cut short."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:10]}...{text[-10:]} ({len(text)} digits)"
 
 
 def _optional_number(fields: dict[str, Any], name: str, low: float, high: float) -> float | None:
@@ -314,6 +344,6 @@ def _optional_number(fields: dict[str, Any], name: str, low: float, high: float)
         raise errors.invalid_type(name, "a decimal", value)
     if not low <= value <= high:
         raise errors.invalid_value(
-            name, f"expected a value between {low:g} and {high:g}, but got {value}."
+            name, f"expected a value between {low:g} and {high:g}, but got {_shown(value)}."
         )
     return float(value)

@@ -8,6 +8,10 @@ documents, so their ``$ref``s keep pointing where they did.
 
 llama.cpp drops a grammar llguidance cannot compile without a word and generates unconstrained
 text, so each grammar is compiled here first: a schema it cannot handle is the client's 400.
+Some grammars compile and fail only once tokens are matched (a lexer or parser limit: a string
+of exactly 4000 characters, fifty alternative objects), and llama.cpp then goes on unconstrained
+too; so, with the model's vocabulary (``_vocab``), the first few tokens are matched here as well,
+and each answer is matched against its grammar once generated (``output_problem``).
 """
 
 from __future__ import annotations
@@ -177,13 +181,16 @@ def _tools(value: object) -> tuple[Tool, ...]:
     return tuple(tools)
 
 
-def grammar(answer_schema: dict[str, Any] | None, tool_use: ToolUse | None) -> str | None:
-    """The grammar of what the model may write (None: anything), checked to compile."""
+def grammar(
+    answer_schema: dict[str, Any] | None, tool_use: ToolUse | None, tokenizer: Any = None
+) -> str | None:
+    """The grammar of what the model may write (None: anything), checked to compile and, with
+    the model's ``tokenizer`` (llguidance's), to match its first tokens."""
     if tool_use is None:
         if answer_schema is None:
             return None
         text = "%llguidance {}\nstart: " + _json_rule(answer_schema) + "\n"
-        _check(text, "response_format.json_schema.schema")
+        _check(text, "response_format.json_schema.schema", tokenizer)
         return text
     lines = ["%llguidance {}"]
     branches: list[str] = []
@@ -193,6 +200,7 @@ def grammar(answer_schema: dict[str, Any] | None, tool_use: ToolUse | None) -> s
         _check(
             "%llguidance {}\nstart: " + _json_rule(tool.parameters) + "\n",
             f"tools[{position}].function.parameters",
+            tokenizer,
         )
         branches.append(f"call_{index}")
         lines.append(f'call_{index}: {json.dumps(call_head(tool.name))} args_{index} "}}"')
@@ -205,11 +213,12 @@ def grammar(answer_schema: dict[str, Any] | None, tool_use: ToolUse | None) -> s
             _check(
                 "%llguidance {}\nstart: " + _json_rule(answer_schema) + "\n",
                 "response_format.json_schema.schema",
+                tokenizer,
             )
             lines.append(f"answer: {_json_rule(answer_schema)}")
     lines.insert(1, "start: " + " | ".join(branches))
     text = "\n".join(lines) + "\n"
-    _check(text, "tools")
+    _check(text, "tools", tokenizer)
     return text
 
 
@@ -282,7 +291,7 @@ def _closed(schema: Any) -> Any:
     return out
 
 
-def _check(text: str, param: str) -> None:
+def _check(text: str, param: str, tokenizer: Any = None) -> None:
     try:
         from llguidance import LLMatcher
     except ImportError:
@@ -298,6 +307,70 @@ def _check(text: str, param: str) -> None:
         reason = problem.split("\n", 1)[0]
         reason = reason.split(": ", 1)[1] if reason.startswith("at ") and ": " in reason else reason
         raise errors.invalid_value(param, f"this server cannot enforce the schema: {reason}")
+    if tokenizer is not None:
+        failure = _first_tokens_problem(LLMatcher(tokenizer, text, log_level=0), tokenizer.eos_token)
+        if failure:
+            raise errors.invalid_value(param, f"this server cannot enforce the schema: {failure}")
+
+
+# How far ahead the first tokens are tried: a few steps along two tokens each (the lowest and the
+# highest id the grammar allows, often a short and a long one) and along the forced tokens. The
+# limits llguidance hits at generation time (lexer states, parser row size) show within a token
+# or two of where the schema's troublesome part starts; a few ms of masks catch those at the start.
+_STEPS = 3
+_MAX_MASKS = 24
+
+
+def _first_tokens_problem(matcher: Any, eos: int) -> str | None:
+    """llguidance's error on the way through the first tokens of a grammar, or None."""
+    frontier = [matcher]
+    masks = 0
+    for _ in range(_STEPS):
+        following: list[Any] = []
+        for current in frontier:
+            if masks >= _MAX_MASKS:
+                return None
+            forced = current.compute_ff_tokens()
+            mask = int.from_bytes(current.compute_bitmask(), "little") & ~(1 << eos)
+            masks += 1
+            if current.is_error():
+                return _matcher_error(current)
+            choices = [forced] if forced else []
+            if mask:
+                low = (mask & -mask).bit_length() - 1
+                choices += [[low], [mask.bit_length() - 1]] if mask != 1 << low else [[low]]
+            for tokens in choices:
+                step = current.deep_copy()
+                step.consume_tokens(tokens)
+                if step.is_error():
+                    return _matcher_error(step)
+                if not step.is_stopped():
+                    following.append(step)
+        frontier = following
+    return None
+
+
+def output_problem(grammar_text: str, tokenizer: Any, text: str, complete: bool) -> str | None:
+    """Why ``text`` is not what ``grammar_text`` allows (None: it is), ``complete`` when the
+    text claims to be whole. llama.cpp gives up a grammar that fails during generation with no
+    more than a log line, so each constrained answer is checked before it is called a success."""
+    from llguidance import LLMatcher
+
+    matcher = LLMatcher(tokenizer, grammar_text, log_level=0)
+    # Greedy tokens, not the model's: llguidance matches bytes, however they are split.
+    matcher.consume_tokens(tokenizer.greedy_tokenize(text))
+    if matcher.is_error():
+        return f"the answer does not match it ({_matcher_error(matcher)})"
+    if complete and not matcher.is_accepting():
+        return "the answer ended before the schema allowed it to"
+    return None
+
+
+def _matcher_error(matcher: Any) -> str:
+    # The first line says what; the rest is the matcher's state. Its hint about grammar
+    # recursion is about a grammar the client never wrote.
+    reason: str = matcher.get_error().split("\n", 1)[0]
+    return reason.split("; consider ", 1)[0] or "the grammar engine failed"
 
 
 def _known_keys(value: Mapping[str, Any], where: str, known: set[str]) -> None:
