@@ -11,6 +11,7 @@ from .. import __version__
 from ..errors import StreamfaasError
 from . import admin, chat, functions, platform, queue, templates
 from ._options import Context
+from ._text import lines_printable
 
 
 def _set_state_dir(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
@@ -59,6 +60,12 @@ def _accept_global_options(command: click.Command) -> None:
 _accept_global_options(cli)
 
 
+def _error(message: str) -> None:
+    """Print an error: its text may be a gateway's or a function's (an HTTP error's body, a
+    start error), so its control characters are shown escaped, never sent to the terminal."""
+    click.echo(f"Error: {lines_printable(message)}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ctx_obj = Context()
     try:
@@ -70,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-        click.echo(f"Error: {exc.format_message()}{hint}", err=True)
+        _error(f"{exc.format_message()}{hint}")
         return 2
     except click.ClickException as exc:
-        click.echo(f"Error: {exc.format_message()}", err=True)
+        _error(exc.format_message())
         return 1
     except StreamfaasError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        _error(str(exc))
         return 1
     except KeyboardInterrupt:
         return 130

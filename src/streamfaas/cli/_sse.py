@@ -11,6 +11,7 @@ import httpx
 from httpx_sse import EventSource
 
 from ..errors import StreamfaasError
+from ._text import lines_printable
 
 
 class StreamFailed(StreamfaasError):
@@ -99,10 +100,15 @@ class Writer(Protocol):
 
 
 def print_deltas(response: httpx.Response, out: Writer, end: StreamEnd | None = None) -> str:
-    """Write deltas to ``out`` as they arrive (flushing each); returns the whole text."""
+    """Write deltas to ``out`` as they arrive (flushing each); returns the whole text.
+
+    What is written has its control characters but line breaks and tabs shown escaped (a
+    model's or a function's text must not set the clipboard with OSC 52, retitle the window,
+    clear the screen); the text returned is the stream's own (a chat's history).
+    """
     parts = []
     for text in content_deltas(response, end):
-        out.write(text)
+        out.write(lines_printable(text))
         out.flush()
         parts.append(text)
     return "".join(parts)

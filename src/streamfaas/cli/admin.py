@@ -17,7 +17,7 @@ from ..errors import BadRequest
 from . import _credentials
 from ._client import APIError, GatewayClient
 from ._options import Context, gateway_option, pass_ctx
-from ._text import cell
+from ._text import cell, printable
 
 
 @click.command()
@@ -175,7 +175,7 @@ def namespace() -> None:
 def namespace_list(ctx: Context, as_json: bool) -> None:
     """List namespaces."""
     items = ctx.client().request("GET", "/system/namespaces").json()
-    click.echo(json.dumps(items) if as_json else "\n".join(items))
+    click.echo(json.dumps(items) if as_json else "\n".join(printable(str(item)) for item in items))
 
 
 @click.command()
@@ -184,7 +184,7 @@ def namespace_list(ctx: Context, as_json: bool) -> None:
 @pass_ctx
 def token(ctx: Context, name: str) -> None:
     """Print a private function's bearer token (for `invoke --token` or `Authorization: Bearer`)."""
-    click.echo(ctx.client().request("GET", f"/system/function-token/{name}").json()["token"])
+    click.echo(printable(str(ctx.client().request("GET", f"/system/function-token/{name}").json()["token"])))
 
 
 COMMANDS = [login, logout, secret, namespace, token]

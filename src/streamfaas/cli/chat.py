@@ -11,6 +11,7 @@ import click
 from ..errors import StreamfaasError
 from ._options import Context, gateway_option, pass_ctx
 from ._sse import StreamEnd, StreamFailed, http_error_text, print_deltas
+from ._text import lines_printable
 
 
 @click.command()
@@ -64,7 +65,7 @@ def chat(ctx: Context, function: str, token: str | None, stats: bool) -> None:
             # model all stop. Keep what arrived as the answer.
             click.echo("\n[stopped]", err=True)
         except StreamFailed as exc:
-            click.echo(f"\n[error] {exc}", err=True)
+            click.echo(f"\n[error] {lines_printable(str(exc))}", err=True)  # the function's or gateway's words
             messages.pop()
             failed += 1
             continue

@@ -19,7 +19,7 @@ from ..config import IPNetwork, QueueConfig, parse_network
 from ..errors import ConfigError
 from ._credentials import lookup
 from ._options import Context, flag_errors, gateway_option, pass_ctx
-from ._text import cell
+from ._text import cell, printable
 from ._types import DURATION, HTTP_URLS, POSITIVE_DURATION, SIZE, _ParamType
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -134,7 +134,7 @@ def invoke_async(ctx: Context, name: str, path: str, *, body: bytes, headers: di
         if resp.status_code != 202:
             raise click.ClickException(f"{name}: HTTP {resp.status_code}: {text.splitlines()[0] if text else ''}")
         call_id = resp.headers.get("X-Call-Id", "")
-    click.echo(call_id)
+    click.echo(printable(call_id))
     click.echo(f"accepted: {name} runs asynchronously" + (f", result to {callback}" if callback else ""), err=True)
 
 
@@ -169,7 +169,7 @@ def queue_list(ctx: Context, failed: bool, limit: int, as_json: bool) -> None:
                                   job.get("callbackUrl") or "", job.get("lastError") or "")))
     Console(width=200).print(table)
     depth = data["depth"]
-    click.echo(f"{depth['pending']} queued, {depth['failed']} dead-lettered", err=True)
+    click.echo(printable(f"{depth['pending']} queued, {depth['failed']} dead-lettered"), err=True)
 
 
 @queue_group.command(name="retry")
@@ -183,7 +183,7 @@ def queue_retry(ctx: Context, call_id: str | None, retry_all: bool) -> None:
         raise click.UsageError("give a CALL_ID or --all")
     body: dict[str, Any] = {"all": True} if retry_all else {"callId": call_id}
     count = ctx.client().request("POST", "/system/queue/retry", json_body=body).json()["retried"]
-    click.echo(f"retried {count} job{'s' if count != 1 else ''}", err=True)
+    click.echo(printable(f"retried {count} job{'s' if count != 1 else ''}"), err=True)
 
 
 @queue_group.command(name="purge")
@@ -198,7 +198,7 @@ def queue_purge(ctx: Context, failed: bool, yes: bool) -> None:
         click.confirm(f"Drop every {what} job at {ctx.gateway_url}?", abort=True)
     params = {"failed": "true" if failed else "false"}
     count = ctx.client().request("DELETE", "/system/queue", params=params).json()["purged"]
-    click.echo(f"purged {count} job{'s' if count != 1 else ''}", err=True)
+    click.echo(printable(f"purged {count} job{'s' if count != 1 else ''}"), err=True)
 
 
 # ---- queue-worker ----
