@@ -1,24 +1,32 @@
 """A function's requirements.txt is untrusted input: ``pip install`` at deploy time runs its
 build backends in the function sandbox (never as root, never seeing the state directory or the
 gateway's environment), lines that make pip read local files are refused, and no error quotes
-what pip printed."""
+what pip printed. A backend that floods its output or hangs costs the gateway a bounded tail of
+memory, the log a bounded piece, and the deploy at most the install's timeout; a timed-out or
+cancelled install leaves no process behind, and other deploys do not wait for it."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
+import socket
 import stat
 import tarfile
 import textwrap
+import threading
+import time
 import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
-from platform_fixture import Platform, Signals
-from streamfaas.sandbox import bwrap_path
+from platform_fixture import Platform, Signals, wait_for
+from streamfaas.provider.logs import split_line
+from streamfaas.provider.venvs import BUILD_LOG_MAX, PIP_TIMEOUT_ENV
+from streamfaas.sandbox import bwrap_path, function_uid
 
 CANARY = "gateway-env-CANARY-7731"
 SECRET = "S3CR3T-VALUE-42"
@@ -53,20 +61,82 @@ get_requires_for_build_wheel = build_wheel = build_sdist = prepare_metadata_for_
 
 
 def _probe_sdist(folder: Path, signals_url: str, paths: dict[str, list[str]]) -> None:
-    """``sfprobe-1.0.tar.gz`` in ``folder`` (the operator's PIP_FIND_LINKS wheelhouse): an sdist
-    with ``requires = []`` and its backend in the sdist itself (``backend-path = ["."]``)."""
+    """``sfprobe-1.0.tar.gz`` in ``folder`` (the operator's PIP_FIND_LINKS wheelhouse), its
+    backend ``BACKEND``."""
+    _backend_sdist(folder, "sfprobe", f"PATHS = {json.dumps(paths)!r}\nSIGNALS = {signals_url!r}\n" + BACKEND)
+
+
+def _backend_sdist(folder: Path, name: str, backend: str) -> None:
+    """``NAME-1.0.tar.gz`` in ``folder`` (the operator's wheelhouse): an sdist with ``requires = []``
+    and its build backend in the sdist itself (``backend-path = ["."]``), the module text ``backend``."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {
-        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
-        "backend.py": f"PATHS = {json.dumps(paths)!r}\nSIGNALS = {signals_url!r}\n" + BACKEND,
-        "PKG-INFO": "Metadata-Version: 2.1\nName: sfprobe\nVersion: 1.0\n",
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "evilbackend"\nbackend-path = ["."]\n',
+        "evilbackend.py": backend,
+        "PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
     }
-    with tarfile.open(folder / "sfprobe-1.0.tar.gz", "w:gz") as tar:
-        for name, text in files.items():
+    with tarfile.open(folder / f"{name}-1.0.tar.gz", "w:gz") as tar:
+        for path, text in files.items():
             data = text.encode()
-            info = tarfile.TarInfo(f"sfprobe-1.0/{name}")
+            info = tarfile.TarInfo(f"{name}-1.0/{path}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+
+
+# Writes 50 MiB to stderr (lines, then one line 5 MiB long), a last line, then fails the build.
+FLOOD_BACKEND = """
+import sys
+
+def _flood(*args, **kwargs):
+    line = "flood " * 170 + "\\n"
+    for _ in range(45 * 1024):
+        sys.stderr.write(line)
+    sys.stderr.write("y" * (5 << 20))
+    sys.stderr.write("\\nFLOOD-END\\n")
+    sys.stderr.flush()
+    raise RuntimeError("flooded")
+
+get_requires_for_build_wheel = get_requires_for_build_sdist = build_wheel = build_sdist = _flood
+"""
+
+# Tells the test it runs, then becomes a process that sleeps for ever, MARKER on its command line.
+HANG_BACKEND = """
+import os, sys, urllib.request
+
+def _hang(*args, **kwargs):
+    urllib.request.urlopen(urllib.request.Request(SIGNALS + "/mark/hang", data=b"x", method="POST"), timeout=10)
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(10 ** 6)", MARKER])
+
+get_requires_for_build_wheel = get_requires_for_build_sdist = build_wheel = build_sdist = _hang
+"""
+
+
+def _memory_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def _leftovers(marker: str, uid: int | None, state: Path) -> list[str]:
+    """Live processes of the install: the backend's (MARKER on its command line), pip's or the
+    sandbox's (``pip install`` of a venv below ``state``), or any of the function's uid."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("State", "").strip().startswith("Z"):
+            continue
+        ours = uid is not None and int(fields["Uid"].split()[0]) == uid
+        if marker.encode() in cmdline or (b"pip\0install" in cmdline and str(state).encode() in cmdline) or ours:
+            found.append(f"{entry}: {cmdline.replace(bytes(1), b' ')[:200]!r}")
+    return found
 
 
 def _deploy(p: Platform, tmp_path: Path, name: str, requirements: str) -> tuple[int, str]:
@@ -186,3 +256,96 @@ def test_a_link_the_install_left_as_the_venvs_marker_is_refused_not_followed(tmp
     clean.mkdir()
     _mark_complete(clean)
     assert (clean / ".complete").is_file()
+
+
+@pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not usable here; .ci/run installs it")
+def test_a_backend_flooding_its_output_costs_the_gateway_and_the_log_a_bounded_amount(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wheelhouse = tmp_path / "wheelhouse"
+    _backend_sdist(wheelhouse, "flood", FLOOD_BACKEND)
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheelhouse))
+    state = tmp_path / "state"
+    with Platform(state).start() as p:
+        assert p.proc is not None
+        before = _memory_kib(p.proc.pid, "VmHWM")
+        status, body = _deploy(p, tmp_path, "flood", "flood==1.0\n")
+        grown = _memory_kib(p.proc.pid, "VmHWM") - before
+    assert status == 500, body
+    assert "pip install failed for function 'flood'" in body and "flood flood" not in body
+    # pip passed on all 50 MiB; the gateway kept a tail of it (it held all of it: +100 MiB).
+    assert grown < 32 * 1024, f"the gateway's peak memory grew by {grown} KiB"
+    log = (state / "logs" / "flood.log").read_bytes()
+    assert len(log) <= BUILD_LOG_MAX + 1024, len(log)
+    assert b"flood flood" in log and b"[output cut: " in log
+    assert b"FLOOD-END" in log.split(b"[output cut: ", 1)[1]  # the end, pip's error with it, is kept
+    # Every line is stamped and marked as the build's: none passes for a replica's line.
+    for line in log.decode(errors="replace").splitlines():
+        stamp, instance, _ = split_line(line)
+        assert stamp is not None and instance == "flood[build]", line[:200]
+
+
+@pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not usable here; .ci/run installs it")
+def test_a_hanging_backend_fails_its_deploy_at_the_timeout_leaves_nothing_running_and_blocks_no_other_deploy(
+        tmp_path: Path, signals: Signals, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = f"streamfaas-hang-{os.getpid()}-{time.monotonic_ns()}"
+    wheelhouse = tmp_path / "wheelhouse"
+    _backend_sdist(wheelhouse, "hang", f"SIGNALS = {signals.url!r}\nMARKER = {marker!r}\n" + HANG_BACKEND)
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheelhouse))
+    monkeypatch.setenv(PIP_TIMEOUT_ENV, "15s")
+    state = tmp_path / "state"
+    uid = function_uid("hanger") if os.geteuid() == 0 else None
+    with Platform(state).start() as p:
+        handler = p.write_function(tmp_path, "hanger", "def handle(req):\n    return 'ok'\n", requirements="hang==1.0\n")
+        p.images.build("hanger:latest", "python3-flask", handler)
+        answer: list[httpx.Response] = []
+
+        def deploy() -> None:
+            with httpx.Client(timeout=120, auth=("admin", p.password)) as client:
+                answer.append(client.post(f"{p.url}/system/functions", json={"service": "hanger", "image": "hanger:latest"}))
+
+        started = time.monotonic()
+        thread = threading.Thread(target=deploy, daemon=True)
+        thread.start()
+        signals.wait_marks("hang", 1, timeout=60)
+        assert wait_for(lambda: _leftovers(marker, uid, state), 10, what="the hanging backend's process")
+        # Meanwhile another function deploys: the install holds no lock the others need.
+        p.deploy("bystander", p.write_function(tmp_path, "bystander", "def handle(req):\n    return 'ok'\n"), wait=False)
+        assert thread.is_alive(), "the other deploy waited for the hanging install"
+        thread.join(60)
+        assert not thread.is_alive(), "the deploy never answered"
+        took = time.monotonic() - started
+        [r] = answer
+        assert r.status_code == 500, r.text
+        assert "installing requirements.txt took over 15 s" in r.text and "Traceback" not in r.text
+        assert took < 15 + 30, took
+        assert not _leftovers(marker, uid, state)  # killed, and waited for before the answer
+        assert "hanger" not in p.http.get(f"{p.url}/system/functions").text
+        p.wait_ready("bystander")
+
+
+@pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not usable here; .ci/run installs it")
+def test_a_deploy_whose_client_went_away_leaves_no_install_running(
+        tmp_path: Path, signals: Signals, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = f"streamfaas-hang-{os.getpid()}-{time.monotonic_ns()}"
+    wheelhouse = tmp_path / "wheelhouse"
+    _backend_sdist(wheelhouse, "hang", f"SIGNALS = {signals.url!r}\nMARKER = {marker!r}\n" + HANG_BACKEND)
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheelhouse))
+    monkeypatch.delenv(PIP_TIMEOUT_ENV, raising=False)  # the default: minutes, far past this test
+    state = tmp_path / "state"
+    uid = function_uid("gone") if os.geteuid() == 0 else None
+    with Platform(state).start() as p:
+        handler = p.write_function(tmp_path, "gone", "def handle(req):\n    return 'ok'\n", requirements="hang==1.0\n")
+        p.images.build("gone:latest", "python3-flask", handler)
+        body = json.dumps({"service": "gone", "image": "gone:latest"}).encode()
+        auth = base64.b64encode(f"admin:{p.password}".encode()).decode()
+        host, port = p.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f"POST /system/functions HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Basic {auth}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            signals.wait_marks("hang", 1, timeout=60)
+            assert wait_for(lambda: _leftovers(marker, uid, state), 10, what="the hanging backend's process")
+        # The client is gone: its deploy is cancelled, and the install with it.
+        wait_for(lambda: not _leftovers(marker, uid, state), 20, what="the install's processes to be gone")
+        wait_for(lambda: not [v for v in (state / "venvs").iterdir() if v.name.startswith(".")], 10,
+                 what="the unfinished venv to be removed")
+        assert "gone" not in p.http.get(f"{p.url}/system/functions").text

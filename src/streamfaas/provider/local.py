@@ -151,6 +151,7 @@ class LocalProvider:
         if bad:  # refused now, not left to a replica that would crash-loop on it
             raise ConfigError("; ".join(f"envVars.{key}: {why}" for key, why in bad))
         self.check_namespace(deployment.namespace)
+        await self._prepare_venv(deployment)
         async with self._deploy_lock:
             existing = self.functions.get(deployment.service)
             # An update keeps the replicas it had, within a new com.openfaas.scale.max.
@@ -419,6 +420,20 @@ class LocalProvider:
         self.functions[record.name] = record
         old.turns.wake()  # its waiting requests go on waiting on the new record
         await self._stop_replicas(old, list(old.replicas))
+
+    async def _prepare_venv(self, deployment: FunctionDeployment) -> None:
+        """Build a folder image's venv before the deploy lock is taken: pip runs the requirements'
+        build backends (for up to the install's timeout), and other deploys and removals need not
+        wait for them. ``_apply`` then finds it built (the cache has a lock per venv); what this
+        leaves to it (an OCI image, a missing image or secret) it reports as before."""
+        try:
+            image = self.images.resolve(deployment.image)
+        except ImageNotFound:
+            return
+        if self.secret_files.missing(deployment.secrets):
+            return
+        requirements = (image.path / "function" / "requirements.txt").read_text()
+        await self.venvs.ensure(requirements, log=self.logs_dir / f"{deployment.service}.log", function=deployment.service)
 
     async def _image(self, deployment: FunctionDeployment) -> LocalImage | OciImage:
         """A folder image when the name resolves in the image store; else an OCI image, when the

@@ -13,29 +13,43 @@ writable folder and an environment chosen here, never the gateway's. Afterwards 
 handed back to the platform's uid and opened up read-only for function uids. Lines that make
 pip read local files are refused before pip starts, sandbox or not, and pip's own output goes
 to the function's log only: an error never quotes it.
+
+A build backend also prints what it likes and takes as long as it likes. The gateway reads the
+install's output as it comes and keeps only its last ``BUILD_LOG_TAIL`` bytes; the log gets at most
+``BUILD_LOG_MAX`` of it (its first and last lines), each line stamped and marked ``NAME[build]``.
+The install gets ``PIP_TIMEOUT`` seconds (``STREAMFAAS_PIP_TIMEOUT``); past that, or when the
+deploy is cancelled (its client went away), its whole process tree is killed and waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import sys
 import sysconfig
 import tempfile
+import time
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
+from .._process import kill_group
+from ..config import parse_duration
 from ..errors import DeployError
 from ..sandbox import build_install_spec, bwrap_path, function_uid, sandbox_command
+from ..watchdog.function_process import bound_log
 from .images import readable_by_all
 
 # The operator's pip and proxy settings that reach pip; nothing else of the gateway's environment.
@@ -46,6 +60,20 @@ PIP_SETTINGS = (
 # Of those, the ones that may name local files or folders: bound read-only into the sandbox.
 _LOCAL_SETTINGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_CERT", "SSL_CERT_FILE")
 _BUILDER = "streamfaas-venv-build"  # whose uid builds a venv when no function is named
+# How long a venv's pip install (its requirements' build backends included) may take: one that
+# hangs would hold its deploy forever. STREAMFAAS_PIP_TIMEOUT (a duration; 0: no limit) sets it.
+PIP_TIMEOUT = 600.0
+PIP_TIMEOUT_ENV = "STREAMFAAS_PIP_TIMEOUT"
+# Of one build step's output, what the function's log gets: its first lines, up to BUILD_LOG_MAX
+# less BUILD_LOG_TAIL bytes, a line saying what was cut, and its last BUILD_LOG_TAIL bytes (pip's
+# error is at the end). The tail is all the gateway holds of it (at most _TAIL_LINES lines);
+# a line longer than _LINE_MAX goes to the log in pieces.
+BUILD_LOG_MAX = 1 << 20
+BUILD_LOG_TAIL = 64 << 10
+_TAIL_LINES = 2000
+_LINE_MAX = 64 << 10
+_READ_CHUNK = 64 << 10
+_STOP_WAIT = 10.0  # seconds to wait for a killed install's processes to be gone
 _SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # What a requirements line may hold (pip's requirements-file syntax, narrowed to what reads
@@ -272,6 +300,14 @@ def _mark_complete(venv: Path) -> None:
         raise DeployError("installing the requirements wrote the venv's own marker (.complete): refused") from None
 
 
+def pip_timeout(environ: Mapping[str, str]) -> float | None:
+    """Seconds a venv's pip install may take (``STREAMFAAS_PIP_TIMEOUT``, else ``PIP_TIMEOUT``);
+    None: no limit. An invalid value is a ConfigError (the gateway does not start)."""
+    raw = environ.get(PIP_TIMEOUT_ENV)
+    seconds = PIP_TIMEOUT if raw is None else parse_duration(raw, name=PIP_TIMEOUT_ENV)
+    return seconds or None
+
+
 class VenvCache:
     def __init__(self, root: Path, *, sandbox: bool = True) -> None:
         self.root = root
@@ -279,6 +315,7 @@ class VenvCache:
         # pip runs sandboxed wherever bwrap works, even under --no-sandbox: its build backends
         # run the function author's code at deploy time, in the gateway's place.
         self.bwrap = bwrap_path() if sandbox else None
+        self.install_timeout = pip_timeout(os.environ)  # seconds; None: no limit
 
     def key(self, requirements: str) -> str:
         h = hashlib.sha256()
@@ -315,7 +352,7 @@ class VenvCache:
         return final
 
     async def _build(self, venv: Path, requirements: str, log: Path | None, function: str) -> None:
-        await _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], log, what="venv")
+        await _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], log, what="venv", function=function)
         python = venv / "bin" / "python"
         purelib = await _capture([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
         site_line = "import site; " + "; ".join(f"site.addsitedir({d!r})" for d in _platform_site_dirs())
@@ -328,24 +365,33 @@ class VenvCache:
         # line, and the platform's interpreter may be a link the sandbox does not show.
         argv = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q", "-r", str(req)]
         failed = f"pip install failed for function {function!r}: see `streamfaas logs {function}`"
-        if self.bwrap is None:
-            with tempfile.TemporaryDirectory(prefix="streamfaas-pip-") as home:
-                env, _ = pip_environment(os.environ, home)
-                err = await _run(argv, log, what="pip", env=env, cwd=str(venv), check=False)
-        else:
-            env, local = pip_environment(os.environ, "/tmp")
-            uid = function_uid(function) if os.geteuid() == 0 else None
-            spec = build_install_spec(bwrap=self.bwrap, venv_dir=venv, read_only=local, uid=uid)
-            command, fds = sandbox_command(spec, argv, env)
-            if uid is not None:
-                _own_tree(venv, uid, uid, lock=False)  # the only folder it may write
-            try:
-                err = await _run(command, log, what="pip", env={}, cwd="/", check=False, pass_fds=fds)
-            finally:
-                for fd in fds:
-                    os.close(fd)
-                if uid is not None:  # the platform's again; function uids read it, none writes it
-                    _own_tree(venv, os.geteuid(), os.getegid(), lock=True)
+        timeout = self.install_timeout
+        try:
+            if self.bwrap is None:
+                with tempfile.TemporaryDirectory(prefix="streamfaas-pip-") as home:
+                    env, _ = pip_environment(os.environ, home)
+                    err = await _run(argv, log, what="pip", function=function, env=env, cwd=str(venv), check=False,
+                                     timeout=timeout)
+            else:
+                env, local = pip_environment(os.environ, "/tmp")
+                uid = function_uid(function) if os.geteuid() == 0 else None
+                spec = build_install_spec(bwrap=self.bwrap, venv_dir=venv, read_only=local, uid=uid)
+                command, fds = sandbox_command(spec, argv, env)
+                if uid is not None:
+                    _own_tree(venv, uid, uid, lock=False)  # the only folder it may write
+                try:
+                    err = await _run(command, log, what="pip", function=function, env={}, cwd="/", check=False,
+                                     pass_fds=fds, timeout=timeout)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                    if uid is not None:  # the platform's again; function uids read it, none writes it
+                        _own_tree(venv, os.geteuid(), os.getegid(), lock=True)
+        except TimeoutError:
+            if timeout is None:
+                raise
+            raise DeployError(f"installing requirements.txt took over {timeout:g} s: function {function!r} was not "
+                              f"deployed, the install was stopped (see `streamfaas logs {function}`)") from None
         if err is not None:
             missing = _NOT_FOUND.search(err)
             names = check_requirements(requirements)
@@ -354,26 +400,103 @@ class VenvCache:
             raise DeployError(failed)
 
 
-async def _run(argv: list[str], log: Path | None, *, what: str, env: Mapping[str, str] | None = None,
-               cwd: str | None = None, check: bool = True, pass_fds: tuple[int, ...] | list[int] = ()) -> str | None:
-    """Run a step of a venv build, its output appended to the function's log. On failure: its
-    stderr (for the caller to look at, never to quote) when ``check`` is false, else a
-    DeployError that quotes none of it."""
+class _BuildOutput:
+    """A build step's output as it comes, into the function's log: each line stamped and marked
+    ``NAME[build] STEP:`` (so none passes for a replica's line), its first lines as they come, up
+    to ``BUILD_LOG_MAX - BUILD_LOG_TAIL`` bytes, then, at ``close``, a line saying how much was cut
+    and the last lines, held back until then. Only that tail stays in memory."""
+
+    def __init__(self, log: BinaryIO | None, prefix: bytes) -> None:
+        self.log = log
+        self.prefix = prefix
+        self.partial = b""
+        self.written = 0  # bytes written to the log
+        self.holding = False  # the head is full: lines are held back for the end
+        self.cut = 0  # bytes of output dropped
+        self.tail: deque[tuple[bytes, bytes, bool]] = deque()  # (stamp, line, written to the log)
+        self.tail_bytes = 0
+
+    def feed(self, data: bytes) -> None:
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        if len(self.partial) > _LINE_MAX:  # a line without end: it goes in pieces
+            lines.append(self.partial)
+            self.partial = b""
+        stamp = _stamp()
+        for line in lines:
+            self._line(stamp, line)
+        if self.log is not None:
+            self.log.flush()  # `streamfaas logs -f` shows the build as it goes
+
+    def _line(self, stamp: bytes, line: bytes) -> None:
+        entry = stamp + self.prefix + line + b"\n"
+        self.holding = self.holding or self.written + len(entry) > BUILD_LOG_MAX - BUILD_LOG_TAIL
+        if self.log is not None and not self.holding:
+            self.log.write(entry)
+            self.written += len(entry)
+        self.tail.append((stamp, line, not self.holding))
+        self.tail_bytes += len(entry)
+        while self.tail_bytes > BUILD_LOG_TAIL or len(self.tail) > _TAIL_LINES:
+            old_stamp, old, was_written = self.tail.popleft()
+            size = len(old_stamp) + len(self.prefix) + len(old) + 1
+            self.tail_bytes -= size
+            if not was_written:
+                self.cut += len(old) + 1
+
+    def text(self) -> str:
+        """The end of the output (for the caller to look at, never to quote)."""
+        return b"\n".join([*(line for _, line, _ in self.tail), self.partial]).decode(errors="replace")
+
+    def close(self) -> None:
+        if self.partial:
+            self._line(_stamp(), self.partial)
+            self.partial = b""
+        if self.log is None:
+            return
+        held = [(stamp, line) for stamp, line, written in self.tail if not written]
+        if self.cut:
+            stamp = held[0][0] if held else _stamp()
+            self.log.write(stamp + self.prefix + b"[output cut: %d bytes of it were dropped here; the log keeps "
+                           b"its first and last lines, at most %d bytes]\n" % (self.cut, BUILD_LOG_MAX))
+        self.log.write(b"".join(stamp + self.prefix + line + b"\n" for stamp, line in held))
+        self.log.flush()
+        bound_log(self.log.fileno())  # the whole file, over deploys too: the cap replicas' output has
+
+
+def _stamp() -> bytes:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()).encode()
+
+
+async def _run(argv: list[str], log: Path | None, *, what: str, function: str, env: Mapping[str, str] | None = None,
+               cwd: str | None = None, check: bool = True, pass_fds: tuple[int, ...] | list[int] = (),
+               timeout: float | None = None) -> str | None:
+    """Run a step of a venv build, its output (stdout and stderr) going to the function's log as
+    it comes (``_BuildOutput``). On failure: the end of its output (for the caller to look at,
+    never to quote) when ``check`` is false, else a DeployError that quotes none of it. Past
+    ``timeout`` seconds: TimeoutError. Timed out or cancelled, its whole process tree is killed
+    and waited for first."""
     out = open(log, "ab") if log else None  # noqa: SIM115 - closed below
     try:
+        output = _BuildOutput(out, f"{function}[build] {what}: ".encode())
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=out or asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
             env=None if env is None else dict(env),
             cwd=cwd,
             pass_fds=tuple(pass_fds),
+            start_new_session=True,  # its own process group: kill_group reaches all of it
         )
-        _, raw = await proc.communicate()
-        err = raw.decode(errors="replace")
-        if out is not None and err:
-            out.write(raw if raw.endswith(b"\n") else raw + b"\n")
+        try:
+            async with asyncio.timeout(timeout):
+                assert proc.stdout is not None
+                while data := await proc.stdout.read(_READ_CHUNK):
+                    output.feed(data)
+                await proc.wait()
+        finally:
+            if proc.returncode is None:  # timed out, or the deploy was cancelled: no orphan
+                await _stop(proc)
+            output.close()
     finally:
         if out:
             out.close()
@@ -381,7 +504,84 @@ async def _run(argv: list[str], log: Path | None, *, what: str, env: Mapping[str
         return None
     if check:
         raise DeployError(f"{what} failed (exit {proc.returncode}); its output is in the function's log")
-    return err
+    return output.text()
+
+
+def _descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of every process below ``pid``, from /proc."""
+    children: dict[int, list[tuple[int, str]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
+    out: list[tuple[int, str]] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    """Kill a build step's whole process tree and wait until it is gone: its process group (it
+    has its own session), and every process below it, in another session or not (the sandbox's
+    init takes its PID namespace down with it); then reap it. The signals go out before the first
+    await, so a second cancellation cannot stop them."""
+    pidfds: list[int] = []
+    for pid, started in _descendants(proc.pid):
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        if _start_time(pid) == started:  # the same process, not one that took its pid since
+            pidfds.append(fd)
+        else:
+            os.close(fd)
+    kill_group(proc.pid, signal.SIGKILL)
+    for fd in pidfds:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    try:
+        async with asyncio.timeout(_STOP_WAIT):
+            await proc.wait()
+            for fd in pidfds:
+                await _exited(fd)
+    except TimeoutError:
+        print(f"streamfaas: a stopped venv build (pid {proc.pid}) has processes that did not exit within "
+              f"{_STOP_WAIT:g}s", file=sys.stderr, flush=True)
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+
+
+async def _exited(pidfd: int) -> None:
+    """Return once the process of ``pidfd`` has exited (a pidfd turns readable then)."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
 
 
 async def _capture(argv: list[str]) -> str:
