@@ -284,13 +284,20 @@ def test_a_backend_flooding_its_output_costs_the_gateway_and_the_log_a_bounded_a
         assert stamp is not None and instance == "flood[build]", line[:200]
 
 
-@pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not usable here; .ci/run installs it")
-def test_a_hanging_backend_fails_its_deploy_at_the_timeout_leaves_nothing_running_and_blocks_no_other_deploy(
-        tmp_path: Path, signals: Signals, monkeypatch: pytest.MonkeyPatch) -> None:
+def _hanging_backend(tmp_path: Path, signals: Signals, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A wheelhouse (on PIP_FIND_LINKS) whose ``hang`` sdist's backend never returns; the marker
+    its process carries, to find it (and what it left) in /proc."""
     marker = f"streamfaas-hang-{os.getpid()}-{time.monotonic_ns()}"
     wheelhouse = tmp_path / "wheelhouse"
     _backend_sdist(wheelhouse, "hang", f"SIGNALS = {signals.url!r}\nMARKER = {marker!r}\n" + HANG_BACKEND)
     monkeypatch.setenv("PIP_FIND_LINKS", str(wheelhouse))
+    return marker
+
+
+@pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not usable here; .ci/run installs it")
+def test_a_hanging_backend_fails_its_deploy_at_the_timeout_leaves_nothing_running_and_blocks_no_other_deploy(
+        tmp_path: Path, signals: Signals, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = _hanging_backend(tmp_path, signals, monkeypatch)
     monkeypatch.setenv(PIP_TIMEOUT_ENV, "15s")
     state = tmp_path / "state"
     uid = function_uid("hanger") if os.geteuid() == 0 else None
@@ -326,10 +333,7 @@ def test_a_hanging_backend_fails_its_deploy_at_the_timeout_leaves_nothing_runnin
 @pytest.mark.skipif(bwrap_path() is None, reason="bubblewrap (bwrap) is not usable here; .ci/run installs it")
 def test_a_deploy_whose_client_went_away_leaves_no_install_running(
         tmp_path: Path, signals: Signals, monkeypatch: pytest.MonkeyPatch) -> None:
-    marker = f"streamfaas-hang-{os.getpid()}-{time.monotonic_ns()}"
-    wheelhouse = tmp_path / "wheelhouse"
-    _backend_sdist(wheelhouse, "hang", f"SIGNALS = {signals.url!r}\nMARKER = {marker!r}\n" + HANG_BACKEND)
-    monkeypatch.setenv("PIP_FIND_LINKS", str(wheelhouse))
+    marker = _hanging_backend(tmp_path, signals, monkeypatch)
     monkeypatch.delenv(PIP_TIMEOUT_ENV, raising=False)  # the default: minutes, far past this test
     state = tmp_path / "state"
     uid = function_uid("gone") if os.geteuid() == 0 else None

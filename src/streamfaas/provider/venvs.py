@@ -49,7 +49,7 @@ from .._process import kill_group
 from ..config import parse_duration
 from ..errors import DeployError
 from ..sandbox import build_install_spec, bwrap_path, function_uid, sandbox_command
-from ..watchdog.function_process import bound_log
+from ..watchdog.function_process import bound_log, pidfd_exited
 from .images import readable_by_all
 
 # The operator's pip and proxy settings that reach pip; nothing else of the gateway's environment.
@@ -559,29 +559,13 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
         async with asyncio.timeout(_STOP_WAIT):
             await proc.wait()
             for fd in pidfds:
-                await _exited(fd)
+                await pidfd_exited(fd)
     except TimeoutError:
         print(f"streamfaas: a stopped venv build (pid {proc.pid}) has processes that did not exit within "
               f"{_STOP_WAIT:g}s", file=sys.stderr, flush=True)
     finally:
         for fd in pidfds:
             os.close(fd)
-
-
-async def _exited(pidfd: int) -> None:
-    """Return once the process of ``pidfd`` has exited (a pidfd turns readable then)."""
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def on_exit() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(pidfd, on_exit)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(pidfd)
 
 
 async def _capture(argv: list[str]) -> str:

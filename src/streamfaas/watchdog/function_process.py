@@ -84,9 +84,9 @@ async def pump_output(stream: asyncio.StreamReader, prefix: bytes, on_line: Call
             bound_log(out.fileno())
 
 
-async def process_exit(pid: int) -> None:
-    """Return once child ``pid`` has exited; it is left unreaped (its id still reserved)."""
-    # A pidfd turns readable when the process exits: no polling, no SIGCHLD handler.
+async def pidfd_exited(pidfd: int) -> None:
+    """Return once the process of ``pidfd`` has exited (a pidfd turns readable then: no polling,
+    no SIGCHLD handler). The pidfd stays open, the caller's to close."""
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[None] = loop.create_future()
 
@@ -94,12 +94,19 @@ async def process_exit(pid: int) -> None:
         if not exited.done():
             exited.set_result(None)
 
-    pidfd = os.pidfd_open(pid)
     loop.add_reader(pidfd, on_exit)
     try:
         await exited
     finally:
         loop.remove_reader(pidfd)
+
+
+async def process_exit(pid: int) -> None:
+    """Return once child ``pid`` has exited; it is left unreaped (its id still reserved)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        await pidfd_exited(pidfd)
+    finally:
         os.close(pidfd)
 
 
