@@ -32,6 +32,17 @@ def die_with_parent(sig: int = signal.SIGTERM, parent: int | None = None) -> Non
         os._exit(1)
 
 
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command's name (proc(5)'s field 3, the state,
+    first: its field N is at index N - 3), or None when the process is gone. The name is in
+    parentheses and may hold spaces or ")": the fields are split after its last ")"."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def listen_backlog() -> int:
     """The longest listen queue the system allows (``net.core.somaxconn``): a thousand clients
     connecting at once must wait in the queue, not overflow it (a dropped SYN costs the client a

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import aiohttp
 
-from .._process import kill_group, listen_backlog
+from .._process import kill_group, listen_backlog, proc_stat
 from ..proxy import client_session
 from ..upstream import Pool
+from ..watchdog.function_process import log_stamp
 from ..watchdog.start_report import FAILED, READY, REPORT_LIMIT
 from .launcher import ForkServer, ForkServerUnavailable, WatchdogProcess, spawn_direct
 
@@ -33,16 +34,18 @@ STABLE_AFTER = 30.0
 _FRAME = re.compile(r'\s*File "([^"]*)", line (\d+)')
 
 
+def _raised_at(lines: list[str]) -> str:
+    """`` (FILE, line N)``: where a traceback's innermost frame is; "" without one."""
+    frames = [m for m in map(_FRAME.match, lines) if m]
+    return f" ({frames[-1].group(1)}, line {frames[-1].group(2)})" if frames else ""
+
+
 def error_summary(error: str) -> str:
     """One line from a start report: its last line (the exception), and where it was raised."""
     lines = [line for line in error.splitlines() if line.strip()]
     if not lines:
         return ""
-    summary = lines[-1].strip()
-    frames = [m for m in map(_FRAME.match, lines) if m]
-    if frames:
-        summary += f" ({frames[-1].group(1)}, line {frames[-1].group(2)})"
-    return summary
+    return lines[-1].strip() + _raised_at(lines)
 
 
 _EXCEPTION = re.compile(r"([A-Za-z_]\w*\.)*[A-Z]\w*")  # a class name: RuntimeError, json.JSONDecodeError
@@ -52,13 +55,11 @@ def error_kind(error: str) -> str:
     """What a caller (anyone, for a public function) is told of a start failure: the exception's
     type and where it was raised, never its message, which may quote a secret the function read
     (``int(api_key)``). The whole line is the admin's (``startError``, describe, logs)."""
-    summary = error_summary(error)
-    head = summary.split(":", 1)[0].strip() if ":" in summary else ""
+    lines = [line for line in error.splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    head = last.split(":", 1)[0].strip() if ":" in last else ""
     kind = head if head and _EXCEPTION.fullmatch(head) else "its server exited"
-    frames = [m for m in map(_FRAME.match, error.splitlines()) if m]
-    if frames:
-        kind += f" ({frames[-1].group(1)}, line {frames[-1].group(2)})"
-    return kind
+    return kind + _raised_at(lines)
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -81,12 +82,10 @@ def _process_tree(pid: int) -> list[int]:
 
 def _cpu_seconds(pid: int) -> float:
     """User + system time of a process and of its reaped children."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+    fields = proc_stat(pid)
+    if fields is None:
         return 0.0
-    # Fields 14-17 of proc(5): utime, stime, cutime, cstime (here from field 3, the state).
+    # Fields 14-17 of proc(5): utime, stime, cutime, cstime.
     return sum(int(v) for v in fields[11:15]) / _TICKS
 
 
@@ -165,7 +164,7 @@ class Replica:
         self._task = asyncio.create_task(self._supervise(), name=f"replica {self.function}/{self.id}")
 
     def _note(self, text: str) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = log_stamp().decode()
         with open(self.spec.log, "a") as log:
             log.write(f"{stamp} {self.function}[{self.id}] streamfaas: {text}\n")
 

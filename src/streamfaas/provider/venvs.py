@@ -35,7 +35,6 @@ import stat
 import sys
 import sysconfig
 import tempfile
-import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,11 +44,11 @@ from urllib.parse import unquote, urlsplit
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from .._process import kill_group
+from .._process import kill_group, proc_stat
 from ..config import parse_duration
 from ..errors import DeployError
 from ..sandbox import build_install_spec, bwrap_path, function_uid, sandbox_command
-from ..watchdog.function_process import bound_log, pidfd_exited
+from ..watchdog.function_process import bound_log, log_stamp, pidfd_exited
 from .images import readable_by_all
 
 # The operator's pip and proxy settings that reach pip; nothing else of the gateway's environment.
@@ -463,7 +462,7 @@ class _BuildOutput:
 
 
 def _stamp() -> bytes:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()).encode()
+    return log_stamp() + b" "
 
 
 async def _run(argv: list[str], log: Path | None, *, what: str, function: str, env: Mapping[str, str] | None = None,
@@ -511,14 +510,9 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
     """(pid, start time) of every process below ``pid``, from /proc."""
     children: dict[int, list[tuple[int, str]]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
+        fields = proc_stat(entry) if entry.isdigit() else None
+        if fields is not None:  # field 4 the parent, field 22 the start time
+            children.setdefault(int(fields[1]), []).append((int(entry), fields[19]))
     out: list[tuple[int, str]] = []
     todo = [pid]
     while todo:
@@ -529,11 +523,8 @@ def _descendants(pid: int) -> list[tuple[int, str]]:
 
 
 def _start_time(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+    fields = proc_stat(pid)
+    return None if fields is None else fields[19]
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:

@@ -38,6 +38,12 @@ LOG_CHECK = 1 << 20
 _written = 0  # since the last check, by every pump of this watchdog (a process per request has its own)
 
 
+def log_stamp() -> bytes:
+    """The time at the start of each line of a function's log (UTC, to the second), as
+    ``provider.logs.parse_stamp`` reads it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()
+
+
 def bound_log(fd: int, most: int = LOG_MAX, keep: int = LOG_KEEP) -> bool:
     """Cut the log file open at ``fd`` (appended to) to its last ``keep`` bytes, from a line's
     start, if it is over ``most``; True if it was. Not a file (a pipe to kubelet): nothing."""
@@ -49,7 +55,7 @@ def bound_log(fd: int, most: int = LOG_MAX, keep: int = LOG_KEEP) -> bool:
             f.seek(st.st_size - keep)
             tail = f.read(keep)
         tail = tail[tail.find(b"\n") + 1 :]
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()
+        stamp = log_stamp()
         os.ftruncate(fd, 0)  # another replica's line written meanwhile lands first: misordered, not lost
         os.write(fd, tail + stamp + CUT_MARK + b"%d bytes: older lines were dropped\n" % most)
     except OSError:
@@ -70,7 +76,7 @@ async def pump_output(stream: asyncio.StreamReader, prefix: bytes, on_line: Call
             return
         if on_line is not None:
             on_line(line)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ ", time.gmtime()).encode()
+        stamp = log_stamp() + b" "
         # A piece of an over-long line may hold several lines: each gets the stamp and prefix, so
         # a function cannot write a line of its log that looks like the platform's or another
         # replica's.
