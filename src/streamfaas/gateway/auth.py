@@ -67,7 +67,7 @@ class Credentials:
                 encoded = _auth_param(part, "basic")
                 if encoded is None:
                     continue
-                token = encoded.split()[0] if encoded.split() else ""
+                token = (encoded.split() or [""])[0]
                 try:
                     decoded = base64.b64decode(token + "=" * (-len(token) % 4))
                 except (binascii.Error, ValueError):

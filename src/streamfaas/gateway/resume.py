@@ -123,9 +123,9 @@ async def _pump(stream: Stream, upstream: Response, retry_line: bytes, release: 
 
 
 # The longest event a resumable stream passes on (or resume_max_bytes, if larger, up to the
-# gateway's --resume-journal-bytes): each event
-# is held whole until its blank line (to give it an id), so one that never ends would grow the
-# gateway without end. Large enough for an image sent in one data: line.
+# gateway's --resume-journal-bytes): each event is held whole until its blank line (to give it
+# an id), so one that never ends would grow the gateway without end. Large enough for an image
+# sent in one data: line.
 MAX_EVENT = 16 << 20
 
 
