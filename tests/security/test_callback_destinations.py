@@ -6,6 +6,8 @@ connects (the job is dead-lettered at once). ``--callback-allow CIDR`` widens it
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -142,6 +144,10 @@ def test_allowed_network_gets_its_callback(loopback_gateway: Platform, receiver:
         ids.append(r.headers["X-Call-Id"])
     receiver.wait_all(ids, timeout=60)
     assert all(c.function_status == "200" for i in ids for c in receiver.of(i))
+    # The worker is named by an opaque id, not by the gateway's host name and pid.
+    workers = {c.worker for i in ids for c in receiver.of(i)}
+    assert all(re.fullmatch(r"[0-9a-f]{12}", w) for w in workers), workers
+    assert not any(socket.gethostname() in w for w in workers)
     # 127.0.0.1/32 is allowed, the rest of the loopback network still is not.
     refused = submit(loopback_gateway, "echo", b"x", callback=f"http://127.0.0.2:{port}/done")
     assert refused.status_code == 400, refused.text

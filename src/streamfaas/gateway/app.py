@@ -62,7 +62,9 @@ def create_app(config: GatewayConfig, provider: Provider | None = None) -> web.A
     if config.auth:
         credentials, password_file = load_credentials(config.state_dir, config.auth_user, config.auth_password_file)
         print(f"streamfaas gateway: basic auth on /system and /ui, user {config.auth_user!r}, password in {password_file}", flush=True)
-    middlewares = [auth_middleware(credentials, metrics_auth=config.metrics_auth), system_errors]
+    loopback_names_only = credentials is None and not config.public_without_auth
+    middlewares = [auth_middleware(credentials, metrics_auth=config.metrics_auth, loopback_names_only=loopback_names_only),
+                   system_errors]
     app = web.Application(client_max_size=0, middlewares=middlewares)
     state = GatewayState(config=config, provider=provider, credentials=credentials,
                          journal=Journal(config.resume_journal_bytes), admission=Admission(config.admit_per_turn))

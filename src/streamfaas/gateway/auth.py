@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from ..config import is_loopback
 from ..errors import ConfigError, Unauthorized
 
 PASSWORD_FILE = Path("auth") / "admin-password"
@@ -213,7 +214,10 @@ def cross_site_reason(request: web.Request) -> str | None:
     origin = request.headers.get("Origin")
     if origin is None:
         return None
-    parts = urlsplit(origin.strip())
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:  # "http://[": no origin this gateway serves
+        return f"refused a request from origin {origin.strip()!r} to the admin API of {request.host!r}"
     # The scheme is not compared, only used for the default port: behind a TLS-terminating
     # proxy the browser's https origin reaches the gateway as plain http.
     if parts.scheme in _DEFAULT_PORTS and parts.path == "":
@@ -235,9 +239,27 @@ def _not_json(content_type: str) -> web.Response:
     return web.Response(status=415, text=text + "\n")
 
 
-def auth_middleware(credentials: Credentials | None, *, metrics_auth: bool = False) -> Middleware:
+def addressed_to_loopback(request: web.Request) -> bool:
+    """Whether the request's ``Host`` names this machine (``localhost``, ``*.localhost``, a
+    loopback address). A DNS-rebinding page reaches a loopback listener under its own name, and
+    its requests are then same-origin: the name is what tells them apart. A request with no
+    ``Host`` (HTTP/1.0) is not from a browser."""
+    host = request.headers.get("Host")
+    if host is None:
+        return True
+    own = _host_port("http", host.strip())
+    if own is None:
+        return False
+    name = own[0].rstrip(".").lower()
+    return name.endswith(".localhost") or is_loopback(name)
+
+
+def auth_middleware(credentials: Credentials | None, *, metrics_auth: bool = False,
+                    loopback_names_only: bool = False) -> Middleware:
     """``credentials`` None: ``--auth none``, no password asked (the cross-site and JSON checks
-    stay). ``metrics_auth``: ``/metrics`` needs the admin's basic auth too."""
+    stay). ``metrics_auth``: ``/metrics`` needs the admin's basic auth too.
+    ``loopback_names_only``: the admin API answers only requests addressed to a loopback name
+    (``--auth none`` on loopback, where no password stops a DNS-rebinding page)."""
 
     @web.middleware
     def check(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
@@ -252,6 +274,10 @@ def auth_middleware(credentials: Credentials | None, *, metrics_auth: bool = Fal
             if metrics_auth and credentials is not None and not credentials.matches(request.headers.get("Authorization")):
                 return unauthorized()
             return await handler(request)
+        if loopback_names_only and not addressed_to_loopback(request):
+            return web.Response(status=403, text=(
+                f"refused a request addressed to {request.host!r}: with --auth none the admin API answers "
+                "only requests to localhost or a loopback address (another name may be a DNS-rebinding page)\n"))
         changes_state = request.method not in _SAFE_METHODS
         # Before the password check, so a cross-site page cannot make the browser ask for it.
         reason = cross_site_reason(request) if changes_state else None

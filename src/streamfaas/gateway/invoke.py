@@ -218,7 +218,7 @@ async def _forward(
                 continue
             provider.record(name, namespace).invocations += 1
             del headers  # sent; not kept alive for the stream's whole life
-            if hdrs.SET_COOKIE in upstream.headers or "Clear-Site-Data" in upstream.headers:
+            if any(h in upstream.headers for h in _CONFINED_HEADERS):
                 upstream.headers = confined_to_function(upstream.headers, f"/function/{request.match_info['name']}")
             if resume is not None and is_event_stream(upstream.headers.get(hdrs.CONTENT_TYPE)):
                 # The function's side now belongs to the journal's pump, and so does the
@@ -235,15 +235,30 @@ async def _forward(
     raise AssertionError("unreachable")
 
 
+# Response headers that set a policy for the whole origin (or its host and subdomains), which the
+# UI and the admin API share with every function: ``Clear-Site-Data`` wipes the origin's storage;
+# ``NEL`` with ``Report-To``/``Reporting-Endpoints`` would have the admin's browser report every
+# later request to the origin (``/ui/``, ``/system/logs?name=…``) to the function's endpoint;
+# HSTS with ``includeSubDomains`` and ``Alt-Svc`` pin the host's siblings and its transport;
+# ``Accept-CH``/``Critical-CH`` change what the browser sends everywhere on the origin;
+# ``Service-Worker-Allowed`` would widen a worker's scope beyond ``/function/NAME``.
+_ORIGIN_WIDE = frozenset({
+    "clear-site-data", "nel", "report-to", "reporting-endpoints", "strict-transport-security", "alt-svc",
+    "accept-ch", "critical-ch", "origin-agent-cluster", "service-worker-allowed",
+})
+_CONFINED_HEADERS = (hdrs.SET_COOKIE, *sorted(_ORIGIN_WIDE))
+
+
 def confined_to_function(headers: CIMultiDictProxy[str], prefix: str) -> CIMultiDictProxy[str]:
     """A function's response headers, kept to its own URLs on the gateway's origin, which the UI
     and the admin API share with every function: each cookie it sets gets ``Path=`` its own
-    ``/function/NAME`` (unless already below it) and no ``Domain``, and ``Clear-Site-Data`` (which
-    would wipe the origin's storage) is dropped. Before, three 4 KiB cookies at ``Path=/`` made
-    every later browser request to the gateway a 400 (a Cookie header over aiohttp's limit)."""
+    ``/function/NAME`` (unless already below it) and no ``Domain``, and the headers that set a
+    policy for the whole origin (``_ORIGIN_WIDE``) are dropped. Before, three 4 KiB cookies at
+    ``Path=/`` made every later browser request to the gateway a 400 (a Cookie header over
+    aiohttp's limit)."""
     out: CIMultiDict[str] = CIMultiDict()
     for key, value in headers.items():
-        if key.lower() == "clear-site-data":
+        if key.lower() in _ORIGIN_WIDE:
             continue
         if key.lower() == "set-cookie":
             pair, *attributes = value.split(";")

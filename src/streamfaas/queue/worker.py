@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import random
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -115,6 +116,9 @@ class QueueWorker:
         self.gateways = gateways if isinstance(gateways, GatewayList) else GatewayList(gateways)
         self.metrics = metrics
         self.name = name or worker_id()
+        # What a callback names this worker by: opaque, since a callback goes to whatever address
+        # an anonymous caller gave, and the name is the host's (on Kubernetes, the pod's) and a pid.
+        self.callback_name = secrets.token_hex(6)
         self._tokens = tokens
         self.callback_policy = CallbackPolicy(config.callback_allow)
         self._session: aiohttp.ClientSession | None = None
@@ -352,7 +356,7 @@ class QueueWorker:
             "X-Function-Name": job.function,
             "X-Function-Status": str(status),
             "X-Duration-Seconds": f"{duration:.6f}",
-            "X-Queue-Worker": self.name,
+            "X-Queue-Worker": self.callback_name,
         }
         if content_type:
             headers["Content-Type"] = content_type
