@@ -36,6 +36,7 @@ CALLS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "replace_namespaced_deployment": ("apps", "deployments", ("update",)),
     "delete_namespaced_deployment": ("apps", "deployments", ("delete",)),
     "patch_namespaced_deployment_scale": ("apps", "deployments/scale", ("patch",)),
+    "read_namespaced_service": ("", "services", ("get",)),
     "create_namespaced_service": ("", "services", ("create",)),
     "patch_namespaced_service": ("", "services", ("patch",)),
     "delete_namespaced_service": ("", "services", ("delete",)),
@@ -354,6 +355,15 @@ def test_half_an_api_address_is_refused_with_a_message(helm: Path) -> None:
     done = helm_run(helm, "template", "rel", str(CHART), "--set", "kubernetesApi.host=10.244.0.1", check=False)
     assert done.returncode != 0
     assert "kubernetesApi.port is required" in done.stderr
+
+
+def test_functions_namespace_may_not_be_the_releases(helm: Path) -> None:
+    # A function is a Service of its name in its namespace: there, the gateways' and NATS's.
+    for sets in (["functionNamespace.name=sf-system"], ["functionNamespace.name=sf-system", "functionNamespace.create=false"]):
+        args = [a for value in sets for a in ("--set", value)]
+        done = helm_run(helm, "template", "rel", str(CHART), "--namespace", "sf-system", *args, check=False)
+        assert done.returncode != 0
+        assert "functionNamespace.name must not be the release's namespace (sf-system)" in done.stderr
 
 
 def test_images_come_from_the_registry_value(helm: Path) -> None:

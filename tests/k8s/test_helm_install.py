@@ -31,7 +31,7 @@ from helm_install_fixture import (
     platform_images,
 )
 from httpx_sse import connect_sse
-from k8s_fixture import K8sEnv, Kubectl, require_cluster
+from k8s_fixture import K8sEnv, Kubectl, delete_namespace, make_namespace, require_cluster
 
 from platform_fixture import REPO, wait_for
 
@@ -58,17 +58,22 @@ def release(kubectl: Kubectl, k8s_env: K8sEnv, tmp_path_factory: pytest.TempPath
 
 # ---- before the install -------------------------------------------------------------------------
 def test_rendered_objects_pass_a_server_side_dry_run(release: Release) -> None:
-    # Rendered for this cluster's version; the functions namespace named after one that exists,
-    # since a dry run creates nothing that the objects inside it could go into.
+    # Rendered for this cluster's version; the functions namespace named after one that exists
+    # (made here, not the release's, which the chart refuses), since a dry run creates nothing
+    # that the objects inside it could go into.
     version = json.loads(release.kubectl.run("version", "-o", "json").stdout)["serverVersion"]["gitVersion"]
-    values = [v for v in release.values if not v.startswith("functionNamespace.name=")]
-    values.append(f"functionNamespace.name={release.namespace}")
-    rendered = release.helm_cmd("template", release.name, str(CHART), "--namespace", release.namespace,
-                                "--kube-version", version, *[a for v in values for a in ("--set", v)]).stdout
-    kinds = {o["kind"] for o in load_all(rendered)}
-    assert kinds >= {"Namespace", "Deployment", "StatefulSet", "Service", "Secret", "Role", "ClusterRole",
-                     "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount"}
-    done = release.kubectl.run("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
+    functions = make_namespace(release.kubectl, "sf-dry")
+    try:
+        values = [v for v in release.values if not v.startswith("functionNamespace.name=")]
+        values.append(f"functionNamespace.name={functions}")
+        rendered = release.helm_cmd("template", release.name, str(CHART), "--namespace", release.namespace,
+                                    "--kube-version", version, *[a for v in values for a in ("--set", v)]).stdout
+        kinds = {o["kind"] for o in load_all(rendered)}
+        assert kinds >= {"Namespace", "Deployment", "StatefulSet", "Service", "Secret", "Role", "ClusterRole",
+                         "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount"}
+        done = release.kubectl.run("apply", "--dry-run=server", "-f", "-", input=rendered, check=False)
+    finally:
+        delete_namespace(release.kubectl, functions)
     assert done.returncode == 0, done.stderr
     assert "(server dry run)" in done.stdout
     assert release.kubectl.get("deployment", f"{release.fullname}-gateway", namespace=release.namespace) is None

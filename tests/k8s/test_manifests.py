@@ -51,6 +51,26 @@ def test_a_bad_resource_quantity_is_a_bad_request_naming_it(quantity: str) -> No
         deployment_manifest(_deployment(limits={"memory": quantity}), "ns", replicas=1)
 
 
+def test_key_value_constraints_become_the_pods_node_selector() -> None:
+    d = _deployment(constraints=["node.example.com/pool=untrusted", " disktype = ssd ", "kubernetes.io/arch=amd64", "empty="])
+    spec = deployment_manifest(d, "ns", replicas=1)["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"node.example.com/pool": "untrusted", "disktype": "ssd", "kubernetes.io/arch": "amd64", "empty": ""}
+    assert "nodeSelector" not in deployment_manifest(_deployment(), "ns", replicas=1)["spec"]["template"]["spec"]
+
+
+@pytest.mark.parametrize("constraint", [
+    "pool", "pool==untrusted", "node.platform.os == linux", "=x", "pool=a=b", "pool=not a value", "Bad.Domain/pool=x",
+    f"pool={'x' * 64}", "a=1\nb=2",
+])
+def test_a_constraint_that_is_not_key_value_is_a_bad_request_naming_it(constraint: str) -> None:
+    # Dropping it (as faas-netes does with anything but one "=") would run the function on any node.
+    with pytest.raises(BadRequest, match="constraints") as refused:
+        deployment_manifest(_deployment(constraints=[constraint]), "ns", replicas=1)
+    assert repr(constraint) in str(refused.value)
+    with pytest.raises(BadRequest, match="contradicts"):
+        deployment_manifest(_deployment(constraints=["pool=a", "pool=b"]), "ns", replicas=1)
+
+
 def test_start_errors_come_from_stuck_container_states() -> None:
     def pod(state: dict[str, Any], last: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"status": {"containerStatuses": [{"state": state, "lastState": last or {}}]}}

@@ -34,7 +34,7 @@ NO_IMAGE = "127.0.0.1:1/none:1"  # nothing listens on port 1: the objects are ma
 ROLE_RULES = [
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch", "create", "update", "delete"]},
     {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["endpoints", "pods"], "verbs": ["list", "watch"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},

@@ -233,6 +233,10 @@ def go_time(t: dt.datetime) -> str:
 
 
 _KUBERNETES_DOMAINS = ("kubernetes.io", "k8s.io")
+# Annotations the container runtimes read off a pod (CRI-O's io.kubernetes.cri-o.userns-mode or
+# .Devices, containerd's, Kata's, gVisor's, Podman's): keys that start so, or whose domain is CRI-O's.
+_RUNTIME_PREFIXES = ("io.kubernetes.", "io.containerd.", "io.katacontainers.", "dev.gvisor.", "io.podman.")
+_RUNTIME_DOMAINS = ("cri-o.io", "crio.io")
 
 
 class FunctionDeployment(GoRequest):
@@ -285,6 +289,19 @@ class FunctionDeployment(GoRequest):
             prefix = key.rpartition("/")[0].lower()
             if prefix.endswith(_KUBERNETES_DOMAINS):
                 raise ValueError(f"{key!r}: keys under kubernetes.io and k8s.io are Kubernetes' own, not a deployment's")
+        return value
+
+    @field_validator("annotations")
+    @classmethod
+    def _not_the_runtimes(cls, value: dict[str, str]) -> dict[str, str]:
+        # A pod's annotations reach its container runtime, and some of them loosen the pod
+        # (a host user namespace, a host device): the platform sets those itself.
+        for key in value:
+            lowered = key.lower()
+            domain = lowered.rpartition("/")[0] or lowered  # cpu-quota.crio.io has no slash
+            if lowered.startswith(_RUNTIME_PREFIXES) or domain.endswith(_RUNTIME_DOMAINS):
+                raise ValueError(f"{key!r}: keys under {', '.join(_RUNTIME_PREFIXES)} and {', '.join(_RUNTIME_DOMAINS)} "
+                                 "are the container runtime's, not a deployment's")
         return value
 
     @field_validator("image")

@@ -80,6 +80,30 @@ def resources(d: FunctionDeployment) -> dict[str, dict[str, str]]:
     return out
 
 
+# A label key (an optional DNS-subdomain prefix and "/", then a name) and a label value, as the
+# API server checks them: what a nodeSelector takes.
+_LABEL_NAME = r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_LABEL_NAME}")
+_LABEL_VALUE = re.compile(rf"({_LABEL_NAME})?")
+
+
+def node_selector(d: FunctionDeployment) -> dict[str, str]:
+    """``constraints`` as the pod's nodeSelector, as faas-netes makes it: each is ``key=value``
+    (a node label). One that is not is a BadRequest naming it, never dropped: a constraint
+    that keeps a function on some nodes must hold or the deploy must fail."""
+    selector: dict[str, str] = {}
+    for constraint in d.constraints:
+        key, sep, value = (part.strip() for part in constraint.partition("="))
+        if (not sep or not _LABEL_KEY.fullmatch(key) or len(key.partition("/")[0]) > 253
+                or not _LABEL_VALUE.fullmatch(value)):
+            raise BadRequest(f"constraints: {constraint!r} is not key=value with a node label's key and value "
+                             "(e.g. node.example.com/pool=untrusted)")
+        if selector.get(key, value) != value:
+            raise BadRequest(f"constraints: {constraint!r} contradicts {key}={selector[key]}")
+        selector[key] = value
+    return selector
+
+
 def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": WATCHDOG_PORT, "scheme": "HTTP"},
@@ -133,6 +157,18 @@ def deployment_manifest(d: FunctionDeployment, namespace: str, *, replicas: int,
     if mounts:
         container["volumeMounts"] = mounts
     grace = math.ceil(_drain_seconds(d.envVars)) + GRACE_MARGIN
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "restartPolicy": "Always",
+        "terminationGracePeriodSeconds": grace,
+        # A function is untrusted code: no API credential, no other services' addresses.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+    }
+    selector_of_nodes = node_selector(d)
+    if selector_of_nodes:
+        pod_spec["nodeSelector"] = selector_of_nodes
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -150,15 +186,7 @@ def deployment_manifest(d: FunctionDeployment, namespace: str, *, replicas: int,
             "revisionHistoryLimit": 5,
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": dict(d.annotations)},
-                "spec": {
-                    "containers": [container],
-                    "volumes": volumes,
-                    "restartPolicy": "Always",
-                    "terminationGracePeriodSeconds": grace,
-                    # A function is untrusted code: no API credential, no other services' addresses.
-                    "automountServiceAccountToken": False,
-                    "enableServiceLinks": False,
-                },
+                "spec": pod_spec,
             },
         },
     }
@@ -184,6 +212,12 @@ def service_manifest(d: FunctionDeployment, namespace: str) -> dict[str, Any]:
             "ports": [{"name": "http", "protocol": "TCP", "port": WATCHDOG_PORT, "targetPort": WATCHDOG_PORT}],
         },
     }
+
+
+def service_is_ours(obj: dict[str, Any], name: str) -> bool:
+    """Whether a Service is the one streamfaas made for function ``name`` (by its labels)."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get(FUNCTION_LABEL) == name and labels.get(MANAGED_BY_LABEL) == MANAGED_BY
 
 
 def deployment_request(obj: dict[str, Any]) -> FunctionDeployment | None:

@@ -36,7 +36,7 @@ from ..logs import LogLine
 from ..models import FunctionDeployment, FunctionStatus, ScaleLabels
 from ._activator import Activator
 from ._api import API_TIMEOUT, Forbidden, KubeClient, api_errors, not_found
-from ._deploy import apply_function
+from ._deploy import apply_function, delete_service
 from ._endpoints import EndpointTable
 from ._logs import PodLogs
 from ._namespaces import ServedNamespace, ServedNamespaces
@@ -328,8 +328,7 @@ class KubernetesProvider:
         self._get(name, ns)
         with api_errors(f"delete function {name!r}", missing=not_found(name)):
             await self.client.apps.delete_namespaced_deployment(name, ns, propagation_policy="Background", _request_timeout=API_TIMEOUT)
-        with contextlib.suppress(FunctionNotFound), api_errors(f"delete service {name!r}", missing=not_found(name)):
-            await self.client.core.delete_namespaced_service(name, ns, _request_timeout=API_TIMEOUT)
+        await delete_service(self.client, name, ns)  # only if it is the function's
         served = self.served.get(ns)
         if served is not None:
             served.deployments.drop((ns, name), deleted_here=True)
