@@ -21,7 +21,7 @@ from pathlib import Path
 from ._files import replace_file
 from ._wheelhouse import python_tag
 from .errors import ConfigError, DeployError
-from .provider.images import _check_links
+from .provider.images import SKIPPED, check_handler_tree, check_image_name
 from .stack import FunctionSpec
 from .templates import get_template
 
@@ -60,8 +60,8 @@ def registry_host(image: str) -> str | None:
 
 def image_name(image: str, registry: str | None) -> str:
     """stack.yaml's ``image:``, under ``registry`` when it names no registry of its own."""
-    image = image.strip()
-    if not image or any(c.isspace() for c in image):
+    image = check_image_name(image)
+    if any(c.isspace() for c in image):
         raise ConfigError(f"invalid image name {image!r}")
     if registry and registry_host(image) is None:
         image = f"{registry.strip().rstrip('/')}/{image}"
@@ -139,7 +139,11 @@ def shrinkwrap(fn: FunctionSpec, build_root: Path, wheels: Sequence[Path], base_
     handler = fn.handler_path
     if not handler.is_dir():
         raise ConfigError(f"function {fn.name!r}: handler folder {str(handler)!r} does not exist")
-    _check_links(handler)
+    outputs = build_root.resolve()
+    if handler.resolve().is_relative_to(outputs):
+        # Each build empties build/NAME and copies the handler into it: its own output, or itself.
+        raise ConfigError(f"function {fn.name!r}: the handler {str(handler)!r} is in the build output folder {str(build_root)!r}; move it out")
+    check_handler_tree(handler, outputs=outputs)
     dest = build_root / fn.name
     if dest.is_symlink() or dest.is_file():
         dest.unlink()
@@ -149,8 +153,7 @@ def shrinkwrap(fn: FunctionSpec, build_root: Path, wheels: Sequence[Path], base_
     template.copy_into(dest, with_starter_function=False)
     if not (dest / "Dockerfile").is_file():
         raise ConfigError(f"template {fn.lang!r} has no Dockerfile, so it cannot make an OCI image")
-    skip = shutil.ignore_patterns("__pycache__", "*.pyc", ".venv", ".git")
-    outputs = build_root.resolve()
+    skip = shutil.ignore_patterns(*SKIPPED)
 
     def ignore(folder: str, names: list[str]) -> set[str]:
         # A handler of "." holds build/ itself: never copy the contexts into a context.

@@ -43,6 +43,8 @@ DEFAULT_GATEWAY = "http://127.0.0.1:8080"
 _NAME_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 # ${VAR}, ${VAR:-default} (unset or empty) and ${VAR-default} (unset only), as faas-cli expands them.
 _SUBST_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_A_PATH = "a path holds no control characters (a NUL, a newline …)"
 
 
 def _expand(text: str, env: Mapping[str, str]) -> str:
@@ -316,7 +318,9 @@ def _finish_function(path: Path, root: Any, name: str, spec: FunctionSpec) -> li
     if not spec.image:
         spec.image = f"{name}:latest"
     project = path.parent.resolve()
-    if spec.handler is not None:
+    if spec.handler is not None and _CONTROL_RE.search(spec.handler):
+        problem(_NOT_A_PATH, "handler")
+    elif spec.handler is not None:
         spec._handler_path = (path.parent / spec.handler).resolve()
         if not spec._handler_path.is_relative_to(project):
             # A cloned stack.yaml must not build (and push) files from elsewhere: ~/.ssh, say.
@@ -327,6 +331,9 @@ def _finish_function(path: Path, root: Any, name: str, spec: FunctionSpec) -> li
         problem("field required", "handler")
     where: dict[str, tuple[Path, Any]] = {}  # the file (and its YAML) that set each variable last
     for index, entry in enumerate(spec.environment_file):
+        if _CONTROL_RE.search(entry):
+            problem(_NOT_A_PATH, "environment_file", index)
+            continue
         file = path.parent / entry
         if not file.resolve().is_relative_to(project):
             problem(f"an environment file must be inside the stack file's folder {project}", "environment_file", index)

@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:  # a file the command met that no check foresaw: its name and why, in a line
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        _error(f"{where}{exc.strerror or exc}")
+        return 1
     finally:
         ctx_obj.close()
     return 0

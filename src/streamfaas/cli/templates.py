@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..errors import ConfigError
 from ..stack import append_function
-from ..templates import get_template, lay_for_faas_cli, list_templates
+from ..templates import get_template, lay_for_faas_cli, list_templates, why_not_write
 from ._types import TEMPLATE
 
 
@@ -26,17 +26,22 @@ def new(name: str, lang: str, stack_file: str, handler: str | None, image: str |
     """Create a function from a template and add it to stack.yaml."""
     template = get_template(lang)
     folder = Path(handler or name)
-    if folder.exists():
+    if folder.exists() or folder.is_symlink():  # a dangling link too: the copy would go through it
         raise ConfigError(f"folder {str(folder)!r} already exists; choose another name or --handler")
     stack_path = Path(stack_file)
     handler_ref = "./" + folder.as_posix().removeprefix("./")
-    append_function(stack_path, name, lang, handler_ref, image or f"{name}:latest")
     source = template.layers[-1] / "function"
     for layer in reversed(template.layers):
         if (layer / "function").is_dir():
             source = layer / "function"
             break
+    # The folder first: stack.yaml never lists a function whose folder could not be made.
     shutil.copytree(source, folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    try:
+        append_function(stack_path, name, lang, handler_ref, image or f"{name}:latest")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # it was made just now, by us
+        raise
     click.echo(f"created {folder}/ from {lang} and added {name} to {stack_path}")
     laid = lay_for_faas_cli(lang, stack_path.parent)
     if laid is not None:
@@ -78,9 +83,10 @@ def store_list(as_json: bool) -> None:
 def store_pull(name: str, dest: str) -> None:
     """Copy a template into ./template/NAME to read or customise it."""
     t = get_template(name)
+    why = why_not_write(Path(dest), name)
+    if why is not None:
+        raise ConfigError(why)
     target = Path(dest) / name
-    if target.exists():
-        raise ConfigError(f"{target} already exists")
     t.write_folder(target)
     click.echo(f"pulled {name} into {target}")
 

@@ -397,7 +397,7 @@ class LocalProvider:
         image = await self._image(deployment)
         venv = None
         if isinstance(image, LocalImage):
-            requirements = (image.path / "function" / "requirements.txt").read_text()
+            requirements = image.requirements()
             venv = await self.venvs.ensure(requirements, log=self.logs_dir / f"{deployment.service}.log", function=deployment.service)
         old = self.functions.get(deployment.service)
         record = FunctionRecord(deployment, image, venv, created_at, replicas)
@@ -432,7 +432,7 @@ class LocalProvider:
             return
         if self.secret_files.missing(deployment.secrets):
             return
-        requirements = (image.path / "function" / "requirements.txt").read_text()
+        requirements = image.requirements()
         await self.venvs.ensure(requirements, log=self.logs_dir / f"{deployment.service}.log", function=deployment.service)
 
     async def _image(self, deployment: FunctionDeployment) -> LocalImage | OciImage:

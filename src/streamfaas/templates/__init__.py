@@ -56,13 +56,25 @@ class Template:
 _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
 
 
+def why_not_write(folder: Path, name: str) -> str | None:
+    """Why template ``name`` may not be written to ``folder/NAME``: something is there, or
+    ``folder`` is a link (a cloned project's ``template -> ~/.config``: nothing is written
+    through it). None when it may."""
+    target = folder / name
+    if folder.is_symlink():
+        return f"{folder} is a link: no template is written through it"
+    if target.exists() or target.is_symlink():
+        return f"{target} already exists"
+    return None
+
+
 def lay_for_faas_cli(name: str, root: Path) -> Path | None:
     """Put template ``name`` at ``root/template/NAME``, where ``faas-cli deploy -f`` reads its
     ``template.yml`` (for the fprocess) before it sends anything. Something already there is
     the user's and stays as it is. Returns the folder when it was laid."""
+    if why_not_write(root / "template", name) is not None:
+        return None
     target = root / "template" / name
-    if target.exists() or target.is_symlink() or (root / "template").is_symlink():
-        return None  # a linked template/ is the user's too: nothing is written through it
     get_template(name).write_folder(target)
     return target
 
