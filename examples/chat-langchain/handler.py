@@ -15,6 +15,7 @@ model's error messages already count the caller's messages as the caller does.
 
 import json
 import os
+import urllib.parse
 
 import openai
 from flask import Response, request
@@ -23,11 +24,18 @@ from langchain_openai import ChatOpenAI
 
 SECRETS_DIR = os.environ.get("STREAMFAAS_SECRETS_DIR", "/var/openfaas/secrets")
 BASE_URL = os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+# The endpoint as callers are told of it: no user, password or query (a token may be in either).
+SHOWN_URL = urllib.parse.urlsplit(BASE_URL)._replace(
+    netloc=urllib.parse.urlsplit(BASE_URL).netloc.rpartition("@")[2], query="", fragment=""
+).geturl()
 MODEL = os.environ.get("OPENAI_MODEL", "smollm2-135m-instruct")
 KEY_SECRET = os.environ.get("OPENAI_API_KEY_SECRET", "openai-api-key")
 MAX_TOKENS = int(os.environ.get("MAX_TOKENS", "256"))
 ROLES = {"user": HumanMessage, "assistant": AIMessage, "system": SystemMessage}
 CALLER_STATUSES = frozenset({400, 413, 422, 429, 503})
+# The endpoint's answer to the function's own key is not the caller's business: OpenAI's 401
+# quotes part of the key ("Incorrect API key provided: sk-…abcd").
+KEY_REFUSED = frozenset({401, 403})
 USAGE = 'send a prompt: POST text, POST JSON {"messages": [...]} or {"prompt": "..."}, or GET ?prompt=...'
 
 
@@ -130,11 +138,14 @@ def model_error(exc):
     """(status, error dict) for an error from the OpenAI SDK, which LangChain lets through."""
     if isinstance(exc, openai.APITimeoutError):
         return 504, {
-            "message": f"the model at {BASE_URL} did not answer in time",
+            "message": f"the model at {SHOWN_URL} did not answer in time",
             "type": "timeout",
         }
     if isinstance(exc, openai.APIConnectionError):
-        return 502, {"message": f"cannot reach the model at {BASE_URL}", "type": "connection_error"}
+        return 502, {"message": f"cannot reach the model at {SHOWN_URL}", "type": "connection_error"}
+    if isinstance(exc, openai.APIStatusError) and exc.status_code in KEY_REFUSED:
+        return 502, {"message": f"the model endpoint refused this function's API key ({exc.status_code})",
+                     "status": exc.status_code}
     body = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else {}
     detail = (
         body.get("message")

@@ -19,12 +19,17 @@ goes away, the upstream request is closed, so the model stops generating (and bi
 import json
 import os
 import re
+import urllib.parse
 
 import openai
 from flask import Response, request
 
 SECRETS_DIR = os.environ.get("STREAMFAAS_SECRETS_DIR", "/var/openfaas/secrets")
 BASE_URL = os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
+# The endpoint as callers are told of it: no user, password or query (a token may be in either).
+SHOWN_URL = urllib.parse.urlsplit(BASE_URL)._replace(
+    netloc=urllib.parse.urlsplit(BASE_URL).netloc.rpartition("@")[2], query="", fragment=""
+).geturl()
 MODEL = os.environ.get("OPENAI_MODEL", "smollm2-135m-instruct")
 KEY_SECRET = os.environ.get("OPENAI_API_KEY_SECRET", "openai-api-key")
 MAX_TOKENS = int(os.environ.get("MAX_TOKENS", "256"))
@@ -36,6 +41,9 @@ SAMPLING = {"temperature": float(TEMPERATURE)} if TEMPERATURE else {}
 # Model refusals the caller can act on keep their status. Any other (401/403: the function's
 # key; 404: its base URL or model name; 5xx) is the function's or the model's fault: 502.
 CALLER_STATUSES = frozenset({400, 413, 422, 429, 503})
+# The endpoint's answer to the function's own key is not the caller's business: OpenAI's 401
+# quotes part of the key ("Incorrect API key provided: sk-…abcd").
+KEY_REFUSED = frozenset({401, 403})
 MESSAGE_INDEX = re.compile(r"messages\[(\d+)\]")
 USAGE = 'send a prompt: POST text, POST JSON {"messages": [...]} or {"prompt": "..."}, or GET ?prompt=...'
 
@@ -209,11 +217,14 @@ def model_error(exc, offset):
     """What the caller is told about an error from the OpenAI SDK: (status, error dict)."""
     if isinstance(exc, openai.APITimeoutError):
         return 504, {
-            "message": f"the model at {BASE_URL} did not answer in time",
+            "message": f"the model at {SHOWN_URL} did not answer in time",
             "type": "timeout",
         }
     if isinstance(exc, openai.APIConnectionError):
-        return 502, {"message": f"cannot reach the model at {BASE_URL}", "type": "connection_error"}
+        return 502, {"message": f"cannot reach the model at {SHOWN_URL}", "type": "connection_error"}
+    if isinstance(exc, openai.APIStatusError) and exc.status_code in KEY_REFUSED:
+        return 502, {"message": f"the model endpoint refused this function's API key ({exc.status_code})",
+                     "type": "upstream_auth_error", "status": exc.status_code}
     body = error_body(exc)
     detail = body.get("message") if isinstance(body.get("message"), str) else exc.message
     error = {

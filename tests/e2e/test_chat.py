@@ -107,7 +107,9 @@ def test_cli_chat_session(chat: Platform) -> None:
 def test_unreachable_model_is_a_502_before_any_token(chat: Platform, tmp_path: Path) -> None:
     p = chat
     p.images.build("chat-broken:latest", "python3-flask", REPO / "examples" / "chat")
-    body = {"service": "chat-broken", "image": "chat-broken:latest", "envVars": {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}}
+    # A password or token in the URL is the function's, never shown to its callers.
+    body = {"service": "chat-broken", "image": "chat-broken:latest",
+            "envVars": {"OPENAI_BASE_URL": "http://user:url-password@127.0.0.1:9/v1?token=url-token"}}
     assert p.http.post(p.url + "/system/functions", json=body).status_code == 202
     p.wait_ready("chat-broken")
     r = httpx.post(p.function_url("chat-broken"), content=b"hi", headers={"Accept": "text/event-stream"}, timeout=60)
@@ -123,6 +125,7 @@ def test_unreachable_model_is_a_502_before_any_token(chat: Platform, tmp_path: P
     assert proc.returncode == 1
     err = proc.stderr.decode()
     assert err.count("[error] HTTP 502: cannot reach the model at http://127.0.0.1:9/v1") == 2, err
+    assert "url-password" not in err and "url-token" not in err
     assert err.rstrip().endswith("Error: 2 answers failed (see above)")
 
 
@@ -133,11 +136,12 @@ def test_missing_api_key_secret_is_reported(chat: Platform, llm_server: LLMServe
     assert p.http.post(p.url + "/system/functions", json=body).status_code == 202
     p.wait_ready("chat-nokey")
     r = httpx.post(p.function_url("chat-nokey"), content=b"hi", timeout=60)
-    # The function's own key is wrong, not the caller's: 502, with the model's 401 inside.
+    # The function's own key is wrong, not the caller's: 502 saying so, without the model's
+    # words (OpenAI's quote part of the key).
     assert r.status_code == 502
     error = r.json()["error"]
     assert error["status"] == 401
-    assert error["message"].startswith("the model endpoint answered 401: ")
+    assert error["message"] == "the model endpoint refused this function's API key (401)"
     assert "sk-local-chat-key" not in r.text
 
 

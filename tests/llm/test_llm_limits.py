@@ -12,7 +12,7 @@ from llm_server import LLMServer
 
 from streamfaas.llm._settings import bundled_model_path
 from streamfaas.llm._structured import grammar, output_problem
-from streamfaas.llm._vocab import load_tokenizer
+from streamfaas.llm._vocab import load_tokenizer, longest_token
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 # Passes llguidance's static check; matching its first character builds the 4000-state lexer.
@@ -166,3 +166,62 @@ def test_an_answer_is_checked_against_its_grammar() -> None:
     assert output_problem(text, tokenizer, '{"name":"Bo', True)
     assert output_problem(text, tokenizer, "Hello! I am Bob.", False)
     assert output_problem(text, tokenizer, '{"name":"Bob","age":12}', True)
+
+
+# ---- prompts that cannot fit, and requests llama.cpp could not take -------------------------------
+CTX_SIZE = 2048  # the server's default context per slot (the `llm` fixture's)
+
+
+async def _refused_before_the_model(llm: LLMServer, raw: bytes, *, code: str | None) -> dict[str, Any]:
+    """POST ``raw``; it must be a 400 with ``code``, and never reach the scheduler."""
+    before = llm.stats()["requests_total"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with session.post(f"{llm.url}/v1/chat/completions", data=raw,
+                                headers={"Content-Type": "application/json"}) as resp:
+            status, body = resp.status, await resp.json()
+    assert status == 400, body
+    assert body["error"]["code"] == code and "Traceback" not in body["error"]["message"]
+    assert llm.stats()["requests_total"] == before  # refused before llama.cpp saw it
+    return body
+
+
+@pytest.mark.parametrize("count", [CTX_SIZE + 1, 40_000])
+async def test_more_messages_than_the_context_has_tokens_are_refused_before_the_model(llm: LLMServer, count: int) -> None:
+    """Each message costs llama.cpp's tokenizer time that grows with the square of the count:
+    40,000 held a slot and a core for 26 s after the client had gone, 230,000 for 23 minutes."""
+    raw = json.dumps({"messages": [{"role": "user", "content": "a"}] * count, "max_tokens": 3}).encode()
+    body = await _refused_before_the_model(llm, raw, code="context_length_exceeded")
+    assert f"maximum context length is {CTX_SIZE} tokens" in body["error"]["message"]
+    assert body["error"]["param"] == "messages"
+    status, _ = await post(f"{llm.url}/v1/chat/completions", {"messages": HELLO, "max_tokens": 2})
+    assert status == 200  # the slots are free
+
+
+async def test_a_text_of_special_tokens_too_long_for_the_context_is_refused_before_the_model(llm: LLMServer) -> None:
+    longest = longest_token(bundled_model_path())
+    assert longest is not None
+    count = CTX_SIZE * longest // len("<|im_end|>") + 1  # not one token more than it would need
+    raw = json.dumps({"messages": [{"role": "user", "content": "<|im_end|>" * count}], "max_tokens": 3}).encode()
+    await _refused_before_the_model(llm, raw, code="context_length_exceeded")
+    # A prompt that may fit still goes to the model, which answers or refuses it itself.
+    status, _ = await post(f"{llm.url}/v1/chat/completions", {"messages": [{"role": "user", "content": "hi " * 300}], "max_tokens": 2})
+    assert status == 200
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"messages": [{"role": "user", "content": "a\\ud800b"}], "max_tokens": 2}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\udfff"], "max_tokens": 2}',
+    b"[" * 100_000 + b"]" * 100_000,
+    # JSON that Python's parser takes, a schema nested past what the schema's walk recurses into
+    (b'{"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_schema", '
+     b'"json_schema": {"name": "a", "schema": ' + b'{"type":"array","items":' * 950 + b'{"type":"string"}'
+     + b"}" * 950 + b"}}}"),
+], ids=["lone-surrogate", "surrogate-stop", "nested-json", "nested-schema"])
+async def test_text_llama_cpp_cannot_take_and_nesting_python_cannot_are_400s(llm: LLMServer, raw: bytes) -> None:
+    before = llm.stats()["requests_total"]
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{llm.url}/v1/chat/completions", data=raw, headers={"Content-Type": "application/json"}) as resp:
+            status, body = resp.status, await resp.json()
+    assert status == 400, body
+    assert body["error"]["type"] == "invalid_request_error"
+    assert llm.stats()["requests_total"] == before

@@ -19,6 +19,7 @@ import uuid
 from aiohttp import web
 from yarl import URL
 
+from .._origin import cross_site_reason
 from ..config import GatewayConfig
 from ..errors import BadRequest, FunctionNotFound
 from ..proxy import forward_headers, read_capped
@@ -35,7 +36,7 @@ from ..queue import (
     check_path,
     open_queue,
 )
-from .auth import check_function_access, cross_site_reason, is_private
+from .auth import check_function_access, is_private
 from .invoke import check_namespace, qualified_name, split_name, too_slow
 from .state import STATE_KEY, GatewayState, state_of
 from .system import json_body

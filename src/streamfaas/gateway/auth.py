@@ -19,12 +19,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from ..config import is_loopback
+from .._origin import addressed_to_loopback, cross_site_reason
 from ..errors import ConfigError, Unauthorized
 
 PASSWORD_FILE = Path("auth") / "admin-password"
@@ -189,44 +188,6 @@ def is_admin_path(path: str) -> bool:
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def _host_port(scheme: str, netloc: str) -> tuple[str, int] | None:
-    try:
-        parts = urlsplit(f"{scheme}://{netloc}")
-        port = parts.port or _DEFAULT_PORTS[scheme]
-    except (ValueError, KeyError):
-        return None
-    return (parts.hostname or "", port)
-
-
-def cross_site_reason(request: web.Request) -> str | None:
-    """Why this request looks started by a page on another origin, or None.
-
-    Browsers send ``Sec-Fetch-Site`` and ``Origin`` on such requests and a page cannot forge
-    them; clients that send neither (curl, faas-cli, the streamfaas CLI) are not browsers.
-    ``same-site`` is refused too: another port on the same host is another origin.
-    """
-    site = request.headers.get("Sec-Fetch-Site")
-    if site is not None and site.strip().lower() not in {"same-origin", "none"}:
-        return f"refused a {site.strip()} request to the admin API (Sec-Fetch-Site)"
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return None
-    try:
-        parts = urlsplit(origin.strip())
-    except ValueError:  # "http://[": no origin this gateway serves
-        return f"refused a request from origin {origin.strip()!r} to the admin API of {request.host!r}"
-    # The scheme is not compared, only used for the default port: behind a TLS-terminating
-    # proxy the browser's https origin reaches the gateway as plain http.
-    if parts.scheme in _DEFAULT_PORTS and parts.path == "":
-        own = _host_port(parts.scheme, request.host)
-        if own is not None and _host_port(parts.scheme, parts.netloc) == own:
-            return None
-    return f"refused a request from origin {origin.strip()!r} to the admin API of {request.host!r}"
-
-
 # Form bodies, which a cross-site HTML form can send, and which clients such as Airflow's
 # OpenFaaS hook (``requests.post(url, dict)``) send by accident.
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
@@ -237,21 +198,6 @@ def _not_json(content_type: str) -> web.Response:
     if content_type in _FORM_TYPES:
         text += ": a form-encoded body is not read; in Python, requests.post(url, json=body), not data=body"
     return web.Response(status=415, text=text + "\n")
-
-
-def addressed_to_loopback(request: web.Request) -> bool:
-    """Whether the request's ``Host`` names this machine (``localhost``, ``*.localhost``, a
-    loopback address). A DNS-rebinding page reaches a loopback listener under its own name, and
-    its requests are then same-origin: the name is what tells them apart. A request with no
-    ``Host`` (HTTP/1.0) is not from a browser."""
-    host = request.headers.get("Host")
-    if host is None:
-        return True
-    own = _host_port("http", host.strip())
-    if own is None:
-        return False
-    name = own[0].rstrip(".").lower()
-    return name.endswith(".localhost") or is_loopback(name)
 
 
 def auth_middleware(credentials: Credentials | None, *, metrics_auth: bool = False,

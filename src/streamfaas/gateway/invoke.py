@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .._origin import cross_site_reason
 from ..config import BodyLimits, ResumeSettings, SseSettings
 from ..errors import (
     NamespaceNotFound,
@@ -29,7 +30,7 @@ from ..proxy import (
     stream_response,
 )
 from ..upstream import UpstreamUnreachable
-from .auth import check_function_access, cross_site_reason
+from .auth import check_function_access
 from .metrics_streams import StreamTally
 from .resume import relay, resume_or_none, start_journalled
 from .state import GatewayState, state_of

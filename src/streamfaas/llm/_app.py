@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
+from .._origin import addressed_to_loopback, cross_site_reason
+from ..config import is_loopback
 from . import _errors as errors
 from ._engine import Engine
 from ._errors import OpenAIError
@@ -23,6 +25,7 @@ from ._generation import Generation
 from ._metrics import METRICS, LLMMetrics, metrics_endpoint
 from ._requests import (
     GenerationRequest,
+    check_prompt_fits,
     parse_chat_request,
     parse_completion_request,
     requested_model,
@@ -123,6 +126,25 @@ async def openai_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 @web.middleware
+async def from_pages(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What a web page in the user's browser may not do here. Another origin's page may not make
+    the model generate (its ``no-cors`` POST needs no preflight, and it runs the CPU for as long
+    as a request may). Without an API key on loopback, the API answers only requests addressed
+    to a loopback name: a DNS-rebinding page reaches it under its own name, same-origin."""
+    if request.path.startswith("/v1/"):
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            reason = cross_site_reason(request, "the model server")
+            if reason is not None:
+                raise OpenAIError(reason + ".", status=403, code="cross_site_request")
+        state = request.app[STATE]
+        if state.api_key is None and is_loopback(state.settings.host) and not addressed_to_loopback(request):
+            raise OpenAIError(
+                f"Refused a request addressed to {request.host!r}: without an API key this server answers only "
+                "requests to localhost or a loopback address.", status=403, code="cross_site_request")
+    return await handler(request)
+
+
+@web.middleware
 async def api_key_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     key = request.app[STATE].api_key
     if key is not None and request.path.startswith("/v1/"):
@@ -192,9 +214,14 @@ async def _generate(
         def check() -> GenerationRequest:
             # In a thread: parsing 8 MiB of JSON, and compiling a request's JSON schemas into
             # grammars, take a while; the loop serves every other stream meanwhile.
-            body = _loads(raw)
-            state.check_model(requested_model(body))
-            return parse(body, state.engine.tokenizer)
+            try:
+                body = _loads(raw)
+                state.check_model(requested_model(body))
+                parsed = parse(body, state.engine.tokenizer)
+            except RecursionError:  # JSON, or a schema, nested past what Python recurses into
+                raise OpenAIError("The request is nested too deeply.") from None
+            check_prompt_fits(parsed, state.settings.ctx_size, state.engine.longest_token)
+            return parsed
 
         checking = asyncio.ensure_future(asyncio.to_thread(check))
         # The place is given back when the check ends, not when a client that left does: else
@@ -401,7 +428,7 @@ def create_app(settings: LLMSettings) -> web.Application:
         engine=Engine(settings, model_path, metrics),
     )
     app = web.Application(
-        middlewares=[openai_errors, api_key_auth], client_max_size=settings.max_body_bytes
+        middlewares=[openai_errors, from_pages, api_key_auth], client_max_size=settings.max_body_bytes
     )
     app[STATE] = state
     app[METRICS] = metrics

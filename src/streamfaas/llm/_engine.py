@@ -20,7 +20,7 @@ from . import _errors as errors
 from ._generation import Generation
 from ._metrics import LLMMetrics
 from ._settings import LLMSettings
-from ._vocab import load_tokenizer
+from ._vocab import load_tokenizer, longest_token
 
 log = logging.getLogger("streamfaas.llm")
 
@@ -36,6 +36,9 @@ class Engine:
         self.loaded_at = 0
         # llguidance's tokenizer of the model, to check grammars with (None: not available).
         self.tokenizer: Any = None
+        # The bytes of text the model's longest token covers (None: not known), which bounds
+        # from below how many tokens a prompt takes (``_requests.check_prompt_fits``).
+        self.longest_token: int | None = None
 
     def load(self) -> None:
         try:
@@ -75,6 +78,7 @@ class Engine:
                 f"could not load model {str(self._model_path)!r}: is it a GGUF file llama.cpp can read?"
             ) from None
         self.tokenizer = load_tokenizer(self._model_path)
+        self.longest_token = longest_token(self._model_path)
         self.loaded_at = int(time.time())
         log.info("model %s loaded in %.2fs", self._model_path.name, time.perf_counter() - started)
 

@@ -40,13 +40,9 @@ _CONTROL, _BYTE = 3, 6
 
 
 @cache
-def load_tokenizer(path: Path) -> Any:
-    """llguidance's ``LLTokenizer`` for a GGUF model, or None (the grammar is then only checked
-    to compile) when llguidance is missing or the file's tokenizer is not one read here."""
-    try:
-        from llguidance import LLTokenizer, TokenizerWrapper
-    except ImportError:
-        return None
+def _read_vocabulary(path: Path) -> tuple[list[bytes], list[int], Any] | None:
+    """The tokens' bytes, their types and the end token, or None (logged) when the file's
+    tokenizer is not one read here."""
     try:
         meta = _read_metadata(path, _KEYS)
         tokens = _token_bytes(meta)
@@ -60,8 +56,32 @@ def load_tokenizer(path: Path) -> Any:
             meta.get("tokenizer.ggml.model"),
         )
         return None
-    types = meta["tokenizer.ggml.token_type"]
     eos = meta.get("tokenizer.ggml.eot_token_id", meta.get("tokenizer.ggml.eos_token_id"))
+    return tokens, meta["tokenizer.ggml.token_type"], eos
+
+
+def longest_token(path: Path) -> int | None:
+    """How many bytes of text the model's longest token stands for (special tokens written
+    out, as ``<|im_end|>``), or None when the vocabulary cannot be read: no token covers more,
+    so a text of N bytes is at least N / this many tokens."""
+    vocabulary = _read_vocabulary(path)
+    if vocabulary is None:
+        return None
+    return max((len(token) for token in vocabulary[0]), default=None)
+
+
+@cache
+def load_tokenizer(path: Path) -> Any:
+    """llguidance's ``LLTokenizer`` for a GGUF model, or None (the grammar is then only checked
+    to compile) when llguidance is missing or the file's tokenizer is not one read here."""
+    try:
+        from llguidance import LLTokenizer, TokenizerWrapper
+    except ImportError:
+        return None
+    vocabulary = _read_vocabulary(path)
+    if vocabulary is None:
+        return None
+    tokens, types, eos = vocabulary
     if not isinstance(eos, int) or not 0 <= eos < len(tokens):
         return None
     return LLTokenizer(TokenizerWrapper(_Vocabulary(tokens, types, eos)))
