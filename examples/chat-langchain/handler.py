@@ -35,7 +35,7 @@ ROLES = {"user": HumanMessage, "assistant": AIMessage, "system": SystemMessage}
 CALLER_STATUSES = frozenset({400, 413, 422, 429, 503})
 # The endpoint's answer to the function's own key is not the caller's business: OpenAI's 401
 # quotes part of the key ("Incorrect API key provided: sk-…abcd").
-KEY_REFUSED = frozenset({401, 403})
+KEY_REFUSED = frozenset({401})
 USAGE = 'send a prompt: POST text, POST JSON {"messages": [...]} or {"prompt": "..."}, or GET ?prompt=...'
 
 

@@ -22,11 +22,13 @@ from aiohttp import (
     ClientPayloadError,
     ClientSession,
     DummyCookieJar,
+    HttpVersion11,
     ServerDisconnectedError,
     StreamReader,
     hdrs,
     web,
 )
+from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import proxy_direct
@@ -335,6 +337,16 @@ class StreamObserver(Protocol):
         """``outcome``: ``complete``, or who ended it early: ``client``, ``function``, ``timeout``."""
 
 
+async def prepare_unsized(resp: web.StreamResponse, request: web.Request) -> AbstractStreamWriter | None:
+    """``resp.prepare``, closing the connection after a body of no known length sent to an
+    HTTP/1.0 client, which only the close can end. aiohttp (3.14) sends such a body unframed
+    and then keeps a keep-alive HTTP/1.0 connection open: the client waited for the end, and a
+    second request's response came inside the first one's body."""
+    if request.version < HttpVersion11 and resp.content_length is None:
+        resp.force_close()
+    return await resp.prepare(request)
+
+
 async def stream_response(
     request: web.Request,
     upstream: Response,
@@ -373,7 +385,7 @@ async def stream_response(
     idle: _IdleWatch | None = None
     direct: proxy_direct.Direct | None = None
     try:
-        writer = await resp.prepare(request)
+        writer = await prepare_unsized(resp, request)
         if writer is not None and not upstream.content.at_hand():
             writer.send_headers()  # nothing to send them with: the client gets them now
         if observer is not None:

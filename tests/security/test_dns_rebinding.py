@@ -5,7 +5,9 @@ no password, the admin API answers only requests addressed to a loopback name.""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -70,3 +72,24 @@ def test_a_malformed_origin_is_refused_not_a_server_error(shared_platform: Platf
     assert r.status_code == 403 and "origin" in r.text
     names = [s["name"] for s in shared_platform.http.get(shared_platform.url + "/system/secrets").json()]
     assert "bad-origin" not in names
+
+
+@pytest.mark.parametrize("host", ["evil.com@127.0.0.1", "user@127.0.0.1", "127.0.0.1#evil.com", "127.0.0.1/evil",
+                                  "127.0.0.1?x", "[::1%25lo]", "127.0.0.1 evil.com"])
+def test_a_host_header_that_is_not_just_a_host_is_not_taken_for_loopback(open_platform: Platform, host: str) -> None:
+    r = open_platform.http.get(open_platform.url + "/system/functions", headers={"Host": host})
+    assert r.status_code in (400, 403), (host, r.status_code)
+
+
+def test_an_absolute_form_target_does_not_stand_in_for_the_host_header(open_platform: Platform) -> None:
+    """aiohttp's ``request.host`` prefers an absolute-form target's authority; the Host header,
+    which the browser sets, is what both checks read."""
+    parts = urlsplit(open_platform.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(b"GET http://127.0.0.1/system/functions HTTP/1.1\r\nHost: rebind.attacker.example\r\n"
+                     b"Connection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert b"rebind.attacker.example" in answer

@@ -161,3 +161,20 @@ def test_a_function_server_that_breaks_framing_fails_only_its_own_stream(framing
         assert after.get("/function/plain")[::2] == (200, b"plain answer")
     finally:
         after.close()
+
+
+def test_an_unsized_stream_to_an_http10_keep_alive_client_ends_with_the_connection(framing: Platform) -> None:
+    """HTTP/1.0 has no chunks: a body of no known length ends only when the connection closes.
+    aiohttp kept a keep-alive HTTP/1.0 connection open after one, so the client waited for the
+    end, and the next pipelined request's response arrived inside this one's body."""
+    parts = urlsplit(framing.url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+        sock.sendall(b"GET /function/smuggler HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                     b"GET /function/plain HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(65536):  # the gateway's close ends the body (a timeout fails the test)
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and b"content-length" not in head.lower()
+    assert body.endswith(b"data: last\n\n"), body[-200:]
+    assert b"plain answer" not in body  # the second request was not answered into this body

@@ -23,6 +23,9 @@ from streamfaas.provider.models import FunctionDeployment
     "cpu-quota.crio.io",  # a domain with no slash
     "seccomp-profile.kubernetes.cri-o.io/fn",
     "irq-load-balancing.crio.io/x",
+    "devices.noderesource.dev/container.fn",  # NRI's device injector: a host device
+    "mounts.noderesource.dev/container.fn",
+    "example.nri.io/x",
 ])
 def test_container_runtime_annotation_keys_are_400(shared_platform: Platform, key: str) -> None:
     p = shared_platform

@@ -23,7 +23,7 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .._origin import addressed_to_loopback, cross_site_reason
+from .._origin import addressed_to_loopback, cross_site_reason, named_host
 from ..errors import ConfigError, Unauthorized
 
 PASSWORD_FILE = Path("auth") / "admin-password"
@@ -222,7 +222,7 @@ def auth_middleware(credentials: Credentials | None, *, metrics_auth: bool = Fal
             return await handler(request)
         if loopback_names_only and not addressed_to_loopback(request):
             return web.Response(status=403, text=(
-                f"refused a request addressed to {request.host!r}: with --auth none the admin API answers "
+                f"refused a request addressed to {named_host(request)!r}: with --auth none the admin API answers "
                 "only requests to localhost or a loopback address (another name may be a DNS-rebinding page)\n"))
         changes_state = request.method not in _SAFE_METHODS
         # Before the password check, so a cross-site page cannot make the browser ask for it.

@@ -28,6 +28,7 @@ from ..proxy import (
     _IdleWatch,
     _sets_retry,
     error_event,
+    prepare_unsized,
     response_headers,
     stream_failure,
 )
@@ -187,7 +188,7 @@ async def relay(
     reader = Reader(offset, write, sent)
     stream.attach(reader)
     try:
-        await resp.prepare(request)
+        await prepare_unsized(resp, request)
         if observer is not None:
             observer.opened()
         async with asyncio.timeout(None) as cm:

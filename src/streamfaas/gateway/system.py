@@ -32,7 +32,7 @@ from ..provider.models import (
     SecretName,
     go_time,
 )
-from ..proxy import read_capped
+from ..proxy import prepare_unsized, read_capped
 from .state import state_of
 from .stream_history import stream_history_endpoint
 
@@ -252,7 +252,7 @@ async def function_logs(request: web.Request) -> web.StreamResponse:
     provider.record(name, namespace)  # 404 before the 200 goes out
     lines = provider.logs(name, tail=tail, since=since, follow=follow, namespace=namespace)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-    await resp.prepare(request)
+    await prepare_unsized(resp, request)
     namespace = namespace or provider.default_namespace
     async for line in lines:
         if instance and line.instance != instance:

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from .._origin import addressed_to_loopback, cross_site_reason
+from .._origin import addressed_to_loopback, cross_site_reason, named_host
 from ..config import is_loopback
 from . import _errors as errors
 from ._engine import Engine
@@ -139,7 +139,7 @@ async def from_pages(request: web.Request, handler: Handler) -> web.StreamRespon
         state = request.app[STATE]
         if state.api_key is None and is_loopback(state.settings.host) and not addressed_to_loopback(request):
             raise OpenAIError(
-                f"Refused a request addressed to {request.host!r}: without an API key this server answers only "
+                f"Refused a request addressed to {named_host(request)!r}: without an API key this server answers only "
                 "requests to localhost or a loopback address.", status=403, code="cross_site_request")
     return await handler(request)
 

@@ -234,9 +234,10 @@ def go_time(t: dt.datetime) -> str:
 
 _KUBERNETES_DOMAINS = ("kubernetes.io", "k8s.io")
 # Annotations the container runtimes read off a pod (CRI-O's io.kubernetes.cri-o.userns-mode or
-# .Devices, containerd's, Kata's, gVisor's, Podman's): keys that start so, or whose domain is CRI-O's.
+# .Devices, containerd's, Kata's, gVisor's, Podman's, and NRI plugins' such as the device and mount
+# injectors): keys that start so, or whose domain is CRI-O's or NRI's.
 _RUNTIME_PREFIXES = ("io.kubernetes.", "io.containerd.", "io.katacontainers.", "dev.gvisor.", "io.podman.")
-_RUNTIME_DOMAINS = ("cri-o.io", "crio.io")
+_RUNTIME_DOMAINS = ("cri-o.io", "crio.io", "nri.io", "noderesource.dev")
 
 
 class FunctionDeployment(GoRequest):

@@ -30,6 +30,7 @@ from ..proxy import (
     _IdleWatch,
     error_response,
     is_event_stream,
+    prepare_unsized,
     read_capped,
 )
 from ..upstream import body_stalled, next_piece
@@ -288,8 +289,8 @@ async def _stream(
     if sse:
         headers[hdrs.CACHE_CONTROL] = "no-cache"
         headers["X-Accel-Buffering"] = "no"
-    resp = web.StreamResponse(headers=headers)  # unsized: chunked
-    await resp.prepare(request)
+    resp = web.StreamResponse(headers=headers)  # unsized: chunked (closed after, for HTTP/1.0)
+    await prepare_unsized(resp, request)
     await resp.write(first)
     written = len(first)
     last = first
