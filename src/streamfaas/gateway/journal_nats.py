@@ -31,7 +31,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from ..queue.jetstream import redact_url
+from ..queue.jetstream import quiet_callbacks, redact_url
 from .journal import Head, Journal, JournalGone, Stream, is_stream_id
 
 log = logging.getLogger("streamfaas.journal")
@@ -83,7 +83,8 @@ class JetStreamJournal:
         try:
             async with asyncio.timeout(_CONNECT):
                 self._nc = await nats.connect(servers, name="streamfaas-journal", connect_timeout=2,
-                                              max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+                                              max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                              **quiet_callbacks("journal", redact_url(self.url), lambda: self._nc is not None))
             js = self._nc.jetstream()
             config = StreamConfig(
                 name=self.stream, subjects=[f"{self.subjects}.*"], retention=RetentionPolicy.LIMITS,

@@ -15,6 +15,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 import nats
 import nats.errors
@@ -38,6 +40,13 @@ from .job import Job, JobInfo, QueueDepth
 log = logging.getLogger("streamfaas.queue")
 JOB_HEADER = "Streamfaas-Job"
 _HEADER_OVERHEAD = 64  # "NATS/1.0\r\n", the header name, CRLFs
+_MAX_HEADERS = 65_536  # what nats-server takes of a message's headers
+# What a job may grow by when it is published again (a retry, a dead letter): its error, cut to
+# _ERROR_CHARS, each as a JSON escape at worst, and its counters. Kept free at submit: a job that
+# fitted only until its first failure could be neither retried nor dead-lettered, and ran again
+# after every lease, for ever.
+_ERROR_CHARS = 500
+_ERROR_ROOM = 6 * _ERROR_CHARS + 200
 _FIRST_CONNECT = 5.0  # seconds
 
 
@@ -59,11 +68,20 @@ class NatsLease(Lease):
 
     async def retry(self, error: str, delay: float) -> None:
         # Published again before the ack: a crash in between runs the job twice, never zero times.
-        await self._queue.publish(self.job.failed_once_more(error, time.time() + delay))
-        await self._msg.ack_sync()
+        await self._republish(self.job.failed_once_more(error[:_ERROR_CHARS], time.time() + delay), failed=False)
 
     async def dead_letter(self, error: str) -> None:
-        await self._queue.publish(self.job.failed_once_more(error, 0.0), failed=True)
+        await self._republish(self.job.failed_once_more(error[:_ERROR_CHARS], 0.0), failed=True)
+
+    async def _republish(self, job: Job, *, failed: bool) -> None:
+        try:
+            await self._queue.publish(job, failed=failed)
+        except PayloadTooLarge as exc:
+            # Cannot happen to a job submitted here (room is kept for it); one that does anyway
+            # is ended, not left to run again after every lease.
+            log.error("queue: job %s (%s) ended: it no longer fits in a NATS message (%s)", job.call_id, job.function, exc)
+            await self._msg.term()
+            return
         await self._msg.ack_sync()
 
     async def release(self) -> None:
@@ -77,18 +95,49 @@ class NatsLease(Lease):
 
 
 def redact_url(urls: str) -> str:
-    """NATS URLs as they may be shown: ``nats://user:***@host:4222`` for each of a list."""
-    shown = []
-    for url in urls.split(","):
-        scheme, sep, rest = url.strip().partition("://")
-        userinfo, at, host = rest.rpartition("@")
-        if at and sep:
-            user = userinfo.split(":", 1)[0]
-            shown.append(f"{scheme}://{user + ':' if ':' in userinfo else ''}***@{host}")
+    """NATS URLs as they may be shown: ``nats://user:***@host:4222`` for each of a list, with or
+    without a scheme (nats-py takes ``user:pass@host:4222``), a password holding a comma too."""
+    joined: list[str] = []
+    for piece in urls.split(","):  # a piece without "://" goes on from the one before
+        if joined and "://" not in piece:
+            joined[-1] += "," + piece
         else:
+            joined.append(piece)
+    shown = []
+    for url in joined:
+        head, at, host = url.strip().rpartition("@")
+        if not at:
             shown.append(url.strip())
+            continue
+        scheme, sep, userinfo = head.partition("://")
+        if not sep:
+            scheme, userinfo = "", head
+        user = userinfo.split(":", 1)[0] + ":" if ":" in userinfo else ""
+        shown.append(f"{scheme}{sep}{user}***@{host}")
     return ",".join(shown)
 
+
+def quiet_callbacks(what: str, shown_url: str, live: Callable[[], bool]) -> dict[str, Any]:
+    """``nats.connect``'s error, disconnect and reconnect handlers: one log line each (an error
+    once until it changes), where nats-py's own print a traceback at every failed reconnect.
+    ``live``: whether the connection is still wanted (not closing)."""
+    last = [""]
+
+    async def on_error(exc: Exception) -> None:
+        message = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+        if live() and message != last[0]:
+            log.warning("%s: NATS at %s: %s", what, shown_url, message)
+        last[0] = message
+
+    async def on_disconnected() -> None:
+        if live():
+            log.warning("%s: disconnected from NATS at %s; reconnecting", what, shown_url)
+
+    async def on_reconnected() -> None:
+        last[0] = ""
+        log.warning("%s: reconnected to NATS at %s", what, shown_url)
+
+    return {"error_cb": on_error, "disconnected_cb": on_disconnected, "reconnected_cb": on_reconnected}
 
 
 def _token(function: str) -> str:
@@ -124,7 +173,6 @@ class NatsQueue(JobQueue):
         self._consumers: set[str] = set()
         self._new_consumer = asyncio.Event()
         self._creating: dict[str, asyncio.Future[None]] = {}
-        self._last_error = ""
 
     @property
     def js(self) -> JetStreamContext:
@@ -140,8 +188,8 @@ class NatsQueue(JobQueue):
             async with asyncio.timeout(_FIRST_CONNECT):
                 self._nc = await nats.connect(
                     servers, name="streamfaas", connect_timeout=2, max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5, allow_reconnect=True, error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
+                    reconnect_time_wait=0.5, allow_reconnect=True,
+                    **quiet_callbacks("queue", self.shown_url, lambda: self._nc is not None),
                 )
         except TimeoutError:
             raise QueueUnavailable(f"cannot connect to NATS at {self.shown_url} within {_FIRST_CONNECT:g}s") from None
@@ -154,21 +202,6 @@ class NatsQueue(JobQueue):
         except nats.errors.Error as exc:
             await self.close()
             raise QueueUnavailable(f"NATS at {self.shown_url}: cannot create stream {self.stream} (is JetStream on? `nats-server -js`): {exc}") from None
-
-    # nats-py's own handlers print a traceback for every failed reconnect: one line instead.
-    async def _on_error(self, exc: Exception) -> None:
-        message = f"{exc.__class__.__name__}: {exc}".rstrip(": ")
-        if self._nc is not None and message != self._last_error:
-            log.warning("queue: NATS at %s: %s", self.shown_url, message)
-        self._last_error = message
-
-    async def _on_disconnected(self) -> None:
-        if self._nc is not None:
-            log.warning("queue: disconnected from NATS at %s; reconnecting", self.shown_url)
-
-    async def _on_reconnected(self) -> None:
-        self._last_error = ""
-        log.warning("queue: reconnected to NATS at %s", self.shown_url)
 
     @staticmethod
     async def _ensure_stream(js: JetStreamContext, name: str, subject: str, retention: RetentionPolicy) -> None:
@@ -218,10 +251,13 @@ class NatsQueue(JobQueue):
             raise QueueUnavailable("the NATS queue is not connected")
         meta = job.meta_json()
         limit = self._nc.max_payload
-        if len(job.body) + len(meta) + _HEADER_OVERHEAD > limit:
+        room = _ERROR_ROOM if job.attempts == 0 and not failed else 0  # a new job: room to fail in
+        if len(job.body) + len(meta) + _HEADER_OVERHEAD + room > limit:
             raise PayloadTooLarge(
                 f"request too large for NATS: body and headers must stay under the server's max_payload ({limit} bytes)"
             )
+        if len(meta) + _HEADER_OVERHEAD + room > _MAX_HEADERS:
+            raise PayloadTooLarge(f"request headers too large for NATS: they must stay under {_MAX_HEADERS // 1024} KiB")
         prefix = self.failed_prefix if failed else self.jobs_prefix
         stream = self.failed_stream if failed else self.stream
         try:
@@ -229,7 +265,9 @@ class NatsQueue(JobQueue):
                 await self._ensure_consumer(job.function)
             await self.js.publish(f"{prefix}.{_token(job.function)}", job.body, stream=stream, headers={JOB_HEADER: meta})
         except nats.errors.Error as exc:
-            raise QueueUnavailable(f"NATS at {self.shown_url} did not store the job: {exc or exc.__class__.__name__}") from None
+            # The address (and user) for the log; a caller of /async-function is told less.
+            log.warning("queue: NATS at %s did not store job %s: %s", self.shown_url, job.call_id, exc or exc.__class__.__name__)
+            raise QueueUnavailable(f"the queue did not store the job: {exc or exc.__class__.__name__}") from None
 
     async def submit(self, job: Job) -> None:
         size = len(job.body)
@@ -266,7 +304,8 @@ class NatsQueue(JobQueue):
         try:
             infos = [await self.js.stream_info(name) for name in (self.stream, self.failed_stream)]
         except nats.errors.Error as exc:
-            raise QueueUnavailable(f"NATS at {self.shown_url} did not answer: {exc or exc.__class__.__name__}") from None
+            log.warning("queue: NATS at %s did not answer: %s", self.shown_url, exc or exc.__class__.__name__)
+            raise QueueUnavailable(f"the queue did not answer: {exc or exc.__class__.__name__}") from None
         self._held_bytes = sum(info.state.bytes for info in infos)
         self._held_at = time.monotonic()
 
@@ -333,6 +372,14 @@ class NatsQueue(JobQueue):
             job = _job_of(msg.headers, msg.data)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("queue: dropping a malformed message on %s: %s", msg.subject, exc)
+            await msg.term()
+            slots.give(function)
+            return
+        if job.function != function:
+            # Only the gateway publishes jobs, each on its function's subject; one that names
+            # another function was put there by someone else (a function, on a NATS server without
+            # credentials, to run a private function with its token).
+            log.error("queue: dropping job %s on %s: it names function %r", job.call_id, msg.subject, job.function)
             await msg.term()
             slots.give(function)
             return
