@@ -27,9 +27,8 @@ from flask import Response, request
 SECRETS_DIR = os.environ.get("STREAMFAAS_SECRETS_DIR", "/var/openfaas/secrets")
 BASE_URL = os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:8000/v1")
 # The endpoint as callers are told of it: no user, password or query (a token may be in either).
-SHOWN_URL = urllib.parse.urlsplit(BASE_URL)._replace(
-    netloc=urllib.parse.urlsplit(BASE_URL).netloc.rpartition("@")[2], query="", fragment=""
-).geturl()
+_BASE = urllib.parse.urlsplit(BASE_URL)
+SHOWN_URL = _BASE._replace(netloc=_BASE.netloc.rpartition("@")[2], query="", fragment="").geturl()
 MODEL = os.environ.get("OPENAI_MODEL", "smollm2-135m-instruct")
 KEY_SECRET = os.environ.get("OPENAI_API_KEY_SECRET", "openai-api-key")
 MAX_TOKENS = int(os.environ.get("MAX_TOKENS", "256"))

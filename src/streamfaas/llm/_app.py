@@ -57,6 +57,8 @@ class ServerState:
     engine: Engine
     scheduler: Scheduler | None = None
     reading: int = 0  # requests whose body is being read and checked, not yet submitted
+    # No API key on a loopback address: only requests addressed to a loopback name are served.
+    loopback_names_only: bool = False
 
     def check_model(self, model: str | None) -> None:
         # No model named means the one this server serves (lenient; OpenAI would say 400).
@@ -136,8 +138,7 @@ async def from_pages(request: web.Request, handler: Handler) -> web.StreamRespon
             reason = cross_site_reason(request, "the model server")
             if reason is not None:
                 raise OpenAIError(reason + ".", status=403, code="cross_site_request")
-        state = request.app[STATE]
-        if state.api_key is None and is_loopback(state.settings.host) and not addressed_to_loopback(request):
+        if request.app[STATE].loopback_names_only and not addressed_to_loopback(request):
             raise OpenAIError(
                 f"Refused a request addressed to {named_host(request)!r}: without an API key this server answers only "
                 "requests to localhost or a loopback address.", status=403, code="cross_site_request")
@@ -426,6 +427,7 @@ def create_app(settings: LLMSettings) -> web.Application:
         aliases=model_aliases(settings, model_path),
         api_key=api_key.encode() if api_key is not None else None,
         engine=Engine(settings, model_path, metrics),
+        loopback_names_only=api_key is None and is_loopback(settings.host),
     )
     app = web.Application(
         middlewares=[openai_errors, from_pages, api_key_auth], client_max_size=settings.max_body_bytes
