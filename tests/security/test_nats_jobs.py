@@ -42,6 +42,15 @@ def nats_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pl
         server.stop()
 
 
+def test_a_nats_server_without_credentials_is_warned_about(nats_platform: tuple[Platform, NatsServer, Path]) -> None:
+    """This module's NATS asks for no credentials: the gateway says so once, at start, naming
+    what it opens up (test_nats_credentials checks that a guarded server gets no warning)."""
+    p, server, _ = nats_platform
+    lines = [line for line in p.log_path.read_text().splitlines() if "asks for no credentials" in line]
+    assert len(lines) == 1, lines
+    assert server.url.removeprefix("nats://") in lines[0] and "private ones too" in lines[0]
+
+
 def test_a_body_that_leaves_no_room_for_its_error_is_refused_at_submit(nats_platform: tuple[Platform, NatsServer, Path]) -> None:
     p, _, _ = nats_platform
     r = submit(p, "fails", b"x" * (MAX_PAYLOAD - 2_000))  # fits now, not once a retry adds its error

@@ -140,6 +140,18 @@ def quiet_callbacks(what: str, shown_url: str, live: Callable[[], bool]) -> dict
     return {"error_cb": on_error, "disconnected_cb": on_disconnected, "reconnected_cb": on_reconnected}
 
 
+def warn_if_open(nc: Client, shown_url: str) -> None:
+    """One warning line when the NATS server asked for no credentials (its INFO's
+    ``auth_required``): functions share the host's network, so any of them that reaches it could
+    queue calls to any function, a private one included (the job runs with that function's
+    token), and read the calls queued for others."""
+    info = getattr(nc, "_server_info", None) or {}
+    if not info.get("auth_required"):
+        log.warning("queue: NATS at %s asks for no credentials: anything that reaches it, a function included, can "
+                    "queue calls to any function (private ones too) and read queued calls; start nats-server with "
+                    "--user and --pass (or a token) and give them in NATS_URL", shown_url)
+
+
 def _token(function: str) -> str:
     """A function's name as one NATS subject token and a consumer name: NAME.NAMESPACE holds a
     dot, NATS's separator (its jobs fell outside ``jobs.*``). A function name holds no "_"."""
@@ -195,6 +207,7 @@ class NatsQueue(JobQueue):
             raise QueueUnavailable(f"cannot connect to NATS at {self.shown_url} within {_FIRST_CONNECT:g}s") from None
         except (OSError, nats.errors.Error) as exc:
             raise QueueUnavailable(f"cannot connect to NATS at {self.shown_url}: {exc or exc.__class__.__name__}") from None
+        warn_if_open(self._nc, self.shown_url)
         js = self.js
         try:
             await self._ensure_stream(js, self.stream, f"{self.jobs_prefix}.*", RetentionPolicy.WORK_QUEUE)
