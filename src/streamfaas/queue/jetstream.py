@@ -145,6 +145,8 @@ def warn_if_open(nc: Client, shown_url: str) -> None:
     ``auth_required``): functions share the host's network, so any of them that reaches it could
     queue calls to any function, a private one included (the job runs with that function's
     token), and read the calls queued for others."""
+    # nats-py keeps the server's INFO only in this private attribute; without it, the warning
+    # errs on the side of being shown.
     info = getattr(nc, "_server_info", None) or {}
     if not info.get("auth_required"):
         log.warning("queue: NATS at %s asks for no credentials: anything that reaches it, a function included, can "
